@@ -1,0 +1,380 @@
+"""The `harvester` command: thin click commands over importable functions.
+
+Known failures become one line on stderr and an exit code (DESIGN.md
+section 3); tracebacks only with -v, and always with the key redacted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import sys
+import traceback
+from collections.abc import Callable
+from datetime import datetime
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+from sqlalchemy import Engine
+
+from harvester import __version__, jobs, pipeline
+from harvester.config import Config, load_config
+from harvester.db import current_revision, head_revision, open_database
+from harvester.errors import HarvesterError
+from harvester.ids import ID_TYPES
+from harvester.log import redact, register_secret, setup_logging
+from harvester.progress import Reporter, describe, format_eta
+
+logger = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class State:
+    """What the group's options give every command: lazily loaded config and database."""
+
+    def __init__(self, config_path: str | None, database: str | None, verbosity: int) -> None:
+        self.config_path = config_path
+        self.database = database
+        self.verbosity = verbosity
+        self._config: Config | None = None
+
+    def config(self, **overrides: Any) -> Config:
+        if self._config is None:
+            self._config = load_config(self.config_path, overrides={"database.url": self.database})
+            register_secret(self._config.api.key)
+        return self._config.with_overrides(overrides) if overrides else self._config
+
+    def engine(self) -> Engine:
+        return open_database(self.config().database.url)
+
+    def resume_command(self, job_id: int) -> str:
+        parts = ["harvester"]
+        if self.config_path:
+            parts += ["--config", self.config_path]
+        if self.database:
+            parts += ["--database", self.database]
+        return " ".join(shlex.quote(p) for p in [*parts, "resume", str(job_id)])
+
+
+def handle_errors(func: F) -> F:
+    """Turn expected errors into one line + exit code; hide tracebacks unless -v."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except HarvesterError as e:
+            _debug_traceback()
+            click.echo(f"Error: {redact(str(e))}", err=True)
+            sys.exit(e.exit_code)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            sys.exit(130)
+        except Exception as e:  # a bug: still one line, still no key
+            _debug_traceback()
+            click.echo(f"Error: internal error: {redact(f'{type(e).__name__}: {e}')} (run with -v for details)", err=True)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _debug_traceback() -> None:
+    state = click.get_current_context().find_object(State)
+    if state is not None and state.verbosity > 0:
+        click.echo(redact(traceback.format_exc()), err=True)
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="harvester")
+@click.option("--config", "config_path", metavar="FILE", help="TOML config file (default: $HARVESTER_CONFIG, else ./harvester.toml).")
+@click.option("--database", metavar="URL", help="SQLAlchemy database URL (default: sqlite:///harvest.db).")
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug); shows tracebacks.")
+@click.option("-q", "--quiet", is_flag=True, help="Errors only.")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, database: str | None, verbose: int, quiet: bool) -> None:
+    """Harvest the Altmetric Details Page API in bulk into a SQL database.
+
+    \b
+    Quick start:
+      harvester demo                      # fake API + sample harvest into ./demo.db
+      ALTMETRIC_API_KEY=... harvester harvest dois.txt
+      harvester status
+    """
+    verbosity = -1 if quiet else verbose
+    setup_logging(verbosity)
+    ctx.obj = State(config_path, database, verbosity)
+
+
+@cli.group()
+def db() -> None:
+    """Database schema: upgrade or show the migration revision."""
+
+
+@db.command("upgrade")
+@pass_state
+@handle_errors
+def db_upgrade(state: State) -> None:
+    """Upgrade the database to the newest schema (every command does this first).
+
+    \b
+    Example:
+      harvester --database sqlite:///harvest.db db upgrade
+    """
+    engine = state.engine()
+    click.echo(f"database at revision {current_revision(engine)}")
+
+
+@db.command("current")
+@pass_state
+@handle_errors
+def db_current(state: State) -> None:
+    """Show the database's schema revision and the newest one."""
+    from harvester.db import make_engine
+
+    engine = make_engine(state.config().database.url)
+    click.echo(f"current: {current_revision(engine) or '(empty)'}\nhead:    {head_revision()}")
+
+
+def _run_and_report(state: State, engine: Engine, job_id: int, progress: bool, config: Config | None = None) -> None:
+    config = config or state.config()
+    reporter = Reporter.for_stream(job_id, progress)
+    try:
+        outcome = pipeline.run(engine, job_id, config, reporter)
+    except KeyboardInterrupt:
+        reporter.close()
+        click.echo(f"Interrupted. Resume with: {state.resume_command(job_id)}", err=True)
+        sys.exit(130)
+    finally:
+        reporter.close()
+    _print_outcome(state, outcome)
+    sys.exit(outcome.exit_code)
+
+
+def _print_outcome(state: State, outcome: pipeline.RunOutcome) -> None:
+    c = outcome.counts
+    click.echo(
+        f"job {outcome.job_id} {outcome.status}: {describe(c)} · pending {c['pending']:,} "
+        f"({outcome.processed:,} in {outcome.elapsed:.1f}s, {outcome.rate:,.0f} ids/s, {outcome.requests:,} requests)",
+        err=True,
+    )
+    if outcome.message:
+        click.echo(f"Error: {redact(outcome.message)}", err=True)
+    if outcome.status != "finished":
+        click.echo(f"Resume with: {state.resume_command(outcome.job_id)}", err=True)
+    elif c["failed"]:
+        click.echo(f"{c['failed']:,} items failed; see `harvester status {outcome.job_id}`, retry with `harvester retry-failed {outcome.job_id}`", err=True)
+
+
+@cli.command()
+@click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")
+@click.option("--endpoint", type=click.Choice(["counts"]), default="counts", show_default=True, help="API endpoint to harvest.")
+@click.option("--id-type", type=click.Choice(ID_TYPES), default="doi", show_default=True, help="What the ids are.")
+@click.option("--name", help="A name for the job (shown by `jobs`).")
+@click.option("--concurrency", type=click.IntRange(1, 512), help="Requests in flight (default from [limits]).")
+@click.option("--no-progress", is_flag=True, help="No progress bar or progress lines.")
+@pass_state
+@handle_errors
+def harvest(
+    state: State, sources: tuple[str, ...], endpoint: str, id_type: str, name: str | None, concurrency: int | None, no_progress: bool
+) -> None:
+    """Create a job from id files ('-' for stdin) and run it.
+
+    One id a line; DOIs may carry doi: or https://doi.org/ prefixes. Invalid
+    lines are recorded in job_rejects and skipped; duplicates are collapsed.
+
+    \b
+    Examples:
+      ALTMETRIC_API_KEY=... harvester harvest dois.txt
+      zcat pmids.txt.gz | harvester harvest --id-type pmid -
+    """
+    config = state.config(**{"limits.concurrency": concurrency})
+    engine = state.engine()
+    job = jobs.create_job(engine, list(sources), id_type, endpoint, name, params={"concurrency": concurrency})
+    click.echo(
+        f"job {job.id}: {job.total_items:,} ids ({job.duplicate_lines:,} duplicates, {job.rejected_lines:,} rejected lines)",
+        err=True,
+    )
+    if job.rejected_lines:
+        click.echo(f"  rejected lines are in job_rejects (job_id = {job.id})", err=True)
+    _run_and_report(state, engine, job.id, not no_progress, config)
+
+
+@cli.command()
+@click.argument("job_id", required=False, type=int, metavar="[JOB]")
+@click.option("--no-progress", is_flag=True, help="No progress bar or progress lines.")
+@pass_state
+@handle_errors
+def resume(state: State, job_id: int | None, no_progress: bool) -> None:
+    """Resume a job (default: the newest unfinished one).
+
+    Items already stored are not requested again.
+    """
+    engine = state.engine()
+    job = jobs.get_job(engine, job_id) if job_id is not None else jobs.newest_unfinished(engine)
+    if job.status == "finished":
+        click.echo(f"job {job.id} is already finished", err=True)
+        return
+    # The job keeps the concurrency it was started with on the command line.
+    config = state.config(**{"limits.concurrency": job.params.get("concurrency")})
+    _run_and_report(state, engine, job.id, not no_progress, config)
+
+
+def _job_dict(engine: Engine, job: jobs.Job, details: bool) -> dict[str, Any]:
+    counts = jobs.item_counts(engine, job.id)
+    out: dict[str, Any] = {
+        "id": job.id,
+        "name": job.name,
+        "endpoint": job.endpoint,
+        "id_type": job.id_type,
+        "status": job.status,
+        "items": counts,
+        "total_items": job.total_items,
+        "rejected_lines": job.rejected_lines,
+        "duplicate_lines": job.duplicate_lines,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "last_error": job.last_error,
+        "resume_after": job.resume_after,
+    }
+    if details:
+        rate = jobs.recent_rate(engine, job.id)
+        out["rate_per_second"] = round(rate, 1)
+        out["eta_seconds"] = round(counts["pending"] / rate) if rate > 0 else None
+        out["last_errors"] = jobs.last_errors(engine, job.id)
+    return out
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, indent=2, default=lambda v: v.isoformat() if isinstance(v, datetime) else str(v))
+
+
+@cli.command()
+@click.argument("job_id", required=False, type=int, metavar="[JOB]")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_state
+@handle_errors
+def status(state: State, job_id: int | None, as_json: bool) -> None:
+    """Show a job's per-state counts, rate, ETA and last errors (default: newest job)."""
+    engine = state.engine()
+    if job_id is None:
+        all_jobs = jobs.list_jobs(engine)
+        if not all_jobs:
+            raise HarvesterError("there are no jobs in this database yet")
+        job_id = all_jobs[-1].id
+    info = _job_dict(engine, jobs.get_job(engine, job_id), details=True)
+    if as_json:
+        click.echo(_json(info))
+        return
+    c = info["items"]
+    click.echo(f"job {info['id']}{' (' + info['name'] + ')' if info['name'] else ''}: {info['status']}, {info['endpoint']} of {info['id_type']}")
+    click.echo(f"  items: {info['total_items']:,} · pending {c['pending']:,} · {describe(c)}")
+    click.echo(f"  input: {info['duplicate_lines']:,} duplicate lines, {info['rejected_lines']:,} rejected lines")
+    if info["rate_per_second"]:
+        click.echo(f"  rate: {info['rate_per_second']:,} ids/s over the last minute · ETA {format_eta(info['eta_seconds'])}")
+    if info["resume_after"]:
+        click.echo(f"  paused until {info['resume_after']:%Y-%m-%d %H:%M} UTC")
+    if info["last_error"]:
+        click.echo(f"  stopped by: {info['last_error']}")
+    for e in info["last_errors"]:
+        click.echo(f"  {e['status']} {e['identifier']}: {e['last_error']}")
+
+
+@cli.command("jobs")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_state
+@handle_errors
+def jobs_command(state: State, as_json: bool) -> None:
+    """List the jobs in the database."""
+    engine = state.engine()
+    infos = [_job_dict(engine, j, details=False) for j in jobs.list_jobs(engine)]
+    if as_json:
+        click.echo(_json(infos))
+        return
+    if not infos:
+        click.echo("no jobs yet", err=True)
+    for i in infos:
+        c = i["items"]
+        click.echo(
+            f"{i['id']:>5}  {i['status']:<11} {i['endpoint']:<7} {i['id_type']:<6} {i['total_items']:>10,} items  "
+            f"pending {c['pending']:,} · {describe(c)}  {i['name'] or ''}"
+        )
+
+
+@cli.command("retry-failed")
+@click.argument("job_id", type=int, metavar="JOB")
+@pass_state
+@handle_errors
+def retry_failed(state: State, job_id: int) -> None:
+    """Put a job's failed items back to pending (then run `harvester resume JOB`)."""
+    n = jobs.retry_failed(state.engine(), job_id)
+    click.echo(f"{n:,} failed items of job {job_id} are pending again; run: {state.resume_command(job_id)}", err=True)
+
+
+@cli.command("mock-api")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8787, show_default=True, type=int, help="Port to listen on.")
+@click.option("--key", "keys", multiple=True, help="A full-access key (repeatable; default: demo-key).")
+@click.option("--counts-only-key", "counts_only_keys", multiple=True, help="A key limited to Counts (default: counts-only-key).")
+@click.option("--per-second", type=float, help="Enforced requests/s per key (default: unlimited).")
+@click.option("--burst", type=int, default=1, show_default=True, help="Bucket size for --per-second.")
+@click.option("--per-hour", type=int, help="Enforced hourly window per key.")
+@click.option("--per-day", type=int, help="Enforced daily quota per key.")
+@click.option("--not-found-pct", type=float, default=15.0, show_default=True, help="Share of ids answered 404.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fault injection.")
+@click.option("--error-rate", type=float, default=0.0, show_default=True, help="Share of requests answered 5xx.")
+@click.option("--reset-rate", type=float, default=0.0, show_default=True, help="Share of connections reset.")
+@click.option("--truncate-rate", type=float, default=0.0, show_default=True, help="Share of bodies cut short.")
+@click.option("--slow-rate", type=float, default=0.0, show_default=True, help="Share of slow responses.")
+@click.option("--slow-seconds", type=float, default=2.0, show_default=True, help="Delay of a slow response.")
+@click.option("--latency", type=float, default=0.0, show_default=True, help="Seconds added to every response.")
+@handle_errors
+def mock_api(host: str, port: int, keys: tuple[str, ...], counts_only_keys: tuple[str, ...], **options: Any) -> None:
+    """Run the bundled fake Altmetric API (for tests and trials, never production).
+
+    \b
+    Example:
+      harvester mock-api --port 8787 --per-second 20 --error-rate 0.05
+      HARVESTER_API_URL=http://127.0.0.1:8787/v1 ALTMETRIC_API_KEY=demo-key harvester harvest dois.txt
+    """
+    from harvester.fakeapi import FakeConfig, run
+
+    settings = {k: v for k, v in options.items() if v is not None}
+    if keys:
+        settings["keys"] = keys
+    if counts_only_keys:
+        settings["counts_only_keys"] = counts_only_keys
+    run(FakeConfig(**settings), host, port)
+
+
+@cli.command()
+@click.option("--ids", "count", type=click.IntRange(1, 1_000_000), default=2000, show_default=True, help="How many DOIs to harvest.")
+@click.option("--no-progress", is_flag=True, help="No progress bar or progress lines.")
+@pass_state
+@handle_errors
+def demo(state: State, count: int, no_progress: bool) -> None:
+    """Start the fake API on loopback, harvest sample DOIs into ./demo.db, summarize.
+
+    \b
+    Example:
+      harvester demo && sqlite3 demo.db 'select doi, score from outputs order by score desc limit 5'
+    """
+    from harvester import demo as demo_module
+
+    if state.database is None:
+        state.database = "sqlite:///demo.db"
+    outcome, summary = demo_module.run_demo(state.config(), count, Reporter.for_stream(0, not no_progress))
+    _print_outcome(state, outcome)
+    click.echo(summary)
+    sys.exit(outcome.exit_code)
+
+
+def main() -> None:
+    cli(prog_name="harvester")

@@ -1,0 +1,95 @@
+"""Opening the database and keeping its schema at alembic's head."""
+
+from __future__ import annotations
+
+import logging
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+
+from harvester.errors import DatabaseError
+
+logger = logging.getLogger(__name__)
+
+
+def make_engine(url: str) -> Engine:
+    """Create the engine; for SQLite set the pragmas that make one writer + readers safe."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise DatabaseError(f"not a database URL: {url!r} (e.g. sqlite:///harvest.db)") from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        parent = Path(parsed.database).expanduser().resolve().parent
+        if not parent.is_dir():
+            raise DatabaseError(f"cannot create database {parsed.database}: folder {parent} does not exist")
+    try:
+        engine = create_engine(parsed, future=True)
+    except (ArgumentError, ImportError) as e:
+        raise DatabaseError(f"cannot open database {parsed.render_as_string(hide_password=True)}: {e}") from None
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets `status` read while a harvest writes; NORMAL is durable across
+    # process crashes (kill -9), which is what resumability needs.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def migrations_dir() -> Path:
+    """The migrations folder: migrations/ in a checkout, harvester/migrations when installed."""
+    return Path(str(resources.files("harvester.migrations")))
+
+
+def alembic_config(engine: Engine | None = None) -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    if engine is not None:
+        cfg.attributes["engine"] = engine
+    return cfg
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(engine: Engine) -> None:
+    """Bring the schema to head; a no-op (one query) when it is there already."""
+    try:
+        if current_revision(engine) == head_revision():
+            return
+        logger.info("upgrading the database schema to %s", head_revision())
+        with engine.begin() as conn:
+            cfg = alembic_config(engine)
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+    except OperationalError as e:
+        raise DatabaseError(f"cannot open or migrate the database: {e.orig}") from None
+    except SQLAlchemyError as e:
+        raise DatabaseError(f"cannot migrate the database: {e}") from None
+
+
+def open_database(url: str) -> Engine:
+    """Open the database and upgrade it to head: what every command does first."""
+    engine = make_engine(url)
+    upgrade(engine)
+    return engine

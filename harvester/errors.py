@@ -1,0 +1,62 @@
+"""Typed errors: every expected failure is a HarvesterError with one clear line."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+
+class HarvesterError(Exception):
+    """Base of every expected failure; str() is the one line shown to the user."""
+
+    exit_code = 1
+
+
+class ConfigError(HarvesterError):
+    """The configuration (file, environment or options) is invalid."""
+
+
+class InputError(HarvesterError):
+    """An id source cannot be read (missing file, not text)."""
+
+
+class DatabaseError(HarvesterError):
+    """The database cannot be opened, migrated or written."""
+
+
+class JobError(HarvesterError):
+    """A job cannot be found or is in no state for the command."""
+
+
+class JobBusyError(HarvesterError):
+    """Another live process is running the job."""
+
+    exit_code = 75
+
+
+class ApiAuthError(HarvesterError):
+    """The API refused the key (401/403): fatal for the whole job."""
+
+    def __init__(self, status: int, endpoint: str, text: str) -> None:
+        self.status = status
+        self.endpoint = endpoint
+        self.text = text
+        hint = ""
+        if status == 401:
+            hint = " (set ALTMETRIC_API_KEY or [api] key)"
+        elif endpoint != "counts":
+            hint = f' (if the key\'s tier lacks {endpoint}, set endpoints = ["counts"] in [api])'
+        super().__init__(f"the API answered {status} on {endpoint}: {text.strip()[:300]}{hint}")
+
+
+class ApiUnreachableError(HarvesterError):
+    """The API host cannot be reached at all (DNS, refused connection)."""
+
+
+class QuotaExhausted(HarvesterError):
+    """The key's daily quota is spent: the job pauses until it resets."""
+
+    exit_code = 75
+
+    def __init__(self, resume_at: datetime) -> None:
+        self.resume_at = resume_at
+        super().__init__(f"the API's daily quota is spent; it resets at {resume_at:%Y-%m-%d %H:%M} UTC")

@@ -1,0 +1,52 @@
+"""Logging setup (called by the CLI only) and the redaction of secrets.
+
+The key is registered once; every log record and every error line shown to
+the user passes through redact(), so no verbosity level can leak it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+_secrets: set[str] = set()
+# Any key=... query parameter, whatever its value, in case a URL slips through.
+_KEY_PARAM = re.compile(r"(?i)([?&]key=)[^&\s'\"]+")
+
+
+def register_secret(value: str | None) -> None:
+    """Remember a value that must never be shown."""
+    if value:
+        _secrets.add(value)
+
+
+def redact(text: str) -> str:
+    """Replace every registered secret and every key= URL parameter with ***."""
+    for secret in _secrets:
+        text = text.replace(secret, "***")
+    return _KEY_PARAM.sub(r"\1***", text)
+
+
+class RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        record.msg, record.args = redact(message), None
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
+
+
+def setup_logging(verbosity: int) -> None:
+    """-q: errors only; default: warnings and run notes; -v: info; -vv: debug."""
+    level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+    handler = logging.StreamHandler()
+    handler.addFilter(RedactingFilter())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # aiohttp and alembic are chatty at INFO; keep them to warnings unless -vv.
+    for name in ("aiohttp", "alembic"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbosity > 1 else logging.WARNING)

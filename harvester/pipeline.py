@@ -1,0 +1,322 @@
+"""The run: a feeder claims items, N workers fetch them, one writer commits.
+
+    feeder --(work queue, bounded)--> workers --(results)--> writer (thread)
+
+Every attempt waits for the rate limiter first. The writer commits a batch's
+rows and its items' statuses in one transaction, so whatever stops the run
+(Ctrl-C, kill -9, a 403, a spent quota, a full disk) leaves every item either
+committed with its data or pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine
+
+from harvester import jobs
+from harvester.client import ApiClient, ConnectError, Response, TransportError, id_path
+from harvester.config import Config
+from harvester.errors import ApiAuthError, ApiUnreachableError, HarvesterError, JobError, QuotaExhausted
+from harvester.parse import ParseError, decode, parse_counts
+from harvester.ratelimit import RateLimiter, next_utc_midnight
+from harvester.store import ItemResult, write_batch
+
+logger = logging.getLogger(__name__)
+
+BATCH_SIZE = 500  # results per transaction
+BATCH_WAIT = 0.5  # seconds before a partial batch is written anyway
+_DONE = object()
+
+ProgressCallback = Callable[[dict[str, int]], None]
+
+
+@dataclass
+class RunOutcome:
+    """How a run ended: the job's status, its item counts and the exit code."""
+
+    job_id: int
+    status: str  # finished, interrupted, paused, stopped
+    counts: dict[str, int]
+    exit_code: int
+    message: str | None = None
+    elapsed: float = 0.0
+    processed: int = 0  # items finalized in this run
+    requests: int = 0  # HTTP attempts in this run, retries and 429s included
+
+    @property
+    def rate(self) -> float:
+        return self.processed / self.elapsed if self.elapsed > 0 else 0.0
+
+
+@dataclass
+class _State:
+    counts: dict[str, int]
+    processed: int = 0
+    requests: int = 0
+    responses: int = 0  # any HTTP response at all: the host is reachable
+    error: BaseException | None = None
+    stop_reason: str | None = None
+    abort: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def backoff(attempt: int, base: float, cap: float) -> float:
+    """Capped exponential backoff with full jitter in the upper half."""
+    delay = min(cap, base * 2 ** (attempt - 1))
+    return delay * random.uniform(0.5, 1.0)
+
+
+def retry_after(response: Response) -> float | None:
+    """Seconds from a Retry-After header (delta or HTTP date), if any."""
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        when = email.utils.parsedate_to_datetime(value) if value else None
+        if when is None:
+            return None
+        return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _header_int(response: Response, name: str) -> int | None:
+    try:
+        return int(response.headers.get(name, ""))
+    except ValueError:
+        return None
+
+
+async def run_job(
+    engine: Engine,
+    job_id: int,
+    config: Config,
+    progress: ProgressCallback | None = None,
+    stop: asyncio.Event | None = None,
+) -> RunOutcome:
+    """Run (or resume) a job until every item is final or something stops it."""
+    job = jobs.get_job(engine, job_id)
+    if job.endpoint != "counts":
+        raise JobError(f"job {job_id} uses the {job.endpoint} endpoint, which this version cannot harvest")
+    if job.endpoint not in config.api.endpoints:
+        raise JobError(f"job {job_id} needs the {job.endpoint} endpoint, but [api] endpoints excludes it")
+    runner = jobs.new_runner_id()
+    jobs.take_over(engine, job_id, runner)
+    started = time.monotonic()
+    state = _State(counts=jobs.item_counts(engine, job_id))
+    limits = config.limits
+    concurrency = max(1, limits.concurrency)
+    limiter = RateLimiter(limits, config.api.tier)
+    work: asyncio.Queue[Any] = asyncio.Queue(maxsize=concurrency * 2)
+    results: asyncio.Queue[Any] = asyncio.Queue()
+    # Claim about two minutes of work at a time: enough to keep the workers fed,
+    # little enough that a shared job's leases stay fair.
+    rate = limits.per_second if config.api.tier == "free" else (limits.max_per_second or 2000.0)
+    claim_size = int(max(concurrency * 2, min(1000, rate * 120)))
+
+    def fail(exc: BaseException) -> None:
+        if state.error is None:
+            state.error = exc
+        state.abort.set()
+
+    async def feed() -> None:
+        try:
+            after = 0
+            while items := await asyncio.to_thread(jobs.claim, engine, job_id, runner, after, claim_size):
+                after = items[-1].line_no
+                for item in items:
+                    await work.put(item)
+            for _ in range(concurrency):
+                await work.put(_DONE)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a database error while claiming stops the run cleanly
+            fail(e)
+
+    async def fetch(item: jobs.Item) -> ItemResult:
+        path = id_path(job.endpoint, item.id_type, item.identifier)
+        attempts = 0
+        slow_429 = 1.0
+        while True:
+            await limiter.acquire()
+            state.requests += 1
+            status: int | None = None
+            try:
+                response = await client.get(path)
+            except ConnectError as e:
+                if state.responses == 0:
+                    # Nothing ever answered: a wrong URL or no network, not a flaky item.
+                    raise ApiUnreachableError(str(e)) from None
+                error = str(e)
+            except TransportError as e:
+                error = str(e)
+            else:
+                state.responses += 1
+                status = response.status
+                if status == 200:
+                    try:
+                        records = parse_counts(decode(response.body), jobs.utcnow())
+                    except ParseError as e:
+                        error = f"unusable body: {e}"
+                    else:
+                        note = None
+                        if item.id_type == "doi" and records.doi and records.doi != item.identifier:
+                            note = f"the API returned DOI {records.doi} for this id"
+                        return ItemResult(item.id_type, item.identifier, "done", attempts + 1, 200, None, records, note)
+                elif status == 404:
+                    return ItemResult(item.id_type, item.identifier, "not_found", attempts + 1, 404)
+                elif status in (401, 403):
+                    raise ApiAuthError(status, job.endpoint, response.body.decode("utf-8", "replace"))
+                elif status == 429:
+                    if _header_int(response, "X-DailyRateLimit-Remaining") == 0:
+                        wait = retry_after(response)
+                        now = jobs.utcnow()
+                        raise QuotaExhausted(now + timedelta(seconds=wait) if wait else next_utc_midnight(now))
+                    # A 429 is the server asking for patience, not a failure: it never counts as an attempt.
+                    limiter.pause(retry_after(response) or slow_429)
+                    slow_429 = min(60.0, slow_429 * 2)
+                    continue
+                elif 400 <= status < 500:
+                    text = response.body.decode("utf-8", "replace").strip()[:500]
+                    return ItemResult(item.id_type, item.identifier, "failed", attempts + 1, status, f"HTTP {status}: {text}")
+                else:
+                    error = f"HTTP {status}"
+            attempts += 1
+            if attempts >= limits.max_attempts:
+                return ItemResult(item.id_type, item.identifier, "failed", attempts, status, error)
+            logger.debug("%s %s: %s; retry %d", item.id_type, item.identifier, error, attempts)
+            await asyncio.sleep(backoff(attempts, limits.backoff_base, limits.backoff_max))
+
+    async def worker() -> None:
+        while True:
+            item = await work.get()
+            if item is _DONE:
+                return
+            try:
+                result = await fetch(item)
+            except HarvesterError as e:
+                fail(e)
+                return
+            await results.put(result)
+
+    async def write() -> None:
+        last_progress = 0.0
+        while True:
+            batch: list[ItemResult] = []
+            finished = False
+            deadline = time.monotonic() + BATCH_WAIT
+            while len(batch) < BATCH_SIZE:
+                timeout = deadline - time.monotonic()
+                try:
+                    got = await asyncio.wait_for(results.get(), timeout) if timeout > 0 else results.get_nowait()
+                except (asyncio.TimeoutError, asyncio.QueueEmpty):
+                    break
+                if got is _DONE:
+                    finished = True
+                    break
+                batch.append(got)
+            if batch:
+                try:
+                    await asyncio.to_thread(write_batch, engine, job_id, batch, jobs.utcnow(), runner)
+                except HarvesterError as e:
+                    fail(e)
+                    return
+                for r in batch:
+                    state.counts["pending"] -= 1
+                    state.counts[r.status] += 1
+                state.processed += len(batch)
+            if progress and (finished or time.monotonic() - last_progress > 0.2):
+                progress(dict(state.counts))
+                last_progress = time.monotonic()
+            if finished:
+                return
+
+    async with ApiClient(config.api, concurrency) as client:
+        feeder = asyncio.create_task(feed())
+        workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
+        writer = asyncio.create_task(write())
+        watchers = [asyncio.create_task(state.abort.wait())]
+        if stop is not None:
+            watchers.append(asyncio.create_task(stop.wait()))
+        all_workers = asyncio.gather(*workers)
+        await asyncio.wait([all_workers, *watchers], return_when=asyncio.FIRST_COMPLETED)
+        if all_workers.done() and not all_workers.cancelled() and all_workers.exception() is not None:
+            logger.debug("a worker crashed", exc_info=all_workers.exception())
+            fail(all_workers.exception())  # type: ignore[arg-type]
+        interrupted = stop is not None and stop.is_set() and state.error is None
+        for task in [feeder, *workers, *watchers]:
+            task.cancel()
+        await asyncio.gather(feeder, *workers, *watchers, all_workers, return_exceptions=True)
+        # Results already fetched are written before we stop: nothing fetched is thrown away.
+        await results.put(_DONE)
+        await writer
+
+    return _finish(engine, job_id, runner, state, interrupted, time.monotonic() - started)
+
+
+def _finish(engine: Engine, job_id: int, runner: str, state: _State, interrupted: bool, elapsed: float) -> RunOutcome:
+    counts = jobs.item_counts(engine, job_id)
+    error = state.error
+    resume_after = None
+    if isinstance(error, QuotaExhausted):
+        status, code, resume_after = "paused", 75, error.resume_at
+    elif error is not None:
+        status, code = "stopped", getattr(error, "exit_code", 1)
+    elif interrupted:
+        status, code = "interrupted", 130
+    elif counts["pending"]:
+        # Leased elsewhere or added meanwhile: not finished, but nothing failed either.
+        status, code = "interrupted", 1
+    else:
+        status, code = "finished", 3 if counts["failed"] else 0
+    message = str(error) if error is not None else None
+    jobs.release(engine, job_id, runner, status, message, resume_after)
+    return RunOutcome(job_id, status, counts, code, message, elapsed, state.processed, state.requests)
+
+
+def run(
+    engine: Engine,
+    job_id: int,
+    config: Config,
+    progress: ProgressCallback | None = None,
+) -> RunOutcome:
+    """Run a job in a fresh event loop; SIGINT/SIGTERM stop it after a clean flush.
+
+    A second signal cancels at once: still safe, since only committed batches
+    count and every other item is still pending.
+    """
+
+    async def main() -> RunOutcome:
+        import signal
+
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        task = asyncio.current_task()
+        signals = 0
+
+        def on_signal() -> None:
+            nonlocal signals
+            signals += 1
+            if signals == 1:
+                logger.warning("stopping: writing what was already fetched (press Ctrl-C again to quit at once)")
+                stop.set()
+            elif task is not None:
+                task.cancel()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal)
+        try:
+            return await run_job(engine, job_id, config, progress, stop)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    return asyncio.run(main())

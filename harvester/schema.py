@@ -1,0 +1,168 @@
+"""The SQL schema users query: every table on one MetaData.
+
+This module is the single source of truth for alembic autogenerate. Table and
+column names are a public interface (docs/schema.md): add freely, rename never,
+and change only through a migration in migrations/versions/.
+
+Timestamps are naive UTC (the same on SQLite and PostgreSQL).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+# A naming convention makes constraint names deterministic, which alembic needs
+# to alter or drop them later (and SQLite batch mode needs names to work at all).
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+# Altmetric ids passed 2**31 long ago in some id spaces; BigInteger keeps
+# PostgreSQL safe (SQLite stores any INTEGER as 64-bit anyway).
+AltmetricId = BigInteger
+
+outputs = Table(
+    "outputs",
+    metadata,
+    Column("altmetric_id", AltmetricId, primary_key=True, autoincrement=False),
+    Column("doi", Text, index=True, doc="lower-cased DOI, as the API returned it"),
+    Column("title", Text),
+    Column("journal", Text),
+    Column("type", String(40), doc="article, news, book, chapter, dataset ..."),
+    Column("published_on", DateTime),
+    Column("added_on", DateTime, doc="when Altmetric first saw the output"),
+    Column("score", Float),
+    Column("readers_count", Integer),
+    Column("posts_count", Integer, doc="cited_by_posts_count"),
+    Column("accounts_count", Integer, doc="cited_by_accounts_count"),
+    Column("is_oa", Boolean),
+    Column("url", Text),
+    Column("details_url", Text),
+    Column("altmetric_jid", String(40), doc="Altmetric's journal id"),
+    Column("issns", Text, doc="JSON array"),
+    Column("subjects", Text, doc="JSON array"),
+    Column("last_updated", DateTime, doc="the API's last_updated"),
+    Column("harvested_at", DateTime, nullable=False, doc="when we last stored it"),
+)
+
+identifiers = Table(
+    "identifiers",
+    metadata,
+    Column("scheme", String(40), primary_key=True, doc="doi, pmid, arxiv, isbn, handle ..."),
+    Column("value", Text, primary_key=True, doc="DOIs lower-cased"),
+    Column("altmetric_id", AltmetricId, nullable=False, index=True),
+)
+
+source_counts = Table(
+    "source_counts",
+    metadata,
+    Column("altmetric_id", AltmetricId, primary_key=True, autoincrement=False),
+    Column("source", String(60), primary_key=True),
+    Column("posts_count", Integer, doc="posts (fetch); NULL when only counts was harvested"),
+    Column("unique_users_count", Integer, doc="accounts: counts' cited_by_*_count"),
+)
+
+readers = Table(
+    "readers",
+    metadata,
+    Column("altmetric_id", AltmetricId, primary_key=True, autoincrement=False),
+    Column("platform", String(40), primary_key=True),
+    Column("count", Integer, doc="NULL where the API sent a negative (unknown) value"),
+)
+
+score_history = Table(
+    "score_history",
+    metadata,
+    Column("altmetric_id", AltmetricId, primary_key=True, autoincrement=False),
+    Column("timeframe", String(4), primary_key=True, doc="1d 2d 3d 4d 5d 6d 1w 1m 3m 6m 1y at"),
+    Column("score", Float),
+)
+
+score_context = Table(
+    "score_context",
+    metadata,
+    Column("altmetric_id", AltmetricId, primary_key=True, autoincrement=False),
+    Column("scope", String(40), primary_key=True, doc="all, journal, similar_age_3m, similar_age_journal_3m"),
+    Column("count", Integer),
+    Column("mean", Float),
+    Column("rank", Integer),
+    Column("pct", Float),
+    Column("higher_than", Integer),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", Text),
+    Column("endpoint", String(20), nullable=False),
+    Column("id_type", String(40), nullable=False),
+    Column(
+        "status",
+        String(20),
+        nullable=False,
+        doc="pending running interrupted paused stopped finished",
+    ),
+    Column("sources", Text, doc="JSON array of the input files ('-' is stdin)"),
+    Column("params", Text, doc="JSON of run options; never holds the API key"),
+    Column("total_items", Integer, nullable=False, default=0),
+    Column("rejected_lines", Integer, nullable=False, default=0),
+    Column("duplicate_lines", Integer, nullable=False, default=0),
+    Column("created_at", DateTime, nullable=False),
+    Column("started_at", DateTime),
+    Column("finished_at", DateTime),
+    Column("last_error", Text),
+    Column("resume_after", DateTime, doc="a paused job's quota resets then"),
+    Column("runner", String(200), doc="host:pid:nonce of the process running it"),
+    Column("heartbeat_at", DateTime),
+)
+
+job_items = Table(
+    "job_items",
+    metadata,
+    Column("job_id", Integer, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("id_type", String(40), primary_key=True),
+    Column("identifier", Text, primary_key=True, doc="normalized id; DOIs lower-cased"),
+    Column("input", Text, doc="the id exactly as the input line gave it"),
+    Column("line_no", BigInteger, nullable=False, doc="position in the input (all sources)"),
+    Column("status", String(12), nullable=False, doc="pending done not_found failed"),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("http_status", Integer),
+    Column("last_error", Text),
+    Column("altmetric_id", AltmetricId),
+    Column("note", Text, doc="e.g. the API returned another DOI than the one asked"),
+    Column("claimed_by", String(200), doc="lease: the runner working on it"),
+    Column("lease_until", DateTime),
+    Column("updated_at", DateTime, nullable=False),
+    Index(None, "job_id", "status", "line_no"),
+)
+
+job_rejects = Table(
+    "job_rejects",
+    metadata,
+    Column("job_id", Integer, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("line_no", BigInteger, primary_key=True, autoincrement=False, doc="counted across all sources"),
+    Column("source", Text, doc="the file ('-' is stdin)"),
+    Column("source_line", BigInteger, doc="line number within that file"),
+    Column("line", Text),
+    Column("reason", Text, nullable=False),
+)
