@@ -181,7 +181,7 @@ async def run_job(
                         now = jobs.utcnow()
                         raise QuotaExhausted(now + timedelta(seconds=wait) if wait else next_utc_midnight(now))
                     # A 429 is the server asking for patience, not a failure: it never counts as an attempt.
-                    limiter.pause(retry_after(response) or slow_429)
+                    limiter.slow_down(retry_after(response) or slow_429)
                     slow_429 = min(60.0, slow_429 * 2)
                     continue
                 elif 400 <= status < 500:

@@ -1,0 +1,502 @@
+"""The fake Altmetric API over real HTTP on 127.0.0.1: status codes, headers, limits, faults,
+served samples and body shapes. The harvester's own tests trust these behaviours."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from yarl import URL
+
+from harvester.fakeapi import (
+    HISTORY_TIMEFRAMES,
+    FakeConfig,
+    FakeServer,
+    counts_body,
+    fetch_body,
+    iter_sample_files,
+    start,
+)
+
+KEY = "demo-key"
+SHARED_SAMPLES = Path("/work/shared/altmetric-samples")
+LIMIT_HEADERS = (
+    "X-HourlyRateLimit-Limit",
+    "X-HourlyRateLimit-Remaining",
+    "X-DailyRateLimit-Limit",
+    "X-DailyRateLimit-Remaining",
+)
+
+
+@asynccontextmanager
+async def serve(
+    cfg: FakeConfig | None = None,
+) -> AsyncIterator[tuple[FakeServer, aiohttp.ClientSession]]:
+    server = await start(cfg or FakeConfig())
+    try:
+        async with aiohttp.ClientSession() as session:
+            yield server, session
+    finally:
+        await server.close()
+
+
+def api(server: FakeServer, path: str, key: str | None = KEY, **params: str | int) -> URL:
+    """A URL under the fake's /v1, with ``path`` sent exactly as written (encoded=True)."""
+    query = dict(params)
+    if key is not None:
+        query["key"] = key
+    qs = "&".join(f"{k}={v}" for k, v in query.items())
+    return URL(f"{server.url}{path}" + (f"?{qs}" if qs else ""), encoded=True)
+
+
+async def get(session: aiohttp.ClientSession, url: URL) -> tuple[int, bytes, dict[str, str]]:
+    async with session.get(url) as resp:
+        return resp.status, await resp.read(), dict(resp.headers)
+
+
+class FakeClock:
+    """An injectable clock for the quota windows and the token bucket."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _utc(year: int, month: int, day: int, hour: int, minute: int, second: int) -> float:
+    return datetime(year, month, day, hour, minute, second, tzinfo=timezone.utc).timestamp()
+
+
+# ---- auth and tiers ---------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_auth_statuses_and_counts_only_tier() -> None:
+    async with serve() as (server, s):
+        status, body, headers = await get(s, api(server, "/doi/10.1038/abc", key=None))
+        assert status == 401
+        assert headers["Content-Type"].startswith("text/plain")
+        assert all(h in headers for h in LIMIT_HEADERS)
+
+        status, body, headers = await get(s, api(server, "/doi/10.1038/abc", key="nope"))
+        assert status == 403 and b"not valid" in body
+        assert headers["Content-Type"].startswith("text/plain")
+
+        only = "counts-only-key"
+        for path in ("/fetch/doi/10.1038/abc", "/citations/1w"):
+            status, body, _ = await get(s, api(server, path, key=only))
+            assert status == 403, path
+            assert b"tier" in body
+        status, _, _ = await get(s, api(server, "/doi/10.1038/abc", key=only))
+        assert status in (200, 404)
+        status, _, _ = await get(s, api(server, "/citations/1w", key=KEY))
+        assert status == 200
+
+
+# ---- counts -----------------------------------------------------------------------------------
+
+
+def _first_found(prefix: str, pred: Callable[[dict[str, Any]], bool] = lambda b: True) -> str:
+    for i in range(5000):
+        doi = f"{prefix}{i}"
+        body = counts_body("doi", doi)
+        if body is not None and pred(body):
+            return doi
+    raise AssertionError("no DOI matched")
+
+
+@pytest.mark.asyncio
+async def test_counts_shape_and_determinism() -> None:
+    doi = _first_found("10.5555/shape.", lambda b: b["cited_by_posts_count"] > 0 and "context" in b)
+    async with serve() as (server, s):
+        status, raw1, headers = await get(s, api(server, f"/doi/{doi}"))
+        status2, raw2, _ = await get(s, api(server, f"/doi/{doi}"))
+    assert status == status2 == 200
+    assert headers["Content-Type"].startswith("application/json")
+    assert raw1 == raw2
+    body = json.loads(raw1)
+    assert body == counts_body("doi", doi)
+    assert body["doi"] == doi
+    assert isinstance(body["altmetric_id"], int) and 0 < body["altmetric_id"] < 2**40
+    assert list(body["history"]) == list(HISTORY_TIMEFRAMES)
+    assert set(body["context"]) == {"all", "journal", "similar_age_3m", "similar_age_journal_3m"}
+    for k in ("title", "journal", "issns", "type", "score", "url", "details_url", "images",
+              "published_on", "added_on", "last_updated", "readers", "readers_count"):
+        assert k in body, k
+    per_source = {
+        k: v for k, v in body.items()
+        if k.startswith("cited_by_") and k not in ("cited_by_posts_count", "cited_by_accounts_count")
+    }
+    assert per_source and all(v > 0 for v in per_source.values())  # zeros are left out
+    assert body["cited_by_accounts_count"] == sum(per_source.values())
+    assert body["cited_by_posts_count"] >= body["cited_by_accounts_count"]
+    assert isinstance(body["published_on"], int)
+
+
+def test_counts_quirks_across_ids() -> None:
+    bodies = [b for i in range(600) if (b := counts_body("doi", f"10.5555/q{i}")) is not None]
+    readers_types = {type(b["readers"]["mendeley"]) for b in bodies}
+    assert readers_types == {int, str}
+    assert any("context" not in b for b in bodies)
+    assert any("cited_by_bluesky_count" in b for b in bodies)
+    for b in bodies:
+        for v in b["readers"].values():
+            int(v)  # numeric, whether int or string
+
+    pmid = next(str(n) for n in range(1000, 2000) if counts_body("pmid", str(n)) is not None)
+    assert counts_body("pmid", pmid)["pmid"] == pmid  # type: ignore[index]
+    isbn = next(f"97800000{n:05d}" for n in range(2000) if counts_body("isbn", f"97800000{n:05d}"))
+    assert counts_body("isbn", isbn)["isbns"] == [isbn]  # type: ignore[index]
+    handle = next(f"10986/{n}" for n in range(2000) if counts_body("handle", f"10986/{n}"))
+    assert counts_body("handle", handle)["handles"] == [handle]  # type: ignore[index]
+    aid = next(str(n) for n in range(100, 2000) if counts_body("id", str(n)))
+    assert counts_body("id", aid)["altmetric_id"] == int(aid)  # type: ignore[index]
+
+
+def test_bogus_doi_returns_a_different_doi() -> None:
+    body = counts_body("doi", "10.1038/bogus-123")
+    assert body is not None and body["doi"] != "10.1038/bogus-123"
+    assert counts_body("doi", "10.1038/bogus-123") == body
+
+
+@pytest.mark.asyncio
+async def test_not_found_share_is_about_15_pct() -> None:
+    dois = [f"10.7777/nf.{i}" for i in range(1000)]
+    async with serve() as (server, s):
+        results = await asyncio.gather(*(get(s, api(server, f"/doi/{d}")) for d in dois))
+    missing = [d for d, (st, _, _) in zip(dois, results) if st == 404]
+    assert 0.10 <= len(missing) / len(dois) <= 0.20
+    assert all(body == b"Not Found" for st, body, _ in results if st == 404)
+    assert all(st in (200, 404) for st, _, _ in results)
+    # Deterministic per id, and the same on counts and fetch.
+    assert {d for d in dois if counts_body("doi", d) is None} == set(missing)
+    assert all(fetch_body("doi", d) is None for d in missing[:20])
+
+
+@pytest.mark.asyncio
+async def test_percent_encoded_and_raw_dois_are_the_same_id() -> None:
+    doi = "10.1000/a#b?c%d;e[f]<g>"
+    encoded = "10.1000/a%23b%3Fc%25d%3Be%5Bf%5D%3Cg%3E"
+    plain = "10.1000/xy;z[1]"
+    async with serve(FakeConfig(not_found_pct=0)) as (server, s):
+        st1, b1, _ = await get(s, api(server, f"/doi/{encoded}"))
+        st2, b2, _ = await get(s, api(server, "/doi/10.1000/A%23B%3FC%25D%3BE%5BF%5D%3CG%3E"))
+        st3, b3, _ = await get(s, api(server, f"/doi/{plain}"))
+        st4, b4, _ = await get(s, api(server, "/doi/10.1000/xy%3Bz%5B1%5D"))
+        st5, b5, _ = await get(s, api(server, "/doi/10.1000/XY;Z[1]"))
+        stats = server.stats
+    assert st1 == st2 == st3 == st4 == st5 == 200
+    assert b1 == b2 and json.loads(b1)["doi"] == doi
+    assert b3 == b4 == b5 and json.loads(b3)["doi"] == plain
+    assert json.loads(b1) == counts_body("doi", doi, not_found_pct=0)
+    assert stats.per_path[f"/v1/doi/{plain}"] == 2  # raw and encoded count as one path
+
+
+# ---- rate limits --------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_rate_limit_headers_on_every_status() -> None:
+    clock = FakeClock(_utc(2024, 5, 1, 10, 0, 0))
+    cfg = FakeConfig(per_second=1.0, burst=1, per_hour=100, clock=clock)
+    found = _first_found("10.4444/h.")
+    missing = next(f"10.4444/m.{i}" for i in range(500) if counts_body("doi", f"10.4444/m.{i}") is None)
+    async with serve(cfg) as (server, s):
+        seen = {}
+        st, _, h = await get(s, api(server, f"/doi/{found}"))
+        seen[st] = h
+        clock.now += 1
+        st, _, h = await get(s, api(server, f"/doi/{missing}"))
+        seen[st] = h
+        st, _, h = await get(s, api(server, f"/doi/{found}"))  # same instant: bucket empty
+        seen[st] = h
+        st, _, h = await get(s, api(server, f"/doi/{found}", key=None))
+        seen[st] = h
+    assert set(seen) == {200, 404, 429, 401}
+    for status, headers in seen.items():
+        assert all(k in headers for k in LIMIT_HEADERS), status
+    assert seen[200]["X-HourlyRateLimit-Limit"] == "100"
+    assert seen[200]["X-HourlyRateLimit-Remaining"] == "99"
+    assert seen[404]["X-HourlyRateLimit-Remaining"] == "98"  # 404s use up the window
+    assert seen[429]["X-HourlyRateLimit-Remaining"] == "98"  # 429s do not
+    assert int(seen[200]["X-DailyRateLimit-Limit"]) >= 1_000_000  # unlimited: a large limit
+
+
+@pytest.mark.asyncio
+async def test_token_bucket_answers_429_with_retry_after() -> None:
+    clock = FakeClock(1_000_000.0)
+    cfg = FakeConfig(per_second=2.0, burst=3, not_found_pct=0, clock=clock)
+    async with serve(cfg) as (server, s):
+        statuses = [(await get(s, api(server, f"/doi/10.1/b{i}")))[0] for i in range(3)]
+        assert statuses == [200, 200, 200]  # the burst
+        st, body, headers = await get(s, api(server, "/doi/10.1/b3"))
+        assert st == 429 and int(headers["Retry-After"]) >= 1
+        clock.now += 0.5  # one token at 2/s
+        assert (await get(s, api(server, "/doi/10.1/b3")))[0] == 200
+        assert (await get(s, api(server, "/doi/10.1/b4")))[0] == 429
+        # Keys have their own buckets.
+        other = FakeConfig(keys=("k1", "k2"), per_second=1.0, clock=clock)
+    async with serve(other) as (server, s):
+        assert (await get(s, api(server, "/doi/10.1/c", key="k1")))[0] in (200, 404)
+        assert (await get(s, api(server, "/doi/10.1/c", key="k1")))[0] == 429
+        assert (await get(s, api(server, "/doi/10.1/c", key="k2")))[0] in (200, 404)
+        assert server.stats.rate_limited == 1
+
+
+@pytest.mark.asyncio
+async def test_daily_quota_429_until_utc_midnight() -> None:
+    clock = FakeClock(_utc(2024, 1, 1, 23, 0, 0))
+    cfg = FakeConfig(per_day=3, clock=clock)
+    async with serve(cfg) as (server, s):
+        remaining = []
+        for i in range(3):
+            st, _, h = await get(s, api(server, f"/doi/10.2/d{i}"))
+            assert st in (200, 404)
+            remaining.append(h["X-DailyRateLimit-Remaining"])
+        assert remaining == ["2", "1", "0"]
+        st, body, h = await get(s, api(server, "/doi/10.2/d3"))
+        assert st == 429
+        assert h["X-DailyRateLimit-Remaining"] == "0"
+        assert h["X-DailyRateLimit-Limit"] == "3"
+        assert int(h["Retry-After"]) == 3600
+        # 401/403 do not use up the window either.
+        assert (await get(s, api(server, "/doi/10.2/d3", key=None)))[0] == 401
+        clock.now = _utc(2024, 1, 2, 0, 0, 1)
+        st, _, h = await get(s, api(server, "/doi/10.2/d3"))
+        assert st in (200, 404)
+        assert h["X-DailyRateLimit-Remaining"] == "2"
+
+
+@pytest.mark.asyncio
+async def test_hourly_quota_429_until_next_hour() -> None:
+    clock = FakeClock(_utc(2024, 1, 1, 10, 59, 0))
+    async with serve(FakeConfig(per_hour=1, clock=clock)) as (server, s):
+        assert (await get(s, api(server, "/doi/10.2/h0")))[0] in (200, 404)
+        st, _, h = await get(s, api(server, "/doi/10.2/h1"))
+        assert st == 429 and h["X-HourlyRateLimit-Remaining"] == "0"
+        assert int(h["Retry-After"]) == 60
+        clock.now += 60
+        assert (await get(s, api(server, "/doi/10.2/h1")))[0] in (200, 404)
+
+
+# ---- faults ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_faults_at_rate_one() -> None:
+    doi = _first_found("10.3333/f.")
+    async with serve(FakeConfig(error_rate=1.0)) as (server, s):
+        st, body, h = await get(s, api(server, f"/doi/{doi}"))
+        assert st in (500, 502, 503) and body
+        assert all(k in h for k in LIMIT_HEADERS)
+        assert server.stats.faults["error"] == 1
+
+    async with serve(FakeConfig(reset_rate=1.0)) as (server, s):
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await get(s, api(server, f"/doi/{doi}"))
+        # aiohttp (3.14) silently retries an idempotent request once after a disconnect.
+        assert server.stats.faults["reset"] in (1, 2)
+        assert 200 not in server.stats.by_status
+        # Faults come after auth: a request without a key is still answered.
+        assert (await get(s, api(server, f"/doi/{doi}", key=None)))[0] == 401
+
+    async with serve(FakeConfig(truncate_rate=1.0)) as (server, s):
+        st, body, h = await get(s, api(server, f"/doi/{doi}"))
+        assert st == 200 and h["Content-Type"].startswith("application/json")
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(body)
+        full = json.dumps(counts_body("doi", doi), separators=(",", ":"), ensure_ascii=False)
+        assert full.encode().startswith(body) and len(body) == len(full.encode()) // 2
+
+    async with serve(FakeConfig(slow_rate=1.0, slow_seconds=0.3)) as (server, s):
+        t0 = time.monotonic()
+        st, _, _ = await get(s, api(server, f"/doi/{doi}"))
+        assert st == 200 and time.monotonic() - t0 >= 0.3
+
+
+async def _outcomes(cfg: FakeConfig, paths: list[str]) -> list[str]:
+    out = []
+    async with serve(cfg) as (server, s):
+        for p in paths:
+            try:
+                st, body, _ = await get(s, api(server, p))
+                try:
+                    if st == 200:
+                        json.loads(body)
+                    out.append(str(st))
+                except ValueError:
+                    out.append(f"{st}-bad")
+            except aiohttp.ClientConnectionError:
+                out.append("reset")
+    return out
+
+
+@pytest.mark.asyncio
+async def test_faults_are_seeded_and_retries_eventually_succeed() -> None:
+    # Each id asked five times in a row, like a client retrying.
+    # (The client's own silent retry after a reset is one more attempt, the same in both runs.)
+    paths = [f"/doi/10.9/r{i}" for i in range(40) for _ in range(5)]
+    cfg = FakeConfig(seed=7, error_rate=0.3, reset_rate=0.15, truncate_rate=0.15, not_found_pct=0)
+    first = await _outcomes(cfg, paths)
+    second = await _outcomes(cfg, paths)
+    assert first == second
+    kinds = set(first)
+    assert {"200", "reset", "200-bad"} <= kinds and kinds & {"500", "502", "503"}
+    for i in range(40):
+        assert "200" in first[i * 5 : i * 5 + 5]  # a retry gets through
+    other = await _outcomes(FakeConfig(seed=8, error_rate=0.3, reset_rate=0.15,
+                                       truncate_rate=0.15, not_found_pct=0), paths)
+    assert other != first
+
+
+# ---- real samples ----------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_samples_are_served_verbatim() -> None:
+    samples = list(iter_sample_files())
+    assert ("counts", "doi", "10.1038/news.2011.490",
+            "counts_researchhub-pyliteral_10.1038-news.2011.490.json") in samples
+    async with serve() as (server, s):
+        for endpoint, id_type, ident, name in samples:
+            prefix = "" if endpoint == "counts" else f"/{endpoint}"
+            st, body, h = await get(s, api(server, f"{prefix}/{id_type}/{ident}"))
+            assert st == 200, name
+            assert h["Content-Type"].startswith("application/json")
+            packaged = (resources.files("harvester") / "data" / name).read_bytes()
+            assert body == packaged, name
+            if SHARED_SAMPLES.is_dir():  # the provenance copy, where it exists
+                assert body == (SHARED_SAMPLES / name).read_bytes(), name
+    assert isinstance(counts_body("doi", "10.1038/480426a")["readers"]["mendeley"], str)  # type: ignore[index]
+    assert fetch_body("doi", "10.1038/NATURE.2014.14583")["altmetric_id"] == 2068207  # type: ignore[index]
+    # The other endpoint of a sample's DOI is synthetic but names the same output.
+    assert counts_body("doi", "10.1038/nature.2014.14583")["altmetric_id"] == 2068207  # type: ignore[index]
+    assert fetch_body("doi", "10.1038/news.2011.490")["altmetric_id"] == 241939  # type: ignore[index]
+
+
+# ---- fetch ---------------------------------------------------------------------------------------------
+
+
+def _find_fetch(pred: Callable[[dict[str, Any]], bool], prefix: str = "10.6666/f.") -> str:
+    for i in range(3000):
+        body = fetch_body("doi", f"{prefix}{i}")
+        if body is not None and pred(body):
+            return f"{prefix}{i}"
+    raise AssertionError("no fetch body matched")
+
+
+def test_fetch_quirks_appear() -> None:
+    bodies = [b for i in range(400) if (b := fetch_body("doi", f"10.6666/q.{i}")) is not None]
+    assert any(b["posts"] == [] for b in bodies)
+    assert any(b["demographics"] == [] for b in bodies)
+    assert any(b["altmetric_score"]["context_for_score"] is None for b in bodies)
+    misc = [b for b in bodies if isinstance(b["posts"], dict) and "misc" in b["posts"]]
+    assert misc and all("misc" not in b["counts"] for b in misc)
+    for b in bodies:
+        posts = b["posts"] if isinstance(b["posts"], dict) else {}
+        assert b["counts"]["total"]["posts_count"] == sum(len(v) for v in posts.values())
+        for src, entry in b["counts"].items():
+            if src not in ("readers", "total"):
+                assert len(posts[src]) == entry["posts_count"]
+    policy = next(b for b in bodies if isinstance(b["posts"], dict) and "policy" in b["posts"])
+    assert policy["posts"]["policy"][0]["source"]["geo"]["country"]
+
+
+@pytest.mark.asyncio
+async def test_fetch_shape_and_source_filters() -> None:
+    doi = _find_fetch(
+        lambda b: isinstance(b["posts"], dict) and "twitter" in b["posts"] and len(b["posts"]) >= 2
+        and b["altmetric_score"]["context_for_score"] is not None
+    )
+    async with serve() as (server, s):
+        st, raw, _ = await get(s, api(server, f"/fetch/doi/{doi}"))
+        assert st == 200
+        body = json.loads(raw)
+        assert body == fetch_body("doi", doi)
+        assert body["altmetric_id"] == counts_body("doi", doi)["altmetric_id"]  # type: ignore[index]
+        assert {"altmetric_id", "counts", "citation", "altmetric_score", "demographics",
+                "posts", "score", "images"} <= set(body)
+        assert body["citation"]["doi"] == doi
+        datetime.fromisoformat(body["citation"]["first_seen_on"])
+        ctx = body["altmetric_score"]["context_for_score"]
+        assert set(ctx) == {"all", "this_journal", "similar_age_3m", "similar_age_this_journal_3m"}
+        assert {"total_number_of_other_articles", "mean", "rank", "this_scored_higher_than_pct",
+                "this_scored_higher_than", "rank_type", "sample_size", "percentile"} == set(ctx["all"])
+        tweet = body["posts"]["twitter"][0]
+        assert tweet["tweet_id"] and tweet["author"]["tweeter_id"]
+        assert "followers" in tweet["author"] and "id_on_source" in tweet["author"]
+        assert not {"title", "summary", "text"} & set(tweet)
+
+        st, raw, _ = await get(s, api(server, f"/fetch/doi/{doi}", include_sources="twitter"))
+        only = json.loads(raw)
+        assert set(only["posts"]) == {"twitter"}
+        assert set(only["counts"]) == {"readers", "total", "twitter"}
+        assert only["counts"]["total"]["posts_count"] == len(only["posts"]["twitter"])
+
+        st, raw, _ = await get(s, api(server, f"/fetch/doi/{doi}", exclude_sources="twitter"))
+        assert "twitter" not in json.loads(raw)["counts"]
+
+        st, raw, _ = await get(
+            s, api(server, f"/fetch/doi/{doi}", include_sections="counts,citation",
+                   post_types="original_tweets"))
+        assert set(json.loads(raw)) == {"altmetric_id", "counts", "citation"}
+
+
+# ---- citations -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_citations_paging() -> None:
+    async with serve() as (server, s):
+        st, raw, _ = await get(s, api(server, "/citations/1w", num_results=99, doi_prefix="10.1038"))
+        assert st == 200
+        first = json.loads(raw)
+        total = first["query"]["total"]
+        assert 20 <= total <= 600
+        assert first["query"]["page"] == 1 and first["query"]["doi_prefix"] == "10.1038"
+        dois = [r["doi"] for r in first["results"]]
+        page = 1
+        while page * 99 < total:
+            page += 1
+            st, raw, _ = await get(s, api(server, "/citations/1w", num_results=99, page=page,
+                                          doi_prefix="10.1038"))
+            assert st == 200
+            dois += [r["doi"] for r in json.loads(raw)["results"]]
+        assert len(dois) == len(set(dois)) == total
+        assert all(d.startswith("10.1038/") for d in dois)
+        assert all(counts_body("doi", d) is not None for d in dois[:50])
+
+        st, body, _ = await get(s, api(server, "/citations/1w", num_results=99, page=page + 1,
+                                       doi_prefix="10.1038"))
+        assert st == 404 and body == b"Not Found"
+
+        # Stable per (timeframe, filters, rank); the default page size is 25.
+        st, raw, _ = await get(s, api(server, "/citations/1w", doi_prefix="10.1038", page=2))
+        again = json.loads(raw)
+        assert [r["doi"] for r in again["results"]] == dois[25:50]
+
+        assert (await get(s, api(server, "/citations/1w", num_results=100)))[0] == 400
+        assert (await get(s, api(server, "/citations/1w", num_results=0)))[0] == 400
+        assert (await get(s, api(server, "/citations/2w")))[0] == 400
+
+
+@pytest.mark.asyncio
+async def test_stats_endpoint() -> None:
+    async with serve() as (server, s):
+        await get(s, api(server, "/doi/10.1038/abc"))
+        await get(s, api(server, "/doi/10.1038/abc"))
+        async with s.get(server.url.removesuffix("/v1") + "/_stats") as resp:
+            stats = await resp.json()
+    assert stats["total"] == 2
+    assert stats["per_path"] == {"/v1/doi/10.1038/abc": 2}
+    assert sum(stats["by_status"].values()) == 2
