@@ -351,7 +351,10 @@ def mock_api(host: str, port: int, keys: tuple[str, ...], counts_only_keys: tupl
         settings["keys"] = keys
     if counts_only_keys:
         settings["counts_only_keys"] = counts_only_keys
-    run(FakeConfig(**settings), host, port)
+    try:
+        run(FakeConfig(**settings), host, port, announce=lambda line: click.echo(line, err=True))
+    except OSError as e:
+        raise HarvesterError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
 @cli.command()

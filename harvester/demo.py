@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import os
 import tempfile
-import threading
-from collections.abc import Iterator
 
 from sqlalchemy import Engine, text
 
 from harvester import jobs, pipeline
 from harvester.config import Config
 from harvester.db import open_database
-from harvester.fakeapi import FakeConfig, FakeServer, start
+from harvester.fakeapi import FakeConfig, serve_in_thread
 from harvester.progress import Reporter
 
 # Real sample DOIs first (the fake serves their recorded bodies), then synthetic ones,
@@ -34,22 +30,6 @@ Try:
   sqlite3 demo.db "select source, sum(unique_users_count) from source_counts group by source order by 2 desc"
   sqlite3 demo.db "select status, count(*) from job_items group by status"
 """
-
-
-@contextlib.contextmanager
-def serve_in_thread(cfg: FakeConfig) -> Iterator[FakeServer]:
-    """Run the fake API on its own event loop in a daemon thread, for callers that are not async."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="fake-api", daemon=True)
-    thread.start()
-    server = asyncio.run_coroutine_threadsafe(start(cfg), loop).result(timeout=30)
-    try:
-        yield server
-    finally:
-        asyncio.run_coroutine_threadsafe(server.close(), loop).result(timeout=30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=30)
-        loop.close()
 
 
 def demo_lines(count: int) -> list[str]:

@@ -24,6 +24,7 @@ This module must never be reachable from a default production path: only the CLI
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import json
@@ -31,9 +32,10 @@ import logging
 import math
 import random
 import signal
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
@@ -933,6 +935,9 @@ def _route(
     identifier = unquote("/".join(parts[1:]))
     if id_type not in ID_TYPES:
         return 400, f"Bad Request: unknown identifier type {id_type!r}".encode(), "text/plain"
+    if "badrequest" in identifier.lower():
+        # A scripted trigger: the real API answers 400 to identifiers it cannot parse.
+        return 400, f"Bad Request: invalid {id_type} {identifier!r}".encode(), "text/plain"
     if endpoint == "counts":
         body = _counts_bytes(id_type, identifier, st.not_found_pct)
         if body is None:
@@ -1125,15 +1130,32 @@ async def start(cfg: FakeConfig, host: str = "127.0.0.1", port: int = 0) -> Fake
     return FakeServer(runner, host, int(bound), app[_STATS])
 
 
-async def _serve_forever(cfg: FakeConfig, host: str, port: int) -> None:
+@contextlib.contextmanager
+def serve_in_thread(cfg: FakeConfig) -> Iterator[FakeServer]:
+    """Run the fake API on its own event loop in a daemon thread, for callers that are not async."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="fake-api", daemon=True)
+    thread.start()
+    server = asyncio.run_coroutine_threadsafe(start(cfg), loop).result(timeout=30)
+    try:
+        yield server
+    finally:
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(timeout=30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=30)
+        loop.close()
+
+
+
+async def _serve_forever(cfg: FakeConfig, host: str, port: int, announce: Callable[[str], None] | None) -> None:
     server = await start(cfg, host, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    logger.info(
-        "fake Altmetric API listening on %s (full keys: %s; counts-only keys: %s)",
-        server.url, ", ".join(cfg.keys) or "-", ", ".join(cfg.counts_only_keys) or "-",
+    (announce or logger.info)(
+        f"fake Altmetric API listening on {server.url} (full keys: {', '.join(cfg.keys) or '-'}; "
+        f"counts-only keys: {', '.join(cfg.counts_only_keys) or '-'}); Ctrl-C stops it"
     )
     try:
         await stop.wait()
@@ -1144,9 +1166,14 @@ async def _serve_forever(cfg: FakeConfig, host: str, port: int) -> None:
         logger.info("fake Altmetric API stopped after %d requests", server.stats.total)
 
 
-def run(cfg: FakeConfig, host: str = "127.0.0.1", port: int = 8787) -> None:
-    """Serve the fake until Ctrl-C or SIGTERM (blocking; for ``harvester mock-api``)."""
-    asyncio.run(_serve_forever(cfg, host, port))
+def run(
+    cfg: FakeConfig, host: str = "127.0.0.1", port: int = 8787, announce: Callable[[str], None] | None = None
+) -> None:
+    """Serve the fake until Ctrl-C or SIGTERM (blocking; for ``harvester mock-api``).
+
+    ``announce`` receives the line that says where it listens (default: logged at INFO).
+    """
+    asyncio.run(_serve_forever(cfg, host, port, announce))
 
 
 def iter_sample_files() -> Iterable[tuple[str, str, str, str]]:

@@ -14,8 +14,7 @@ from sqlalchemy import Engine
 
 from harvester.cli import cli
 from harvester.db import open_database
-from harvester.demo import serve_in_thread
-from harvester.fakeapi import FakeConfig, FakeServer, counts_body
+from harvester.fakeapi import FakeConfig, FakeServer, counts_body, serve_in_thread
 from tests.conftest import KEY, rows, scalar
 
 FAKE = FakeConfig(keys=(KEY,), counts_only_keys=("counts-only-key",))
@@ -280,3 +279,12 @@ def test_jobs_and_status_commands(h: Harness) -> None:
     assert "job 1 (first): finished" in text
     assert h.run("status", "9").exit_code == 1
     assert h.run("resume").exit_code == 1  # nothing unfinished
+
+
+def test_400_fails_the_item_at_once_without_retry(h: Harness, fake: FakeServer) -> None:
+    result = h.run("harvest", "--no-progress", h.ids(["10.5555/badrequest.1", "10.5555/t.00001"]))
+    assert result.exit_code == 3
+    item = h.items()["10.5555/badrequest.1"]
+    assert (item["status"], item["attempts"], item["http_status"]) == ("failed", 1, 400)
+    assert item["last_error"].startswith("HTTP 400: Bad Request")
+    assert fake.stats.per_path["/v1/doi/10.5555/badrequest.1"] == 1
