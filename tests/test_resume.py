@@ -1,0 +1,172 @@
+"""Real `harvester` subprocesses killed with SIGKILL and SIGINT, then resumed.
+
+The final database must equal that of an undisturbed run (timestamps aside),
+with nothing pending, nothing duplicated, and no id that was already answered
+asked again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from harvester.fakeapi import FakeConfig, FakeServer, serve_in_thread
+from tests.conftest import KEY
+
+# A little latency so that a run lasts long enough to be killed in the middle.
+FAKE = FakeConfig(keys=(KEY,), latency=0.004)
+N = 1500
+TABLES = {
+    "outputs": "altmetric_id",
+    "identifiers": "scheme, value",
+    "source_counts": "altmetric_id, source",
+    "readers": "altmetric_id, platform",
+    "score_history": "altmetric_id, timeframe",
+    "score_context": "altmetric_id, scope",
+}
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeServer]:
+    with serve_in_thread(FAKE) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def id_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ids") / "dois.txt"
+    path.write_text("".join(f"10.5555/kill.{i:05d}\n" for i in range(N)))
+    return path
+
+
+def env_for(server: FakeServer) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HARVESTER_") and k != "ALTMETRIC_API_KEY"}
+    env.update(HARVESTER_API_URL=server.url, ALTMETRIC_API_KEY=KEY, HARVESTER_TIER="commercial", HARVESTER_CONFIG="")
+    return env
+
+
+def start(db: Path, server: FakeServer, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "harvester", "--database", f"sqlite:///{db}", *args],
+        env=env_for(server),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def query(db: Path, sql: str) -> list[tuple[Any, ...]]:
+    engine = create_engine(f"sqlite:///{db}")
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(text(sql))]
+    finally:
+        engine.dispose()
+
+
+def final_count(db: Path) -> int:
+    try:
+        return query(db, "select count(*) from job_items where status != 'pending'")[0][0]
+    except Exception:
+        return 0  # the job is not created yet
+
+
+def wait_until(db: Path, final: int, proc: subprocess.Popen[str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while final_count(db) < final:
+        assert proc.poll() is None, f"the harvester ended early: {proc.communicate()}"
+        assert time.monotonic() < deadline, "no progress"
+        time.sleep(0.02)
+
+
+def snapshot(db: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Every data table, ordered by its key, without the harvest timestamp."""
+    out = {}
+    for table, key in TABLES.items():
+        columns = [r[1] for r in query(db, f"pragma table_info({table})") if r[1] != "harvested_at"]
+        out[table] = query(db, f"select {', '.join(columns)} from {table} order by {key}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def undisturbed(tmp_path_factory: pytest.TempPathFactory, fake: FakeServer, id_file: Path) -> dict[str, Any]:
+    db = tmp_path_factory.mktemp("clean") / "clean.db"
+    proc = start(db, fake, "harvest", "--no-progress", str(id_file))
+    assert proc.wait(timeout=120) == 0, proc.communicate()
+    return snapshot(db)
+
+
+def test_kill_9_twice_then_resume_equals_an_undisturbed_run(
+    tmp_path: Path, fake: FakeServer, id_file: Path, undisturbed: dict[str, Any]
+) -> None:
+    db = tmp_path / "killed.db"
+    proc = start(db, fake, "harvest", "--no-progress", "--concurrency", "8", str(id_file))
+    wait_until(db, N // 4, proc)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    first = final_count(db)
+    assert 0 < first < N
+    assert query(db, "select status from jobs") == [("running",)]  # a dead run, as kill -9 leaves it
+
+    proc = start(db, fake, "resume", "--no-progress")
+    wait_until(db, first + N // 4, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    answered = {r[0] for r in query(db, "select identifier from job_items where status != 'pending'")}
+    asked_mid = dict(fake.stats.per_path)
+
+    proc = start(db, fake, "resume", "--no-progress")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "job 1 finished" in err
+    assert query(db, "select count(*) from job_items where status = 'pending' or claimed_by is not null") == [(0,)]
+    assert snapshot(db) == undisturbed
+    # Ids answered before the second kill were not asked by the last run.
+    for identifier in answered:
+        path = f"/v1/doi/{identifier}"
+        assert fake.stats.per_path[path] == asked_mid[path], path
+
+
+def test_ctrl_c_flushes_prints_the_resume_command_and_resume_finishes(
+    tmp_path: Path, fake: FakeServer, id_file: Path, undisturbed: dict[str, Any]
+) -> None:
+    db = tmp_path / "interrupted.db"
+    proc = start(db, fake, "harvest", "--no-progress", "--concurrency", "8", str(id_file))
+    wait_until(db, N // 3, proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert f"Resume with: harvester --database sqlite:///{db} resume 1" in err
+    assert "Traceback" not in err
+    assert query(db, "select status, runner from jobs") == [("interrupted", None)]
+    assert query(db, "select count(*) from job_items where claimed_by is not null") == [(0,)]
+    done_at_stop = final_count(db)
+    assert N // 3 <= done_at_stop < N
+
+    proc = start(db, fake, "resume", "--no-progress")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert snapshot(db) == undisturbed
+
+
+def test_a_live_run_is_not_taken_over(tmp_path: Path, id_file: Path) -> None:
+    with serve_in_thread(replace(FAKE, latency=0.05)) as slow:
+        db = tmp_path / "busy.db"
+        first = start(db, slow, "harvest", "--no-progress", "--concurrency", "2", str(id_file))
+        wait_until(db, 4, first)
+        second = start(db, slow, "resume", "1", "--no-progress")
+        out, err = second.communicate(timeout=60)
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=60)
+    assert second.returncode == 75
+    assert "job 1 is being run by" in err
