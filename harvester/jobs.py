@@ -89,7 +89,7 @@ def create_job(
     now = utcnow()
     lines = read_ids(sources, id_type, stdin)
     with engine.begin() as conn:
-        job_id = conn.execute(
+        job_id: int = conn.execute(
             insert(schema.jobs).values(
                 name=name,
                 endpoint=endpoint,
@@ -102,7 +102,7 @@ def create_job(
                 duplicate_lines=0,
                 created_at=now,
             )
-        ).inserted_primary_key[0]
+        ).inserted_primary_key[0]  # type: ignore[index]
         valid = rejected = 0
         ins = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
         add_items = ins(schema.job_items).on_conflict_do_nothing()

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from harvester import jobs
 from harvester.client import ApiClient, ConnectError, Response, TransportError, id_path
@@ -70,7 +71,7 @@ class _State:
 
 def backoff(attempt: int, base: float, cap: float) -> float:
     """Capped exponential backoff with full jitter in the upper half."""
-    delay = min(cap, base * 2 ** (attempt - 1))
+    delay: float = min(cap, base * 2.0 ** (attempt - 1))
     return delay * random.uniform(0.5, 1.0)
 
 
@@ -246,8 +247,9 @@ async def run_job(
         watchers = [asyncio.create_task(state.abort.wait())]
         if stop is not None:
             watchers.append(asyncio.create_task(stop.wait()))
-        all_workers = asyncio.gather(*workers)
-        await asyncio.wait([all_workers, *watchers], return_when=asyncio.FIRST_COMPLETED)
+        all_workers: asyncio.Future[list[None]] = asyncio.gather(*workers)
+        waited: list[asyncio.Future[Any]] = [all_workers, *watchers]
+        await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
         if all_workers.done() and not all_workers.cancelled() and all_workers.exception() is not None:
             logger.debug("a worker crashed", exc_info=all_workers.exception())
             fail(all_workers.exception())  # type: ignore[arg-type]
@@ -263,7 +265,10 @@ async def run_job(
 
 
 def _finish(engine: Engine, job_id: int, runner: str, state: _State, interrupted: bool, elapsed: float) -> RunOutcome:
-    counts = jobs.item_counts(engine, job_id)
+    try:
+        counts = jobs.item_counts(engine, job_id)
+    except SQLAlchemyError:
+        counts = state.counts
     error = state.error
     resume_after = None
     if isinstance(error, QuotaExhausted):
@@ -278,7 +283,13 @@ def _finish(engine: Engine, job_id: int, runner: str, state: _State, interrupted
     else:
         status, code = "finished", 3 if counts["failed"] else 0
     message = str(error) if error is not None else None
-    jobs.release(engine, job_id, runner, status, message, resume_after)
+    try:
+        jobs.release(engine, job_id, runner, status, message, resume_after)
+    except SQLAlchemyError as e:
+        # The database may be the very thing that failed (disk full). The job then
+        # still names this dead runner, which the next resume takes over.
+        logger.warning("could not record the job's end: %s", e)
+        status, code = "stopped", 1
     return RunOutcome(job_id, status, counts, code, message, elapsed, state.processed, state.requests)
 
 

@@ -7,7 +7,7 @@ import time
 from typing import TextIO
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, TaskID, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
 
@@ -36,7 +36,7 @@ class Reporter:
         self.stream = stream or sys.stderr
         self.interval = interval
         self._bar: Progress | None = None
-        self._task: int | None = None
+        self._task: TaskID | None = None
         self._first: tuple[float, int] | None = None
         self._last_line = 0.0
 
@@ -77,7 +77,7 @@ class Reporter:
         if self._bar is None:
             self._bar = Progress(
                 TextColumn(f"job {self.job_id}"),
-                BarColumn(),
+                BarColumn(bar_width=16),
                 MofNCompleteColumn(),
                 _RateColumn(),
                 TextColumn("ETA"),
