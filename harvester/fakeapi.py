@@ -513,20 +513,25 @@ def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-# ~1.5 kB a body: 100k entries stay near 150 MB even through a million-id demo.
-@functools.lru_cache(maxsize=100_000)
-def _counts_bytes(id_type: str, identifier: str, not_found_pct: float) -> bytes | None:
-    # Cached encoded: a bulk harvest asks each id once, but retries and the tests' own
-    # counts_body() calls ask again, and encoding is most of the cost.
+def _build_bytes(endpoint: str, id_type: str, identifier: str, not_found_pct: float) -> bytes | None:
     key = _norm_id(id_type, identifier)
-    sample = _sample_name("counts", id_type, key)
+    sample = _sample_name(endpoint, id_type, key)
     if sample is not None:
         return _sample_bytes(sample)
     if _is_not_found(id_type, key, not_found_pct):
         return None
     rtype, rkey = _resolve(id_type, key)
     asked = key if rtype == "doi" else identifier.strip()
-    return _dumps(_counts_dict(_profile(rtype, rkey, asked)))
+    profile = _profile(rtype, rkey, asked)
+    return _dumps(_counts_dict(profile) if endpoint == "counts" else _fetch_dict(profile))
+
+
+# ~1.5 kB a body: 100k entries stay near 150 MB even through a million-id demo.
+@functools.lru_cache(maxsize=100_000)
+def _counts_bytes(id_type: str, identifier: str, not_found_pct: float) -> bytes | None:
+    # Cached encoded: a bulk harvest asks each id once, but retries and the tests' own
+    # counts_body() calls ask again, and encoding is most of the cost.
+    return _build_bytes("counts", id_type, identifier, not_found_pct)
 
 
 def counts_body(id_type: str, identifier: str, not_found_pct: float = 15.0) -> dict[str, Any] | None:
@@ -704,15 +709,7 @@ def _fetch_dict(p: _Profile) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=4096)
 def _fetch_bytes(id_type: str, identifier: str, not_found_pct: float) -> bytes | None:
-    key = _norm_id(id_type, identifier)
-    sample = _sample_name("fetch", id_type, key)
-    if sample is not None:
-        return _sample_bytes(sample)
-    if _is_not_found(id_type, key, not_found_pct):
-        return None
-    rtype, rkey = _resolve(id_type, key)
-    asked = key if rtype == "doi" else identifier.strip()
-    return _dumps(_fetch_dict(_profile(rtype, rkey, asked)))
+    return _build_bytes("fetch", id_type, identifier, not_found_pct)
 
 
 def _split_list(value: str | None) -> list[str] | None:
