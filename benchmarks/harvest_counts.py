@@ -1,0 +1,379 @@
+"""Harvester throughput against a raw aiohttp client, in one run, against one fake API.
+
+    python benchmarks/harvest_counts.py [--ids 20000] [--latency 0] [--concurrency 64] [--keep]
+
+What it does (DESIGN.md section 10):
+
+1. starts the fake Altmetric API (harvester.fakeapi) in a separate process on a free
+   loopback port;
+2. raw client: one aiohttp ClientSession, --concurrency requests in flight, json.loads of
+   every 200 body, nothing stored, over N DOIs ``10.5555/raw.{i}``; measured again after
+   the harvest over ``10.5555/raw-after.{i}`` to show how noisy the machine is;
+3. harvester: ``harvester --database sqlite:///TMP/bench.db harvest --no-progress
+   --concurrency C FILE`` over N DOIs ``10.5555/bench.{i:07d}`` as a subprocess; wall time,
+   the run-phase rate from its final stderr line, and peak RSS (exact, from os.wait4;
+   plus a psutil poll of the process tree every 50 ms when psutil is installed);
+4. checks the database: exit code 0, N job_items, none pending, none failed, and as many
+   outputs as done items;
+5. prints a table. Exit 0 whether or not the goal is met; 1 if a correctness check fails.
+
+Each phase asks for its own DOIs, so the fake's body caches are cold for all of them.
+Figures belong in notes, not in the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+from yarl import URL
+
+try:
+    import psutil
+except ImportError:  # only the tree-sum figure needs it; the exact peak comes from wait4
+    psutil = None
+
+KEY = "bench-key"
+FINAL_LINE = re.compile(
+    r"job (?P<job>\d+) (?P<status>\w+): .*\((?P<processed>[\d,]+) in (?P<elapsed>[\d.]+)s, "
+    r"(?P<rate>[\d,.]+) ids/s, (?P<requests>[\d,]+) requests\)"
+)
+
+
+def goal_for(latency: float) -> float:
+    """DESIGN.md section 10: >= 0.85 of the raw client; >= 0.95 against a 100 ms server."""
+    return 0.85 if latency < 0.1 else 0.95
+
+
+# ------------------------------------------------------------------------------------------
+# The fake API, in its own process
+# ------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_fake(latency: float) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    code = (
+        "from harvester.fakeapi import run, FakeConfig; "
+        f"run(FakeConfig(keys=({KEY!r},), latency={latency!r}), port={port})"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    root = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            raise SystemExit(f"the fake API exited with {proc.returncode}:\n{err}")
+        try:
+            with urllib.request.urlopen(root + "/_stats", timeout=1) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            stop_fake(proc)
+            raise SystemExit("the fake API did not answer within 30 s")
+        time.sleep(0.05)
+    return proc, root
+
+
+def stop_fake(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if proc.stderr:
+        proc.stderr.close()
+
+
+def fake_stats(root: str) -> dict[str, object]:
+    with urllib.request.urlopen(root + "/_stats", timeout=30) as r:
+        d = json.loads(r.read())
+    return {"total": d["total"], "by_status": d["by_status"]}
+
+
+def stats_delta(before: dict[str, object], after: dict[str, object]) -> tuple[int, dict[str, int]]:
+    b, a = before["by_status"], after["by_status"]
+    assert isinstance(a, dict) and isinstance(b, dict)
+    statuses = {k: a.get(k, 0) - b.get(k, 0) for k in a}
+    return int(after["total"]) - int(before["total"]), {k: v for k, v in statuses.items() if v}
+
+
+# ------------------------------------------------------------------------------------------
+# Raw client
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RawResult:
+    requests: int = 0
+    seconds: float = 0.0
+    statuses: dict[int, int] = field(default_factory=dict)
+    errors: int = 0
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+
+async def _raw(api: str, prefix: str, n: int, concurrency: int) -> RawResult:
+    res = RawResult()
+    urls = iter([URL(f"{api}/doi/10.5555/{prefix}.{i}?key={KEY}", encoded=True) for i in range(n)])
+    statuses: dict[int, int] = {}
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(
+        timeout=timeout, connector=aiohttp.TCPConnector(limit=concurrency)
+    ) as session:
+
+        async def worker() -> None:
+            for url in urls:  # a shared iterator: each worker takes the next id
+                try:
+                    async with session.get(url) as r:
+                        body = await r.read()
+                        statuses[r.status] = statuses.get(r.status, 0) + 1
+                        if r.status == 200:
+                            json.loads(body)
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    res.errors += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        res.seconds = time.perf_counter() - t0
+    res.requests = n
+    res.statuses = dict(sorted(statuses.items()))
+    return res
+
+
+def raw_rate(api: str, prefix: str, n: int, concurrency: int) -> RawResult:
+    return asyncio.run(_raw(api, prefix, n, concurrency))
+
+
+# ------------------------------------------------------------------------------------------
+# Harvester
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class HarvestResult:
+    exit_code: int
+    wall: float
+    maxrss_mb: float  # exact: ru_maxrss of the harvester (max over it and children it reaped)
+    tree_peak_mb: float | None  # psutil poll: peak of the sum of RSS over the process tree
+    stderr: str
+    final: dict[str, str] | None
+
+
+def _poll_tree(pid: int, stop: threading.Event, peak: list[int]) -> None:
+    assert psutil is not None
+    try:
+        root = psutil.Process(pid)
+    except psutil.Error:
+        return
+    while not stop.is_set():
+        total = 0
+        try:
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            break
+        for p in procs:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        peak[0] = max(peak[0], total)
+        stop.wait(0.05)
+
+
+def run_harvester(api: str, workdir: Path, ids_file: Path, db: Path, concurrency: int) -> HarvestResult:
+    exe = shutil.which("harvester", path=str(Path(sys.executable).parent)) or shutil.which("harvester")
+    cmd = [exe] if exe else [sys.executable, "-m", "harvester"]
+    cmd += ["--database", f"sqlite:///{db}", "harvest", "--no-progress", "--concurrency", str(concurrency),
+            str(ids_file)]
+    env = dict(os.environ, HARVESTER_API_URL=api, ALTMETRIC_API_KEY=KEY, HARVESTER_TIER="commercial",
+               HARVESTER_CONFIG="")
+    out_path, err_path = workdir / "harvester.out", workdir / "harvester.err"
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        t0 = time.perf_counter()
+        # cwd=workdir: with HARVESTER_CONFIG empty, a ./harvester.toml would still be read.
+        proc = subprocess.Popen(cmd, env=env, cwd=workdir, stdout=out, stderr=err)
+        stop, peak = threading.Event(), [0]
+        poller = threading.Thread(target=_poll_tree, args=(proc.pid, stop, peak), daemon=True) if psutil else None
+        if poller:
+            poller.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        stop.set()
+        if poller:
+            poller.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    stderr = err_path.read_text(errors="replace")
+    final = None
+    for line in reversed(stderr.splitlines()):
+        if m := FINAL_LINE.search(line):
+            final = m.groupdict()
+            break
+    return HarvestResult(
+        exit_code=proc.returncode,
+        wall=wall,
+        maxrss_mb=usage.ru_maxrss / 1024,  # KiB on Linux
+        tree_peak_mb=peak[0] / 2**20 if psutil else None,
+        stderr=stderr,
+        final=final,
+    )
+
+
+def check_database(db: Path, n: int) -> tuple[list[str], dict[str, int]]:
+    """Problems found (empty when correct) and the per-status counts of the job's items."""
+    problems: list[str] = []
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        jobs = [r[0] for r in con.execute("SELECT id FROM jobs")]
+        if len(jobs) != 1:
+            problems.append(f"expected 1 job, found {len(jobs)}")
+        counts = dict(con.execute("SELECT status, count(*) FROM job_items GROUP BY status").fetchall())
+        items = sum(counts.values())
+        outputs = con.execute("SELECT count(*) FROM outputs").fetchone()[0]
+    finally:
+        con.close()
+    if items != n:
+        problems.append(f"{items} job_items, expected {n}")
+    if counts.get("pending", 0):
+        problems.append(f"{counts['pending']} items still pending")
+    if counts.get("failed", 0):
+        problems.append(f"{counts['failed']} items failed (the fake injects no faults)")
+    if outputs != counts.get("done", 0):
+        problems.append(f"{outputs} outputs but {counts.get('done', 0)} done items")
+    counts["outputs"] = outputs
+    return problems, counts
+
+
+# ------------------------------------------------------------------------------------------
+# Main
+# ------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ids", type=int, default=20_000, help="ids per phase (default 20000)")
+    ap.add_argument("--latency", type=float, default=0.0, help="seconds the fake adds to every answer")
+    ap.add_argument("--concurrency", type=int, default=64, help="requests in flight, both clients")
+    ap.add_argument("--keep", action="store_true", help="keep the temp directory (database, ids, logs)")
+    args = ap.parse_args()
+    n, conc, latency = args.ids, args.concurrency, args.latency
+
+    tmp = Path(tempfile.mkdtemp(prefix="harvest-bench-"))
+    ids_file, db = tmp / "ids.txt", tmp / "bench.db"
+    ids_file.write_text("".join(f"10.5555/bench.{i:07d}\n" for i in range(n)))
+
+    fake, root = start_fake(latency)
+    api = root + "/v1"
+    try:
+        print(f"fake API at {api} (pid {fake.pid}), latency {latency}s; {n:,} ids per phase, "
+              f"concurrency {conc}", flush=True)
+        s0 = fake_stats(root)
+        raw = raw_rate(api, "raw", n, conc)
+        s1 = fake_stats(root)
+        print(f"raw client: {raw.rate:,.0f} req/s ({raw.seconds:.2f}s, statuses {raw.statuses}, "
+              f"errors {raw.errors})", flush=True)
+        hv = run_harvester(api, tmp, ids_file, db, conc)
+        s2 = fake_stats(root)
+        print(f"harvester: exit {hv.exit_code}, {hv.wall:.2f}s wall", flush=True)
+        raw_after = raw_rate(api, "raw-after", n, conc)
+        print(f"raw client again: {raw_after.rate:,.0f} req/s ({raw_after.seconds:.2f}s)", flush=True)
+    finally:
+        stop_fake(fake)
+
+    problems: list[str] = []
+    if hv.exit_code != 0:
+        problems.append(f"harvester exited with {hv.exit_code}")
+    if raw.errors or raw_after.errors:
+        problems.append(f"raw client transport errors: {raw.errors + raw_after.errors}")
+    try:
+        db_problems, counts = check_database(db, n)
+        problems += db_problems
+    except sqlite3.Error as e:
+        problems.append(f"cannot read the database: {e}")
+        counts = {}
+
+    raw_requests, _ = stats_delta(s0, s1)
+    if raw_requests != n:
+        problems.append(f"the fake saw {raw_requests} raw requests, expected {n}")
+    harvest_requests, harvest_statuses = stats_delta(s1, s2)
+    raw_mean = (raw.rate + raw_after.rate) / 2
+    wall_rate = n / hv.wall if hv.wall else 0.0
+    run_rate = float(hv.final["rate"].replace(",", "")) if hv.final else None
+    goal = goal_for(latency)
+
+    def ratio(x: float | None) -> str:
+        return f"{x / raw_mean:.3f}" if x is not None and raw_mean else "n/a"
+
+    rows = [
+        ("raw client req/s (before harvest)", f"{raw.rate:,.0f}"),
+        ("raw client req/s (after harvest)", f"{raw_after.rate:,.0f}"),
+        ("raw client req/s (mean, the reference)", f"{raw_mean:,.0f}"),
+        ("harvester ids/s (wall, incl. startup+load)", f"{wall_rate:,.0f}"),
+        ("harvester ids/s (run phase, its own figure)", f"{run_rate:,.0f}" if run_rate is not None else "n/a"),
+        ("ratio harvester/raw (wall)", ratio(wall_rate)),
+        ("ratio harvester/raw (run phase)", ratio(run_rate)),
+        (f"goal ratio ≥ {goal:.2f} (run phase)",
+         ("met" if run_rate / raw_mean >= goal else "not met") if run_rate and raw_mean else "n/a"),
+        (f"goal ratio ≥ {goal:.2f} (wall)", "met" if raw_mean and wall_rate / raw_mean >= goal else "not met"),
+        ("harvester wall time s", f"{hv.wall:.2f}"),
+        ("harvester peak RSS MB (ru_maxrss)", f"{hv.maxrss_mb:.1f}"),
+        ("harvester peak RSS MB (psutil, tree sum)", f"{hv.tree_peak_mb:.1f}" if hv.tree_peak_mb is not None else "n/a"),
+        ("harvester requests (its figure / fake's)", f"{hv.final['requests'] if hv.final else 'n/a'} / {harvest_requests:,}"),
+        ("fake statuses during harvest", json.dumps(harvest_statuses)),
+        ("items done / not_found / failed / outputs",
+         " / ".join(f"{counts.get(k, 0):,}" for k in ("done", "not_found", "failed", "outputs"))),
+        ("N ids", f"{n:,}"),
+        ("concurrency", str(conc)),
+        ("fake latency s", f"{latency:g}"),
+        ("python", platform.python_version()),
+        ("aiohttp", aiohttp.__version__),
+        ("cpus", str(os.cpu_count())),
+        ("correctness", "ok" if not problems else "FAILED"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    print()
+    for k, v in rows:
+        print(f"  {k:<{width}}  {v}")
+    for p in problems:
+        print(f"  problem: {p}")
+    if problems:
+        print("\nharvester stderr (last 20 lines):")
+        print("\n".join(hv.stderr.splitlines()[-20:]))
+
+    if args.keep:
+        print(f"\nkept {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
