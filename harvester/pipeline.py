@@ -27,9 +27,9 @@ from harvester import jobs
 from harvester.client import ApiClient, ConnectError, Response, TransportError, id_path
 from harvester.config import Config
 from harvester.errors import ApiAuthError, ApiUnreachableError, HarvesterError, JobError, QuotaExhausted
-from harvester.parse import ParseError, decode, parse_counts
+from harvester.parse import ParseError, as_int, decode, lower_doi
 from harvester.ratelimit import RateLimiter, next_utc_midnight
-from harvester.store import ItemResult, write_batch
+from harvester.store import ItemResult, WriterProcess
 
 logger = logging.getLogger(__name__)
 
@@ -164,14 +164,18 @@ async def run_job(
                 status = response.status
                 if status == 200:
                     try:
-                        records = parse_counts(decode(response.body), jobs.utcnow())
+                        body = decode(response.body)
+                        if as_int(body.get("altmetric_id")) is None:
+                            raise ParseError("the body has no altmetric_id")
                     except ParseError as e:
                         error = f"unusable body: {e}"
                     else:
+                        # The writer parses the rest, in its own process.
                         note = None
-                        if item.id_type == "doi" and records.doi and records.doi != item.identifier:
-                            note = f"the API returned DOI {records.doi} for this id"
-                        return ItemResult(item.id_type, item.identifier, "done", attempts + 1, 200, None, records, note)
+                        returned = lower_doi(body.get("doi"))
+                        if item.id_type == "doi" and returned and returned != item.identifier:
+                            note = f"the API returned DOI {returned} for this id"
+                        return ItemResult(item.id_type, item.identifier, "done", attempts + 1, 200, None, response.body, note)
                 elif status == 404:
                     return ItemResult(item.id_type, item.identifier, "not_found", attempts + 1, 404)
                 elif status in (401, 403):
@@ -226,13 +230,13 @@ async def run_job(
                 batch.append(got)
             if batch:
                 try:
-                    await asyncio.to_thread(write_batch, engine, job_id, batch, jobs.utcnow(), runner)
+                    written = await asyncio.to_thread(writer_process.write, batch)
                 except HarvesterError as e:
                     fail(e)
                     return
-                for r in batch:
-                    state.counts["pending"] -= 1
-                    state.counts[r.status] += 1
+                state.counts["pending"] -= len(batch)
+                for status, n in written.items():
+                    state.counts[status] += n
                 state.processed += len(batch)
             if progress and (finished or time.monotonic() - last_progress > 0.2):
                 progress(dict(state.counts))
@@ -240,7 +244,8 @@ async def run_job(
             if finished:
                 return
 
-    async with ApiClient(config.api, concurrency) as client:
+    async def supervise() -> bool:
+        """Run feeder, workers and writer until done or stopped; True if a signal stopped it."""
         feeder = asyncio.create_task(feed())
         workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
         writer = asyncio.create_task(write())
@@ -253,14 +258,22 @@ async def run_job(
         if all_workers.done() and not all_workers.cancelled() and all_workers.exception() is not None:
             logger.debug("a worker crashed", exc_info=all_workers.exception())
             fail(all_workers.exception())  # type: ignore[arg-type]
-        interrupted = stop is not None and stop.is_set() and state.error is None
+        stopped = stop is not None and stop.is_set() and state.error is None
         for task in [feeder, *workers, *watchers]:
             task.cancel()
         await asyncio.gather(feeder, *workers, *watchers, all_workers, return_exceptions=True)
         # Results already fetched are written before we stop: nothing fetched is thrown away.
         await results.put(_DONE)
         await writer
+        return stopped
 
+    writer_process = WriterProcess(engine.url.render_as_string(hide_password=False), job_id, runner)
+    writer_process.start()
+    try:
+        async with ApiClient(config.api, concurrency) as client:
+            interrupted = await supervise()
+    finally:
+        await asyncio.to_thread(writer_process.close)
     return _finish(engine, job_id, runner, state, interrupted, time.monotonic() - started)
 
 

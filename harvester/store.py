@@ -7,7 +7,12 @@ output updates its rows instead of duplicating them.
 
 from __future__ import annotations
 
+import collections
+import ctypes
 import logging
+import multiprocessing
+import queue
+import signal
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -19,8 +24,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from harvester import schema
-from harvester.errors import DatabaseError
-from harvester.parse import Records
+from harvester.errors import DatabaseError, HarvesterError
+from harvester.parse import ParseError, Records, decode, parse_counts
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +38,11 @@ _UPDATE_COLUMNS = {
 
 @dataclass(slots=True)
 class ItemResult:
-    """The final outcome of one job item, as the writer commits it."""
+    """The final outcome of one job item, as the writer commits it.
+
+    A done item carries the raw body (already checked to be a JSON object with
+    an altmetric_id): the writer parses it, off the event loop's core.
+    """
 
     id_type: str
     identifier: str
@@ -41,7 +50,7 @@ class ItemResult:
     attempts: int
     http_status: int | None = None
     error: str | None = None
-    records: Records | None = None
+    body: bytes | None = None
     note: str | None = None
 
 
@@ -102,13 +111,23 @@ _mark_item = (
 )
 
 
-def write_batch(engine: Engine, job_id: int, results: Sequence[ItemResult], now: datetime, runner: str) -> None:
-    """Commit the data of a batch and its items' final statuses together.
+def write_batch(engine: Engine, job_id: int, results: Sequence[ItemResult], now: datetime, runner: str) -> dict[str, int]:
+    """Parse the bodies, then commit the data of a batch and its items' final statuses together.
 
     A crash before the commit leaves the items pending (they are asked again on
     resume); after it, both are there. Nothing in between can be observed.
+    Returns how many items of the batch ended in each status.
     """
-    records = [r.records for r in results if r.records is not None]
+    parsed: dict[int, Records] = {}
+    for i, r in enumerate(results):
+        if r.body is None:
+            continue
+        try:
+            parsed[i] = parse_counts(decode(r.body), now)
+        except ParseError as e:  # checked JSON with an altmetric_id, yet unusable: not transient
+            r.status, r.error = "failed", f"unusable body: {e}"
+        r.body = None
+    records = list(parsed.values())
     items = [
         {
             "b_job_id": job_id,
@@ -118,20 +137,21 @@ def write_batch(engine: Engine, job_id: int, results: Sequence[ItemResult], now:
             "b_attempts": r.attempts,
             "http_status": r.http_status,
             "last_error": r.error,
-            "altmetric_id": r.records.altmetric_id if r.records else None,
+            "altmetric_id": parsed[i].altmetric_id if i in parsed else None,
             "note": r.note,
             "updated_at": now,
         }
-        for r in results
+        for i, r in enumerate(results)
     ]
     # The asked id is an identifier of the output too (an ISBN body may not
     # list the ISBN it was found by), unless the API answered with another output.
     asked = [
-        {"scheme": r.id_type, "value": r.identifier, "altmetric_id": r.records.altmetric_id}
-        for r in results
-        if r.records is not None and r.note is None and r.id_type != "id"
+        {"scheme": results[i].id_type, "value": results[i].identifier, "altmetric_id": rec.altmetric_id}
+        for i, rec in parsed.items()
+        if results[i].note is None and results[i].id_type != "id"
     ]
     _retrying(lambda conn: _write(conn, job_id, records, items, asked, now, runner), engine)
+    return dict(collections.Counter(r.status for r in results))
 
 
 def _write(
@@ -170,3 +190,90 @@ def _retrying(work: Any, engine: Engine, attempts: int = 5) -> None:
             raise DatabaseError(f"cannot write to the database: {message}") from None
         except SQLAlchemyError as e:
             raise DatabaseError(f"cannot write to the database: {e}") from None
+
+
+class WriterProcess:
+    """The single writer, in a process of its own.
+
+    Parsing and SQL then run on the other core: in one process, the writer
+    thread held the GIL for most of every batch and the event loop (HTTP) waited.
+    One batch is in flight at a time; write() returns when it is committed.
+    """
+
+    def __init__(self, url: str, job_id: int, runner: str) -> None:
+        ctx = multiprocessing.get_context("spawn")  # no fork of a running event loop and its threads
+        self._inbox: Any = ctx.Queue(maxsize=1)
+        self._outbox: Any = ctx.Queue()
+        self._process = ctx.Process(
+            target=_writer_main,
+            args=(url, job_id, runner, self._inbox, self._outbox),
+            name="harvester-writer",
+            daemon=True,
+        )
+
+    def start(self) -> None:
+        # From the main thread: the child's parent-death signal is tied to the creating thread.
+        self._process.start()
+
+    def write(self, batch: list[ItemResult]) -> dict[str, int]:
+        """Commit a batch through the writer process (blocking: call it from a thread)."""
+        self._inbox.put(batch)
+        while True:
+            try:
+                kind, value = self._outbox.get(timeout=1.0)
+            except queue.Empty:
+                if not self._process.is_alive():
+                    raise DatabaseError(f"the writer process died (exit code {self._process.exitcode})") from None
+                continue
+            if kind == "error":
+                raise DatabaseError(value)
+            return dict(value)
+
+    def close(self) -> None:
+        if self._process.is_alive():
+            self._inbox.put(None)
+            self._process.join(timeout=30)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+        self._inbox.close()
+        self._outbox.close()
+
+
+def _writer_main(url: str, job_id: int, runner: str, inbox: Any, outbox: Any) -> None:
+    # Signals are the parent's to handle: on Ctrl-C it flushes what it has through us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    parent = multiprocessing.parent_process()
+    _die_with_parent()
+    from harvester.db import make_engine
+    from harvester.jobs import utcnow
+
+    engine = make_engine(url)
+    try:
+        while True:
+            try:
+                batch = inbox.get(timeout=1.0)
+            except queue.Empty:
+                if parent is not None and not parent.is_alive():
+                    return  # kill -9 of the parent: whatever it had not sent stays pending
+                continue
+            if batch is None:
+                return
+            try:
+                outbox.put(("ok", write_batch(engine, job_id, batch, utcnow(), runner)))
+            except HarvesterError as e:
+                outbox.put(("error", str(e)))
+            except Exception as e:  # a bug: report it rather than hang the parent
+                outbox.put(("error", f"internal error in the writer: {type(e).__name__}: {e}"))
+    finally:
+        engine.dispose()
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel kill us when the parent dies, mid-transaction or not (it rolls back)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # elsewhere the inbox timeout notices the parent's death
