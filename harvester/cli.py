@@ -21,7 +21,7 @@ from sqlalchemy import Engine
 
 from harvester import __version__, jobs, pipeline
 from harvester.config import Config, load_config
-from harvester.db import current_revision, head_revision, open_database
+from harvester.db import current_revision, head_revision, open_database, sqlite_path
 from harvester.errors import HarvesterError
 from harvester.ids import ID_TYPES
 from harvester.log import redact, register_secret, setup_logging
@@ -46,8 +46,14 @@ class State:
             register_secret(self._config.api.key)
         return self._config.with_overrides(overrides) if overrides else self._config
 
-    def engine(self) -> Engine:
-        return open_database(self.config().database.url)
+    def engine(self, must_exist: bool = False) -> Engine:
+        """Open (and migrate) the database; read-only commands must not create an empty one."""
+        url = self.config().database.url
+        if must_exist:
+            path = sqlite_path(url)
+            if path is not None and not path.exists():
+                raise HarvesterError(f"there is no database at {path} (choose one with --database URL)")
+        return open_database(url)
 
     def resume_command(self, job_id: int) -> str:
         parts = ["harvester"]
@@ -216,7 +222,7 @@ def resume(state: State, job_id: int | None, no_progress: bool) -> None:
 
     Items already stored are not requested again.
     """
-    engine = state.engine()
+    engine = state.engine(must_exist=True)
     job = jobs.get_job(engine, job_id) if job_id is not None else jobs.newest_unfinished(engine)
     if job.status == "finished":
         click.echo(f"job {job.id} is already finished", err=True)
@@ -263,7 +269,7 @@ def _json(value: Any) -> str:
 @handle_errors
 def status(state: State, job_id: int | None, as_json: bool) -> None:
     """Show a job's per-state counts, rate, ETA and last errors (default: newest job)."""
-    engine = state.engine()
+    engine = state.engine(must_exist=True)
     if job_id is None:
         all_jobs = jobs.list_jobs(engine)
         if not all_jobs:
@@ -293,7 +299,7 @@ def status(state: State, job_id: int | None, as_json: bool) -> None:
 @handle_errors
 def jobs_command(state: State, as_json: bool) -> None:
     """List the jobs in the database."""
-    engine = state.engine()
+    engine = state.engine(must_exist=True)
     infos = [_job_dict(engine, j, details=False) for j in jobs.list_jobs(engine)]
     if as_json:
         click.echo(_json(infos))
@@ -314,7 +320,7 @@ def jobs_command(state: State, as_json: bool) -> None:
 @handle_errors
 def retry_failed(state: State, job_id: int) -> None:
     """Put a job's failed items back to pending (then run `harvester resume JOB`)."""
-    n = jobs.retry_failed(state.engine(), job_id)
+    n = jobs.retry_failed(state.engine(must_exist=True), job_id)
     click.echo(f"{n:,} failed items of job {job_id} are pending again; run: {state.resume_command(job_id)}", err=True)
 
 

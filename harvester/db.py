@@ -20,6 +20,17 @@ from harvester.errors import DatabaseError
 logger = logging.getLogger(__name__)
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL (None for other databases and in-memory SQLite)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database).expanduser()
+
+
 def make_engine(url: str) -> Engine:
     """Create the engine; for SQLite set the pragmas that make one writer + readers safe."""
     try:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
+import io
 
 from sqlalchemy import Engine, text
 
@@ -39,17 +38,15 @@ def demo_lines(count: int) -> list[str]:
 
 def run_demo(config: Config, count: int, reporter: Reporter) -> tuple[pipeline.RunOutcome, str]:
     """Harvest `count` DOIs from a fake API started on loopback; return the outcome and a summary."""
-    with serve_in_thread(FakeConfig()) as server, tempfile.TemporaryDirectory() as tmp:
+    with serve_in_thread(FakeConfig()) as server:
         config = dataclasses.replace(
             config,
             # The demo never talks to the real API, whatever the config says.
             api=dataclasses.replace(config.api, url=server.url, key="demo-key", tier="commercial"),
         )
-        ids_file = os.path.join(tmp, "demo-dois.txt")
-        with open(ids_file, "w") as f:
-            f.write("\n".join(demo_lines(count)) + "\n")
         engine = open_database(config.database.url)
-        job = jobs.create_job(engine, [ids_file], "doi", "counts", name="demo")
+        ids = io.BytesIO(("\n".join(demo_lines(count)) + "\n").encode())
+        job = jobs.create_job(engine, ["-"], "doi", "counts", name="demo", stdin=ids)
         reporter.job_id = job.id
         try:
             outcome = pipeline.run(engine, job.id, config, reporter)

@@ -11,7 +11,7 @@ import re
 
 _secrets: set[str] = set()
 # Any key=... query parameter, whatever its value, in case a URL slips through.
-_KEY_PARAM = re.compile(r"(?i)([?&]key=)[^&\s'\"]+")
+_KEY_PARAM = re.compile(r"(?i)([?&]key=)[^&\s'\")\]]+")
 
 
 def register_secret(value: str | None) -> None:

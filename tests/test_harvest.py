@@ -288,3 +288,11 @@ def test_400_fails_the_item_at_once_without_retry(h: Harness, fake: FakeServer) 
     assert (item["status"], item["attempts"], item["http_status"]) == ("failed", 1, 400)
     assert item["last_error"].startswith("HTTP 400: Bad Request")
     assert fake.stats.per_path["/v1/doi/10.5555/badrequest.1"] == 1
+
+
+def test_read_only_commands_do_not_create_a_database(h: Harness) -> None:
+    for args in (["status"], ["jobs"], ["resume"], ["retry-failed", "1"]):
+        result = h.run(*args)
+        assert result.exit_code == 1
+        assert f"there is no database at {h.db}" in result.stderr
+    assert not h.db.exists()
