@@ -296,3 +296,18 @@ def test_read_only_commands_do_not_create_a_database(h: Harness) -> None:
         assert result.exit_code == 1
         assert f"there is no database at {h.db}" in result.stderr
     assert not h.db.exists()
+
+
+def test_timeouts_are_retried(tmp_path: Path, clean_env: None) -> None:
+    with serve_in_thread(replace(FAKE, slow_rate=0.3, slow_seconds=1.0, seed=3)) as server:
+        h = Harness(tmp_path, server)
+        (tmp_path / "harvester.toml").write_text(
+            "[api]\nread_timeout = 0.2\ntotal_timeout = 5.0\n"
+            "[limits]\nbackoff_base = 0.01\nbackoff_max = 0.05\nmax_attempts = 10\nconcurrency = 16\n"
+        )
+        ids = dois(40)
+        result = h.run("harvest", "--no-progress", h.ids(ids))
+        assert result.exit_code == 0, result.output
+        assert {d: i["status"] for d, i in h.items().items()} == {d: expected_status(d) for d in ids}
+        assert server.stats.faults["slow"] > 0
+        assert max(i["attempts"] for i in h.items().values()) > 1
