@@ -283,7 +283,7 @@ def status(state: State, job_id: int | None, as_json: bool) -> None:
     click.echo(f"job {info['id']}{' (' + info['name'] + ')' if info['name'] else ''}: {info['status']}, {info['endpoint']} of {info['id_type']}")
     click.echo(f"  items: {info['total_items']:,} · pending {c['pending']:,} · {describe(c)}")
     click.echo(f"  input: {info['duplicate_lines']:,} duplicate lines, {info['rejected_lines']:,} rejected lines")
-    if info["rate_per_second"]:
+    if info["status"] == "running" and info["rate_per_second"]:
         click.echo(f"  rate: {info['rate_per_second']:,} ids/s over the last minute · ETA {format_eta(info['eta_seconds'])}")
     if info["resume_after"]:
         click.echo(f"  paused until {info['resume_after']:%Y-%m-%d %H:%M} UTC")

@@ -267,6 +267,8 @@ async def run_job(
         await writer
         return stopped
 
+    if progress:
+        progress(dict(state.counts))  # the baseline that rates and ETAs are measured from
     writer_process = WriterProcess(engine.url.render_as_string(hide_password=False), job_id, runner)
     writer_process.start()
     try:
