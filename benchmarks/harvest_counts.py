@@ -1,6 +1,6 @@
 """Harvester throughput against a raw aiohttp client, in one run, against one fake API.
 
-    python benchmarks/harvest_counts.py [--ids 20000] [--latency 0] [--concurrency 64] [--keep]
+    python benchmarks/harvest_counts.py [--ids 20000] [--latency 0] [--concurrency 64] [--endpoint counts|fetch] [--keep]
 
 What it does (DESIGN.md section 10):
 
@@ -141,9 +141,10 @@ class RawResult:
         return self.requests / self.seconds if self.seconds else 0.0
 
 
-async def _raw(api: str, prefix: str, n: int, concurrency: int) -> RawResult:
+async def _raw(api: str, prefix: str, n: int, concurrency: int, endpoint: str) -> RawResult:
     res = RawResult()
-    urls = iter([URL(f"{api}/doi/10.5555/{prefix}.{i}?key={KEY}", encoded=True) for i in range(n)])
+    path = "/fetch/doi" if endpoint == "fetch" else "/doi"
+    urls = iter([URL(f"{api}{path}/10.5555/{prefix}.{i}?key={KEY}", encoded=True) for i in range(n)])
     statuses: dict[int, int] = {}
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(
@@ -169,8 +170,8 @@ async def _raw(api: str, prefix: str, n: int, concurrency: int) -> RawResult:
     return res
 
 
-def raw_rate(api: str, prefix: str, n: int, concurrency: int) -> RawResult:
-    return asyncio.run(_raw(api, prefix, n, concurrency))
+def raw_rate(api: str, prefix: str, n: int, concurrency: int, endpoint: str) -> RawResult:
+    return asyncio.run(_raw(api, prefix, n, concurrency, endpoint))
 
 
 # ------------------------------------------------------------------------------------------
@@ -184,11 +185,12 @@ class HarvestResult:
     wall: float
     maxrss_mb: float  # exact: ru_maxrss of the harvester (max over it and children it reaped)
     tree_peak_mb: float | None  # psutil poll: peak of the sum of RSS over the process tree
+    tree_series: list[int]  # the sum of RSS over the tree, every 50 ms (memory over time)
     stderr: str
     final: dict[str, str] | None
 
 
-def _poll_tree(pid: int, stop: threading.Event, peak: list[int]) -> None:
+def _poll_tree(pid: int, stop: threading.Event, peak: list[int], series: list[int]) -> None:
     assert psutil is not None
     try:
         root = psutil.Process(pid)
@@ -206,14 +208,15 @@ def _poll_tree(pid: int, stop: threading.Event, peak: list[int]) -> None:
             except psutil.Error:
                 pass
         peak[0] = max(peak[0], total)
+        series.append(total)
         stop.wait(0.05)
 
 
-def run_harvester(api: str, workdir: Path, ids_file: Path, db: Path, concurrency: int) -> HarvestResult:
+def run_harvester(api: str, workdir: Path, ids_file: Path, db: Path, concurrency: int, endpoint: str) -> HarvestResult:
     exe = shutil.which("harvester", path=str(Path(sys.executable).parent)) or shutil.which("harvester")
     cmd = [exe] if exe else [sys.executable, "-m", "harvester"]
     cmd += ["--database", f"sqlite:///{db}", "harvest", "--no-progress", "--concurrency", str(concurrency),
-            str(ids_file)]
+            "--endpoint", endpoint, str(ids_file)]
     env = dict(os.environ, HARVESTER_API_URL=api, ALTMETRIC_API_KEY=KEY, HARVESTER_TIER="commercial",
                HARVESTER_CONFIG="")
     out_path, err_path = workdir / "harvester.out", workdir / "harvester.err"
@@ -221,8 +224,8 @@ def run_harvester(api: str, workdir: Path, ids_file: Path, db: Path, concurrency
         t0 = time.perf_counter()
         # cwd=workdir: with HARVESTER_CONFIG empty, a ./harvester.toml would still be read.
         proc = subprocess.Popen(cmd, env=env, cwd=workdir, stdout=out, stderr=err)
-        stop, peak = threading.Event(), [0]
-        poller = threading.Thread(target=_poll_tree, args=(proc.pid, stop, peak), daemon=True) if psutil else None
+        stop, peak, series = threading.Event(), [0], []
+        poller = threading.Thread(target=_poll_tree, args=(proc.pid, stop, peak, series), daemon=True) if psutil else None
         if poller:
             poller.start()
         _, status, usage = os.wait4(proc.pid, 0)
@@ -242,6 +245,7 @@ def run_harvester(api: str, workdir: Path, ids_file: Path, db: Path, concurrency
         wall=wall,
         maxrss_mb=usage.ru_maxrss / 1024,  # KiB on Linux
         tree_peak_mb=peak[0] / 2**20 if psutil else None,
+        tree_series=series,
         stderr=stderr,
         final=final,
     )
@@ -258,6 +262,7 @@ def check_database(db: Path, n: int) -> tuple[list[str], dict[str, int]]:
         counts = dict(con.execute("SELECT status, count(*) FROM job_items GROUP BY status").fetchall())
         items = sum(counts.values())
         outputs = con.execute("SELECT count(*) FROM outputs").fetchone()[0]
+        mentions = con.execute("SELECT count(*) FROM mentions").fetchone()[0]
     finally:
         con.close()
     if items != n:
@@ -269,6 +274,7 @@ def check_database(db: Path, n: int) -> tuple[list[str], dict[str, int]]:
     if outputs != counts.get("done", 0):
         problems.append(f"{outputs} outputs but {counts.get('done', 0)} done items")
     counts["outputs"] = outputs
+    counts["mentions"] = mentions
     return problems, counts
 
 
@@ -282,6 +288,7 @@ def main() -> int:
     ap.add_argument("--ids", type=int, default=20_000, help="ids per phase (default 20000)")
     ap.add_argument("--latency", type=float, default=0.0, help="seconds the fake adds to every answer")
     ap.add_argument("--concurrency", type=int, default=64, help="requests in flight, both clients")
+    ap.add_argument("--endpoint", choices=["counts", "fetch"], default="counts", help="the endpoint both clients call")
     ap.add_argument("--keep", action="store_true", help="keep the temp directory (database, ids, logs)")
     args = ap.parse_args()
     n, conc, latency = args.ids, args.concurrency, args.latency
@@ -296,14 +303,14 @@ def main() -> int:
         print(f"fake API at {api} (pid {fake.pid}), latency {latency}s; {n:,} ids per phase, "
               f"concurrency {conc}", flush=True)
         s0 = fake_stats(root)
-        raw = raw_rate(api, "raw", n, conc)
+        raw = raw_rate(api, "raw", n, conc, args.endpoint)
         s1 = fake_stats(root)
         print(f"raw client: {raw.rate:,.0f} req/s ({raw.seconds:.2f}s, statuses {raw.statuses}, "
               f"errors {raw.errors})", flush=True)
-        hv = run_harvester(api, tmp, ids_file, db, conc)
+        hv = run_harvester(api, tmp, ids_file, db, conc, args.endpoint)
         s2 = fake_stats(root)
         print(f"harvester: exit {hv.exit_code}, {hv.wall:.2f}s wall", flush=True)
-        raw_after = raw_rate(api, "raw-after", n, conc)
+        raw_after = raw_rate(api, "raw-after", n, conc, args.endpoint)
         print(f"raw client again: {raw_after.rate:,.0f} req/s ({raw_after.seconds:.2f}s)", flush=True)
     finally:
         stop_fake(fake)
@@ -346,10 +353,15 @@ def main() -> int:
         ("harvester wall time s", f"{hv.wall:.2f}"),
         ("harvester peak RSS MB (ru_maxrss)", f"{hv.maxrss_mb:.1f}"),
         ("harvester peak RSS MB (psutil, tree sum)", f"{hv.tree_peak_mb:.1f}" if hv.tree_peak_mb is not None else "n/a"),
+        ("tree RSS MB at 20/40/60/80/100% of the run", " / ".join(
+            f"{hv.tree_series[min(len(hv.tree_series) - 1, int(len(hv.tree_series) * q))] / 2**20:.0f}"
+            for q in (0.2, 0.4, 0.6, 0.8, 1.0)) if hv.tree_series else "n/a"),
         ("harvester requests (its figure / fake's)", f"{hv.final['requests'] if hv.final else 'n/a'} / {harvest_requests:,}"),
         ("fake statuses during harvest", json.dumps(harvest_statuses)),
         ("items done / not_found / failed / outputs",
          " / ".join(f"{counts.get(k, 0):,}" for k in ("done", "not_found", "failed", "outputs"))),
+        ("mentions stored", f"{counts.get('mentions', 0):,}"),
+        ("endpoint", args.endpoint),
         ("N ids", f"{n:,}"),
         ("concurrency", str(conc)),
         ("fake latency s", f"{latency:g}"),

@@ -6,6 +6,7 @@ section 3); tracebacks only with -v, and always with the key redacted.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shlex
@@ -180,15 +181,29 @@ def _print_outcome(state: State, outcome: pipeline.RunOutcome) -> None:
 
 @cli.command()
 @click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")
-@click.option("--endpoint", type=click.Choice(["counts"]), default="counts", show_default=True, help="API endpoint to harvest.")
+@click.option("--endpoint", type=click.Choice(["counts", "fetch"]), default="counts", show_default=True, help="Counts (scores and counts) or Fetch (also every mention, demographics, citation metadata).")
 @click.option("--id-type", type=click.Choice(ID_TYPES), default="doi", show_default=True, help="What the ids are.")
 @click.option("--name", help="A name for the job (shown by `jobs`).")
 @click.option("--concurrency", type=click.IntRange(1, 512), help="Requests in flight (default from [limits]).")
+@click.option("--include-sources", metavar="LIST", help="Fetch: only these sources, comma-separated (e.g. news,policy).")
+@click.option("--exclude-sources", metavar="LIST", help="Fetch: all sources but these, comma-separated.")
+@click.option("--include-sections", metavar="LIST", help="Fetch: only these sections (counts,citation,altmetric_score,demographics,posts).")
+@click.option("--post-types", type=click.Choice(["original_tweets"]), help="Fetch: leave retweets out.")
 @click.option("--no-progress", is_flag=True, help="No progress bar or progress lines.")
 @pass_state
 @handle_errors
 def harvest(
-    state: State, sources: tuple[str, ...], endpoint: str, id_type: str, name: str | None, concurrency: int | None, no_progress: bool
+    state: State,
+    sources: tuple[str, ...],
+    endpoint: str,
+    id_type: str,
+    name: str | None,
+    concurrency: int | None,
+    include_sources: str | None,
+    exclude_sources: str | None,
+    include_sections: str | None,
+    post_types: str | None,
+    no_progress: bool,
 ) -> None:
     """Create a job from id files ('-' for stdin) and run it.
 
@@ -199,10 +214,24 @@ def harvest(
     Examples:
       ALTMETRIC_API_KEY=... harvester harvest dois.txt
       zcat pmids.txt.gz | harvester harvest --id-type pmid -
+      harvester harvest --endpoint fetch --include-sources news,policy dois.txt
     """
-    config = state.config(**{"limits.concurrency": concurrency})
+    config = state.config(
+        **{
+            "limits.concurrency": concurrency,
+            "fetch.include_sources": _split(include_sources),
+            "fetch.exclude_sources": _split(exclude_sources),
+            "fetch.include_sections": _split(include_sections),
+            "fetch.post_types": post_types,
+        }
+    )
+    params: dict[str, Any] = {"concurrency": concurrency}
+    if endpoint == "fetch":
+        params["fetch"] = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config.fetch).items()}
+    elif any((include_sources, exclude_sources, include_sections, post_types)):
+        raise click.UsageError("--include-sources, --exclude-sources, --include-sections and --post-types need --endpoint fetch")
     engine = state.engine()
-    job = jobs.create_job(engine, list(sources), id_type, endpoint, name, params={"concurrency": concurrency})
+    job = jobs.create_job(engine, list(sources), id_type, endpoint, name, params=params)
     click.echo(
         f"job {job.id}: {job.total_items:,} ids ({job.duplicate_lines:,} duplicates, {job.rejected_lines:,} rejected lines)",
         err=True,
@@ -383,6 +412,10 @@ def demo(state: State, count: int, no_progress: bool) -> None:
     _print_outcome(state, outcome)
     click.echo(summary)
     sys.exit(outcome.exit_code)
+
+
+def _split(value: str | None) -> tuple[str, ...] | None:
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if value is not None else None
 
 
 def main() -> None:

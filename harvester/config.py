@@ -54,10 +54,19 @@ class DatabaseConfig:
 
 
 @dataclass(frozen=True)
+class FetchConfig:
+    include_sources: tuple[str, ...] = ()
+    exclude_sources: tuple[str, ...] = ()
+    include_sections: tuple[str, ...] = ()
+    post_types: str | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     api: ApiConfig = ApiConfig()
     limits: LimitsConfig = LimitsConfig()
     database: DatabaseConfig = DatabaseConfig()
+    fetch: FetchConfig = FetchConfig()
     source: str | None = None  # the TOML file read, for messages
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> Config:
@@ -65,7 +74,7 @@ class Config:
         return _apply(self, {k: v for k, v in overrides.items() if v is not None}, "the command line")
 
 
-SECTIONS: dict[str, type] = {"api": ApiConfig, "limits": LimitsConfig, "database": DatabaseConfig}
+SECTIONS: dict[str, type] = {"api": ApiConfig, "limits": LimitsConfig, "database": DatabaseConfig, "fetch": FetchConfig}
 
 ENV_VARS = {
     "ALTMETRIC_API_KEY": "api.key",

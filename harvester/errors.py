@@ -44,7 +44,10 @@ class ApiAuthError(HarvesterError):
         if status == 401:
             hint = " (set ALTMETRIC_API_KEY or [api] key)"
         elif endpoint != "counts":
-            hint = f' (if the key\'s tier lacks {endpoint}, set endpoints = ["counts"] in [api])'
+            hint = (
+                f"; if your key's tier lacks {endpoint}, harvest counts instead"
+                ' and set endpoints = ["counts"] under [api] in the config so that nothing asks for it'
+            )
         super().__init__(f"the API answered {status} on {endpoint}: {text.strip()[:300]}{hint}")
 
 

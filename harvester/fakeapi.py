@@ -289,7 +289,11 @@ def _iso(ts: int) -> str:
 
 
 def _heavy_tail(rnd: random.Random) -> int:
-    """Posts per output: mostly 0-30, ~1% in the thousands, like real attention."""
+    """Posts per output: mostly 0-30, ~1% in the thousands, like real attention.
+
+    One output in 500 is a viral one with up to 20,000 posts: a fetch body of
+    several MB, which a harvester must stream through without its memory growing.
+    """
     u = rnd.random()
     if u < 0.04:
         return 0
@@ -297,7 +301,9 @@ def _heavy_tail(rnd: random.Random) -> int:
         return rnd.randint(1, 30)
     if u < 0.99:
         return rnd.randint(31, 400)
-    return rnd.randint(1000, 4000)
+    if u < 0.998:
+        return rnd.randint(1000, 4000)
+    return rnd.randint(8000, 20000)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,10 @@ function here tolerates all of that and never drops an unknown source.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -59,6 +62,8 @@ _ID_KEYS = {
     "urn": "urn",
     "uri": "uri",
     "dimensions_publication_id": "dimensions_publication_id",
+    # Fetch's citation has a singular `handle` next to (or instead of) `handles`.
+    "handle": "handle",
 }
 _ID_LIST_KEYS = {"handles": "handle", "isbns": "isbn"}
 
@@ -69,7 +74,7 @@ class ParseError(ValueError):
 
 @dataclass
 class Records:
-    """The rows one counts body gives, per table."""
+    """The rows one body gives, per table (the fetch-only tables stay empty for counts)."""
 
     altmetric_id: int
     doi: str | None
@@ -79,6 +84,11 @@ class Records:
     readers: list[dict[str, Any]] = field(default_factory=list)
     score_history: list[dict[str, Any]] = field(default_factory=list)
     score_context: list[dict[str, Any]] = field(default_factory=list)
+    # Fetch only:
+    output_relations: list[dict[str, Any]] = field(default_factory=list)
+    mentions: list[dict[str, Any]] = field(default_factory=list)
+    mention_citations: list[dict[str, Any]] = field(default_factory=list)
+    demographics: list[dict[str, Any]] = field(default_factory=list)
 
 
 def decode(raw: bytes) -> dict[str, Any]:
@@ -99,39 +109,84 @@ def as_int(value: Any) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, float):
-        return int(value)
-    if isinstance(value, str):
-        try:
-            return int(float(value.strip()))
-        except ValueError:
-            return None
-    return None
+    number = as_float(value)
+    return None if number is None else int(number)
 
 
 def as_float(value: Any) -> float | None:
+    """Ints, floats and numeric strings -> float; NaN, infinities and anything else -> None.
+
+    json.loads accepts NaN and Infinity; neither is a count or a score.
+    """
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
+        number = float(value)
+    elif isinstance(value, str):
         try:
-            return float(value.strip())
+            number = float(value.strip())
         except ValueError:
             return None
-    return None
+    else:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def unix_time(value: Any) -> datetime | None:
-    """Counts dates are unix seconds -> naive UTC datetime."""
+    """Counts dates are unix seconds -> naive UTC datetime (out of range -> None)."""
     seconds = as_float(value)
     if seconds is None:
         return None
-    return datetime.fromtimestamp(seconds, UTC).replace(tzinfo=None)
+    try:
+        return datetime.fromtimestamp(seconds, UTC).replace(tzinfo=None)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+# A bare number of 5+ digits in a date field is unix seconds; "2014" is not.
+_UNIX_TEXT = re.compile(r"\d{5,}(\.\d*)?")
+
+
+def iso_time(value: Any) -> datetime | None:
+    """Fetch dates -> naive UTC datetime.
+
+    ISO 8601 with an offset, "Z" or none (taken as UTC), date-only too; unix
+    seconds (fetch's citation.last_mentioned_on is an int in some bodies).
+    Anything else -> None.
+    """
+    if not isinstance(value, str):
+        return unix_time(value)
+    text = value.strip()
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return unix_time(text) if _UNIX_TEXT.fullmatch(text) else None
+    if moment.tzinfo is None:
+        return moment
+    try:
+        return moment.astimezone(UTC).replace(tzinfo=None)
+    except OverflowError:  # year 1 or 9999 pushed out of range by the offset
+        return None
 
 
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value != "" else None
+
+
+def _id_text(value: Any) -> str | None:
+    """An id sent as a string or a number (tweet ids, pmids ...) -> stripped text."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return (value.strip() or None) if isinstance(value, str) else None
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    """A section that should be an object; null, [] and other shapes mean "nothing"."""
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def _json_list(value: Any) -> str | None:
@@ -205,9 +260,9 @@ def identifier_rows(body: dict[str, Any], altmetric_id: int) -> list[dict[str, A
     rows: dict[tuple[str, str], dict[str, Any]] = {}
 
     def add(scheme: str, value: Any) -> None:
-        text = _text(value) if not isinstance(value, int) else str(value)
+        text = _id_text(value)
         if text:
-            text = text.strip().lower() if scheme == "doi" else text.strip()
+            text = text.lower() if scheme == "doi" else text
             rows[(scheme, text)] = {"scheme": scheme, "value": text, "altmetric_id": altmetric_id}
 
     add("doi", body.get("doi"))
@@ -240,3 +295,239 @@ def history_rows(history: Any, altmetric_id: int) -> list[dict[str, Any]]:
         for timeframe, score in history.items()
         if isinstance(timeframe, str)
     ]
+
+
+# ---- fetch ---------------------------------------------------------------------------------
+
+# `counts` keys that are not sources: readers go to `readers`, total to outputs.posts_count.
+_FETCH_NOT_SOURCES = {"readers", "total"}
+# Demographics names -> our dimension names (after a leading "by_" is dropped).
+_DIMENSIONS = {"poster_types": "poster_type", "cohorts": "cohort", "geo": "country"}
+
+
+def parse_fetch(body: dict[str, Any], harvested_at: datetime) -> Records:
+    """One Fetch body -> rows of every table, posts and demographics included.
+
+    Leaves out the outputs columns Fetch does not send (readers_count,
+    accounts_count, last_updated, is_oa, url, details_url), so that storing it
+    does not blank what a counts harvest stored.
+    """
+    altmetric_id = as_int(body.get("altmetric_id")) if isinstance(body, dict) else None
+    if altmetric_id is None:
+        raise ParseError("the body has no altmetric_id")
+    citation = _dict(body.get("citation"))
+    counts = _dict(body.get("counts"))
+    score = _dict(body.get("altmetric_score"))
+    book = _dict(citation.get("book"))
+    doi = lower_doi(citation.get("doi"))
+    output = {
+        "altmetric_id": altmetric_id,
+        "doi": doi,
+        "title": _text(citation.get("title")),
+        "journal": _text(citation.get("journal")),
+        "type": _text(citation.get("type")),
+        "published_on": iso_time(citation.get("pubdate")) or iso_time(citation.get("epubdate")),
+        "added_on": iso_time(citation.get("first_seen_on")),
+        "score": _first(as_float(score.get("score")), as_float(body.get("score"))),
+        "posts_count": as_int(_dict(counts.get("total")).get("posts_count")),
+        "altmetric_jid": _text(citation.get("altmetric_jid")),
+        "issns": _json_list(citation.get("issns")),
+        "subjects": _json_list(citation.get("subjects")),
+        "harvested_at": harvested_at,
+        "publisher": _text(citation.get("publisher")),
+        "authors": _json_list(citation.get("authors")),
+        "abstract": _text(citation.get("abstract")),
+        "last_mentioned_on": iso_time(citation.get("last_mentioned_on")),
+        "book_title": _text(book.get("title")),
+        "book_isbns": _json_list(book.get("isbns")),
+    }
+    records = Records(altmetric_id, doi, output)
+    # The book's ISBNs stay out: they identify the book, which is another output.
+    records.identifiers = identifier_rows(citation, altmetric_id)
+    for name, values in counts.items():
+        if name in _FETCH_NOT_SOURCES or not isinstance(values, dict):
+            continue
+        records.source_counts.append(
+            {
+                "altmetric_id": altmetric_id,
+                "source": FETCH_SOURCES.get(name, name),
+                "posts_count": as_int(values.get("posts_count")),
+                "unique_users_count": as_int(values.get("unique_users_count")),
+            }
+        )
+    records.readers = reader_rows(counts.get("readers"), altmetric_id)
+    records.score_history = history_rows(score.get("score_history"), altmetric_id)
+    for scope, values in _dict(score.get("context_for_score")).items():
+        if isinstance(values, dict):
+            records.score_context.append(
+                {
+                    "altmetric_id": altmetric_id,
+                    "scope": SCOPES.get(scope, scope),
+                    "count": as_int(values.get("total_number_of_other_articles")),
+                    "mean": as_float(values.get("mean")),
+                    "rank": as_int(values.get("rank")),
+                    "pct": as_float(values.get("this_scored_higher_than_pct")),
+                    "higher_than": as_int(values.get("this_scored_higher_than")),
+                    "sample_size": as_int(values.get("sample_size")),
+                    "percentile": as_float(values.get("percentile")),
+                    "rank_type": _text(values.get("rank_type")),
+                }
+            )
+    records.output_relations = relation_rows(citation, altmetric_id)
+    records.mentions, records.mention_citations = mention_rows(body.get("posts"), altmetric_id, harvested_at)
+    records.demographics = demographic_rows(body.get("demographics"), altmetric_id)
+    return records
+
+
+def _first(*values: float | None) -> float | None:
+    """The first value that is not None (0 is a score, so `or` will not do)."""
+    return next((v for v in values if v is not None), None)
+
+
+def relation_rows(citation: dict[str, Any], altmetric_id: int) -> list[dict[str, Any]]:
+    """A book's chapters and a chapter's book -> output_relations rows."""
+    rows: dict[tuple[int, str], dict[str, Any]] = {}
+
+    def add(related: Any, relation: str, title: Any = None, ordinal: Any = None) -> None:
+        related_id = as_int(related)
+        if related_id is not None:
+            rows[(related_id, relation)] = {
+                "altmetric_id": altmetric_id,
+                "related_altmetric_id": related_id,
+                "relation": relation,
+                "title": _text(title),
+                "ordinal_number": as_int(ordinal),
+            }
+
+    for chapter in _list(citation.get("chapters")):
+        if isinstance(chapter, dict):
+            add(chapter.get("altmetric_id"), "chapter", chapter.get("title"), chapter.get("ordinal_number"))
+    # aggregate_citation_ids repeats the chapters' ids without titles: only add the ones missing.
+    for related in _list(citation.get("aggregate_citation_ids")):
+        related_id = as_int(related)
+        if related_id is not None and (related_id, "chapter") not in rows:
+            add(related_id, "chapter")
+    book_title = _dict(citation.get("book")).get("title")
+    for related in _list(citation.get("aggregated_in")):
+        add(related, "aggregated_in", book_title)
+    return list(rows.values())
+
+
+def mention_id(altmetric_id: int, source: str, post_key: str) -> int:
+    """A stable 63-bit id for (output, source, post): the same on every harvest and machine."""
+    digest = hashlib.blake2b(f"{altmetric_id}\x1f{source}\x1f{post_key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & (2**63 - 1)
+
+
+def mention_rows(
+    posts: Any, altmetric_id: int, harvested_at: datetime
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Fetch's `posts` (source -> list of posts) -> (mentions rows, mention_citations rows)."""
+    found: dict[int, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
+    for name, items in _dict(posts).items():
+        source = FETCH_SOURCES.get(name, name)
+        for post in _list(items):
+            if not isinstance(post, dict):
+                continue
+            row = _mention_row(post, source, altmetric_id, harvested_at)
+            # One row per (source, post_key): a post listed twice keeps its last copy.
+            found.pop(row["mention_id"], None)
+            found[row["mention_id"]] = (row, _citation_rows(post, row["mention_id"], altmetric_id))
+    mentions = [row for row, _ in found.values()]
+    citations = [c for _, cited in found.values() for c in cited]
+    return mentions, citations
+
+
+def _mention_row(post: dict[str, Any], source: str, altmetric_id: int, harvested_at: datetime) -> dict[str, Any]:
+    author = _dict(post.get("author"))
+    origin = _dict(post.get("source"))  # a policy document's publishing body
+    tweet_id = _id_text(post.get("tweet_id"))
+    url = _text(post.get("url"))
+    post_key = tweet_id or url or "sha1:" + hashlib.sha1(json.dumps(post, sort_keys=True, default=str).encode()).hexdigest()
+    geo = _dict(origin.get("geo")) if source == "policy" else _dict(author.get("geo"))
+    is_tweet = source == "twitter"
+    # Every key always present, None where absent: one executemany per table.
+    return {
+        "mention_id": mention_id(altmetric_id, source, post_key),
+        "altmetric_id": altmetric_id,
+        "source": source,
+        "post_key": post_key,
+        "url": url,
+        # Twitter/X terms: store ids only, never tweet text.
+        "title": None if is_tweet else _text(post.get("title")),
+        "summary": None if is_tweet else _text(post.get("summary")),
+        "posted_on": iso_time(post.get("posted_on")),
+        "license": _text(post.get("license")),
+        "author_name": _text(author.get("name")),
+        "author_url": _text(author.get("url")),
+        "author_id_on_source": _id_text(author.get("id_on_source")),
+        "author_followers": as_int(author.get("followers")),
+        "tweet_id": tweet_id,
+        "tweeter_id": _id_text(author.get("tweeter_id")),
+        "wikipedia_lang": _text(post.get("wiki_lang")),
+        "policy_source": _text(origin.get("name")),
+        "country": _text(geo.get("country")),
+        "video_embed_id": _embed_id(post.get("embed")),
+        # For reddit, id_on_source is the subreddit's name (author.subreddit is its blurb).
+        "subreddit": _text(author.get("id_on_source")) if source == "reddit" else None,
+        "first_seen_at": harvested_at,
+        "last_seen_at": harvested_at,
+    }
+
+
+def _embed_id(embed: Any) -> str | None:
+    """A video's embedded id: embed.youtube_id, else any other `id` / `*_id` (vimeo_id ...)."""
+    embed = _dict(embed)
+    if (youtube := _id_text(embed.get("youtube_id"))) is not None:
+        return youtube
+    return next((i for k, v in embed.items() if isinstance(k, str) and (k == "id" or k.endswith("_id")) and (i := _id_text(v))), None)
+
+
+def _citation_rows(post: dict[str, Any], mention: int, altmetric_id: int) -> list[dict[str, Any]]:
+    """The outputs a post cites, always including the output whose body listed it."""
+    cited = {i for i in map(as_int, _list(post.get("citation_ids"))) if i is not None}
+    cited.add(altmetric_id)
+    return [{"mention_id": mention, "altmetric_id": i} for i in sorted(cited)]
+
+
+def demographic_rows(demographics: Any, altmetric_id: int) -> list[dict[str, Any]]:
+    """Fetch's `demographics` -> long rows (platform, dimension, key, value).
+
+    Known shapes: poster_types.<key> (twitter's), geo.<platform>.<country>,
+    users.<platform>.<by_dim|cohorts>.<key>. Any other section is read the same
+    way by depth (key: platform "all"; platform.key; platform.dim.key), and
+    values that are not numbers are skipped.
+    """
+    rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+
+    def add(platform: str, dimension: str, key: str, value: Any) -> None:
+        number = as_int(value)
+        if number is not None:
+            rows[(platform, dimension, key)] = {
+                "altmetric_id": altmetric_id,
+                "platform": platform,
+                "dimension": dimension,
+                "key": key,
+                "value": number,
+            }
+
+    for section, tree in _dict(demographics).items():
+        dimension = _dimension(section)
+        top_platform = "twitter" if section == "poster_types" else "all"
+        for key, value in _dict(tree).items():
+            if not isinstance(value, dict):
+                add(top_platform, dimension, key, value)
+                continue
+            for sub, leaf in value.items():  # key is a platform
+                if isinstance(leaf, dict):  # sub is a dimension, as in users.mendeley.by_status
+                    for k, v in leaf.items():
+                        add(key, _dimension(sub), k, v)
+                else:
+                    add(key, dimension, sub, leaf)
+    return list(rows.values())
+
+
+def _dimension(name: str) -> str:
+    """by_status -> status, cohorts -> cohort, geo -> country; other names as they are."""
+    name = name.removeprefix("by_")
+    return _DIMENSIONS.get(name, name)

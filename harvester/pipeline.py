@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 BATCH_SIZE = 500  # results per transaction
 BATCH_WAIT = 0.5  # seconds before a partial batch is written anyway
+BATCH_BYTES = 8 << 20  # fetch bodies run to megabytes: bound the memory a batch holds
 _DONE = object()
 
 ProgressCallback = Callable[[dict[str, int]], None]
@@ -67,6 +68,17 @@ class _State:
     error: BaseException | None = None
     stop_reason: str | None = None
     abort: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def fetch_query(options: dict[str, Any]) -> dict[str, str]:
+    """A fetch job's stored options -> the endpoint's query parameters."""
+    query = {}
+    for name in ("include_sources", "exclude_sources", "include_sections"):
+        if options.get(name):
+            query[name] = ",".join(options[name])
+    if options.get("post_types"):
+        query["post_types"] = str(options["post_types"])
+    return query
 
 
 def backoff(attempt: int, base: float, cap: float) -> float:
@@ -105,10 +117,13 @@ async def run_job(
 ) -> RunOutcome:
     """Run (or resume) a job until every item is final or something stops it."""
     job = jobs.get_job(engine, job_id)
-    if job.endpoint != "counts":
+    if job.endpoint not in ("counts", "fetch"):
         raise JobError(f"job {job_id} uses the {job.endpoint} endpoint, which this version cannot harvest")
     if job.endpoint not in config.api.endpoints:
-        raise JobError(f"job {job_id} needs the {job.endpoint} endpoint, but [api] endpoints excludes it")
+        raise JobError(
+            f"job {job_id} needs the {job.endpoint} endpoint, but [api] endpoints = {list(config.api.endpoints)} excludes it"
+        )
+    query = fetch_query(job.params.get("fetch") or {}) if job.endpoint == "fetch" else None
     runner = jobs.new_runner_id()
     jobs.take_over(engine, job_id, runner)
     started = time.monotonic()
@@ -151,7 +166,7 @@ async def run_job(
             state.requests += 1
             status: int | None = None
             try:
-                response = await client.get(path)
+                response = await client.get(path, query)
             except ConnectError as e:
                 if state.responses == 0:
                     # Nothing ever answered: a wrong URL or no network, not a flaky item.
@@ -172,7 +187,7 @@ async def run_job(
                     else:
                         # The writer parses the rest, in its own process.
                         note = None
-                        returned = lower_doi(body.get("doi"))
+                        returned = lower_doi(body.get("doi") or (body.get("citation") or {}).get("doi"))
                         if item.id_type == "doi" and returned and returned != item.identifier:
                             note = f"the API returned DOI {returned} for this id"
                         return ItemResult(item.id_type, item.identifier, "done", attempts + 1, 200, None, response.body, note)
@@ -218,7 +233,8 @@ async def run_job(
             batch: list[ItemResult] = []
             finished = False
             deadline = time.monotonic() + BATCH_WAIT
-            while len(batch) < BATCH_SIZE:
+            size = 0
+            while len(batch) < BATCH_SIZE and size < BATCH_BYTES:
                 timeout = deadline - time.monotonic()
                 try:
                     got = await asyncio.wait_for(results.get(), timeout) if timeout > 0 else results.get_nowait()
@@ -228,6 +244,7 @@ async def run_job(
                     finished = True
                     break
                 batch.append(got)
+                size += len(got.body or b"")
             if batch:
                 try:
                     written = await asyncio.to_thread(writer_process.write, batch)
@@ -269,7 +286,7 @@ async def run_job(
 
     if progress:
         progress(dict(state.counts))  # the baseline that rates and ETAs are measured from
-    writer_process = WriterProcess(engine.url.render_as_string(hide_password=False), job_id, runner)
+    writer_process = WriterProcess(engine.url.render_as_string(hide_password=False), job_id, job.endpoint, runner)
     writer_process.start()
     try:
         async with ApiClient(config.api, concurrency) as client:

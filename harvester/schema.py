@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 
 # A naming convention makes constraint names deterministic, which alembic needs
@@ -62,6 +63,23 @@ outputs = Table(
     Column("subjects", Text, doc="JSON array"),
     Column("last_updated", DateTime, doc="the API's last_updated"),
     Column("harvested_at", DateTime, nullable=False, doc="when we last stored it"),
+    # From Fetch's `citation` only (NULL until a Fetch harvest):
+    Column("publisher", Text),
+    Column("authors", Text, doc="JSON array"),
+    Column("abstract", Text),
+    Column("last_mentioned_on", DateTime),
+    Column("book_title", Text, doc="a chapter's book"),
+    Column("book_isbns", Text, doc="a chapter's book's ISBNs, JSON array"),
+)
+
+output_relations = Table(
+    "output_relations",
+    metadata,
+    Column("altmetric_id", AltmetricId, primary_key=True, autoincrement=False),
+    Column("related_altmetric_id", AltmetricId, primary_key=True, autoincrement=False),
+    Column("relation", String(20), primary_key=True, doc="chapter (a book's chapters), aggregated_in (a chapter's book)"),
+    Column("title", Text),
+    Column("ordinal_number", Integer),
 )
 
 identifiers = Table(
@@ -107,6 +125,57 @@ score_context = Table(
     Column("rank", Integer),
     Column("pct", Float),
     Column("higher_than", Integer),
+    # From Fetch only:
+    Column("sample_size", Integer),
+    Column("percentile", Float),
+    Column("rank_type", String(20)),
+)
+
+mentions = Table(
+    "mentions",
+    metadata,
+    Column("mention_id", BigInteger, primary_key=True, autoincrement=False, doc="stable: a hash of the unique key"),
+    Column("altmetric_id", AltmetricId, nullable=False),
+    Column("source", String(60), nullable=False, doc="same names as source_counts"),
+    Column("post_key", Text, nullable=False, doc="tweet id, else url, else a hash of the post"),
+    Column("url", Text),
+    Column("title", Text),
+    Column("summary", Text),
+    Column("posted_on", DateTime),
+    Column("license", String(40)),
+    Column("author_name", Text),
+    Column("author_url", Text),
+    Column("author_id_on_source", Text),
+    Column("author_followers", Integer),
+    Column("tweet_id", String(30), doc="tweets only; no tweet text is stored"),
+    Column("tweeter_id", String(30)),
+    Column("wikipedia_lang", String(20)),
+    Column("policy_source", Text, doc="policy documents: the publishing body"),
+    Column("country", String(10), doc="policy: the source's country; others: the author's"),
+    Column("video_embed_id", Text),
+    Column("subreddit", Text),
+    Column("first_seen_at", DateTime, nullable=False),
+    Column("last_seen_at", DateTime, nullable=False, doc="older than the output's harvested_at: gone upstream"),
+    UniqueConstraint("altmetric_id", "source", "post_key"),
+    Index(None, "source", "posted_on"),
+)
+
+mention_citations = Table(
+    "mention_citations",
+    metadata,
+    Column("mention_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("altmetric_id", AltmetricId, primary_key=True, autoincrement=False, doc="an output the post cites"),
+    Index(None, "altmetric_id"),
+)
+
+demographics = Table(
+    "demographics",
+    metadata,
+    Column("altmetric_id", AltmetricId, primary_key=True, autoincrement=False),
+    Column("platform", String(40), primary_key=True, doc="twitter, mendeley ..."),
+    Column("dimension", String(40), primary_key=True, doc="poster_type, cohort, status, discipline, country"),
+    Column("key", Text, primary_key=True),
+    Column("value", Integer),
 )
 
 jobs = Table(

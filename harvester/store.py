@@ -27,15 +27,25 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from harvester import schema
 from harvester.errors import DatabaseError, HarvesterError
-from harvester.parse import ParseError, Records, decode, parse_counts
+from harvester.parse import ParseError, Records, decode, parse_counts, parse_fetch
 
 logger = logging.getLogger(__name__)
 
-# Which columns an upsert may overwrite, per table: counts knows only the
-# unique users of a source, so it must not blank the posts_count fetch stored.
-_UPDATE_COLUMNS = {
-    "source_counts": ["unique_users_count"],
-}
+# Columns an upsert never overwrites: when a mention was first seen stays put.
+_KEEP_ON_UPDATE = {"mentions": {"first_seen_at"}}
+# The tables one parsed body fills, in the order they are written.
+DATA_TABLES = (
+    "outputs",
+    "identifiers",
+    "source_counts",
+    "readers",
+    "score_history",
+    "score_context",
+    "output_relations",
+    "mentions",
+    "mention_citations",
+    "demographics",
+)
 
 
 @dataclass(slots=True)
@@ -70,7 +80,10 @@ def _compiled_upsert(dialect: Dialect, table: Table, columns: tuple[str, ...]) -
     key = [c.name for c in table.primary_key.columns]
     insert = postgresql.insert if dialect.name == "postgresql" else sqlite.insert
     stmt = insert(table).values({c: bindparam(c) for c in columns})
-    update = _UPDATE_COLUMNS.get(table.name) or [c for c in columns if c not in key]
+    # Only the columns the rows carry are updated: counts knows the unique users
+    # of a source but not its posts, so it must not blank what fetch stored.
+    keep = _KEEP_ON_UPDATE.get(table.name, set())
+    update = [c for c in columns if c not in key and c not in keep]
     if update:
         stmt = stmt.on_conflict_do_update(index_elements=key, set_={c: stmt.excluded[c] for c in update})
     else:
@@ -106,17 +119,10 @@ def upsert(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> No
 
 def save_records(conn: Connection, batch: Iterable[Records]) -> None:
     """Upsert every table's rows of a batch of parsed bodies."""
-    tables: dict[str, list[dict[str, Any]]] = {
-        "outputs": [],
-        "identifiers": [],
-        "source_counts": [],
-        "readers": [],
-        "score_history": [],
-        "score_context": [],
-    }
+    tables: dict[str, list[dict[str, Any]]] = {name: [] for name in DATA_TABLES}
     for records in batch:
         tables["outputs"].append(records.outputs)
-        for name in ("identifiers", "source_counts", "readers", "score_history", "score_context"):
+        for name in DATA_TABLES[1:]:
             tables[name].extend(getattr(records, name))
     for name, rows in tables.items():
         upsert(conn, schema.metadata.tables[name], rows)
@@ -143,19 +149,22 @@ _mark_item = (
 )
 
 
-def write_batch(engine: Engine, job_id: int, results: Sequence[ItemResult], now: datetime, runner: str) -> dict[str, int]:
+def write_batch(
+    engine: Engine, job_id: int, endpoint: str, results: Sequence[ItemResult], now: datetime, runner: str
+) -> dict[str, int]:
     """Parse the bodies, then commit the data of a batch and its items' final statuses together.
 
     A crash before the commit leaves the items pending (they are asked again on
     resume); after it, both are there. Nothing in between can be observed.
     Returns how many items of the batch ended in each status.
     """
+    parse = parse_fetch if endpoint == "fetch" else parse_counts
     parsed: dict[int, Records] = {}
     for i, r in enumerate(results):
         if r.body is None:
             continue
         try:
-            parsed[i] = parse_counts(decode(r.body), now)
+            parsed[i] = parse(decode(r.body), now)
         except ParseError as e:  # checked JSON with an altmetric_id, yet unusable: not transient
             r.status, r.error = "failed", f"unusable body: {e}"
         r.body = None
@@ -232,13 +241,13 @@ class WriterProcess:
     One batch is in flight at a time; write() returns when it is committed.
     """
 
-    def __init__(self, url: str, job_id: int, runner: str) -> None:
+    def __init__(self, url: str, job_id: int, endpoint: str, runner: str) -> None:
         ctx = multiprocessing.get_context("spawn")  # no fork of a running event loop and its threads
         self._inbox: Any = ctx.Queue(maxsize=1)
         self._outbox: Any = ctx.Queue()
         self._process = ctx.Process(
             target=_writer_main,
-            args=(url, job_id, runner, self._inbox, self._outbox),
+            args=(url, job_id, endpoint, runner, self._inbox, self._outbox),
             name="harvester-writer",
             daemon=True,
         )
@@ -272,7 +281,7 @@ class WriterProcess:
         self._outbox.close()
 
 
-def _writer_main(url: str, job_id: int, runner: str, inbox: Any, outbox: Any) -> None:
+def _writer_main(url: str, job_id: int, endpoint: str, runner: str, inbox: Any, outbox: Any) -> None:
     # Signals are the parent's to handle: on Ctrl-C it flushes what it has through us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -293,7 +302,7 @@ def _writer_main(url: str, job_id: int, runner: str, inbox: Any, outbox: Any) ->
             if batch is None:
                 return
             try:
-                outbox.put(("ok", write_batch(engine, job_id, batch, utcnow(), runner)))
+                outbox.put(("ok", write_batch(engine, job_id, endpoint, batch, utcnow(), runner)))
             except HarvesterError as e:
                 outbox.put(("error", str(e)))
             except Exception as e:  # a bug: report it rather than hang the parent

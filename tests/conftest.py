@@ -9,9 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner, Result
 from sqlalchemy import Engine, text
 
+from harvester.cli import cli
 from harvester.db import open_database
+from harvester.fakeapi import FakeConfig, FakeServer, serve_in_thread
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT.parent / "shared" / "altmetric-samples"
@@ -51,3 +54,56 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         if name.startswith("HARVESTER_") or name == "ALTMETRIC_API_KEY":
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
+
+
+FAKE = FakeConfig(keys=(KEY,), counts_only_keys=("counts-only-key",))
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeServer]:
+    with serve_in_thread(FAKE) as server:
+        yield server
+
+
+class Harness:
+    """A working folder with a config, a database and an id file; runs the CLI in-process."""
+
+    def __init__(self, tmp_path: Path, server: FakeServer) -> None:
+        self.tmp = tmp_path
+        self.db = tmp_path / "harvest.db"
+        self.env = {
+            "HARVESTER_API_URL": server.url,
+            "ALTMETRIC_API_KEY": KEY,
+            "HARVESTER_TIER": "commercial",
+            "HARVESTER_DATABASE_URL": f"sqlite:///{self.db}",
+            "HARVESTER_CONFIG": str(tmp_path / "harvester.toml"),
+        }
+        # Fast retries: the backoff policy is the same, only its base is tiny.
+        (tmp_path / "harvester.toml").write_text("[limits]\nbackoff_base = 0.01\nbackoff_max = 0.05\nmax_attempts = 3\nconcurrency = 8\n")
+
+    def ids(self, lines: list[str], name: str = "ids.txt") -> str:
+        path = self.tmp / name
+        path.write_text("\n".join(lines) + "\n")
+        return str(path)
+
+    def run(self, *args: str, **env: str | None) -> Result:
+        return CliRunner().invoke(cli, list(args), env={**self.env, **env}, catch_exceptions=False)
+
+    @property
+    def engine(self) -> Engine:
+        return open_database(f"sqlite:///{self.db}")
+
+    def items(self) -> dict[str, dict[str, Any]]:
+        return {r["identifier"]: r for r in rows(self.engine, "select * from job_items")}
+
+    def statuses(self) -> dict[str, int]:
+        return {r["status"]: r["n"] for r in rows(self.engine, "select status, count(*) as n from job_items group by status")}
+
+
+@pytest.fixture
+def h(tmp_path: Path, fake: FakeServer, clean_env: None) -> Harness:
+    return Harness(tmp_path, fake)
+
+
+def dois(n: int, prefix: str = "10.5555/t") -> list[str]:
+    return [f"{prefix}.{i:05d}" for i in range(n)]
