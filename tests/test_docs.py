@@ -7,18 +7,19 @@ a query that returns nothing proves nothing.
 
 from __future__ import annotations
 
+import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 from sqlalchemy import Engine
 
 import harvester.cli
-from harvester import schema
+from harvester import fakeapi, schema
 from harvester.db import open_database
 from harvester.fakeapi import FakeConfig, serve_in_thread
 from tests.conftest import ROOT
@@ -28,12 +29,16 @@ SCHEMA_DOC = ROOT / "docs" / "schema.md"
 CI_RUN = ROOT / ".ci" / "run"
 
 # About 200 synthetic DOIs, a real sample DOI (the fake serves its recorded body),
+# a book and a chapter whose recorded Fetch bodies give output_relations rows,
 # and the messes that give the job tables rows: a duplicate in another case, a line
 # that is no DOI, a DOI the fake answers 400 to, and one it answers with another output.
 ID_LINES = (
     [f"10.5555/doc.{i:05d}" for i in range(200)]
-    + ["10.1038/news.2011.490", "doi:10.1038/NEWS.2011.490", "not a doi", "10.5555/badrequest.1", "10.5555/bogus.1"]
+    + ["10.1038/news.2011.490", "10.4018/978-1-4666-8271-9", "10.1007/978-3-642-60907-7_15"]
+    + ["doi:10.1038/NEWS.2011.490", "not a doi", "10.5555/badrequest.1", "10.5555/bogus.1"]
 )
+# Re-harvested with Fetch after upstream lost a post of each source (see _posts_lost_upstream).
+REHARVEST_LINES = ["10.1038/news.2011.490"] + [f"10.5555/doc.{i:05d}" for i in range(20)]
 
 _SQL_BLOCK = re.compile(r"^```sql[ \t]*\n(.*?)^```", re.S | re.M)
 
@@ -46,12 +51,35 @@ def all_sql_blocks() -> list[tuple[str, str]]:
     return [(f"{path.name}#{n}", sql) for path in (README, SCHEMA_DOC) for n, sql in enumerate(sql_blocks(path), start=1)]
 
 
+def _posts_lost_upstream(
+    fetch_bytes: Callable[[str, str, float], bytes | None],
+) -> Callable[[str, str, float], bytes | None]:
+    """The fake's Fetch bodies with the first post of every source gone, as if deleted upstream."""
+
+    def served(id_type: str, identifier: str, not_found_pct: float) -> bytes | None:
+        raw = fetch_bytes(id_type, identifier, not_found_pct)
+        if raw is None:
+            return None
+        body = json.loads(raw)
+        if isinstance(body.get("posts"), dict):
+            body["posts"] = {source: posts[1:] for source, posts in body["posts"].items()}
+        return json.dumps(body).encode("utf-8")
+
+    return served
+
+
 @pytest.fixture(scope="module")
 def harvested(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    """One real harvest for the whole module: the CLI in-process against the fake API."""
+    """One real harvest for the whole module: the CLI in-process against the fake API.
+
+    Counts, then Fetch over the same ids (mentions, demographics, relations), then a Fetch
+    re-harvest of a few ids after upstream lost some posts, so that "disappeared" has rows.
+    """
     tmp = tmp_path_factory.mktemp("docs")
     ids_file = tmp / "dois.txt"
     ids_file.write_text("\n".join(ID_LINES) + "\n")
+    reharvest_file = tmp / "reharvest.txt"
+    reharvest_file.write_text("\n".join(REHARVEST_LINES) + "\n")
     url = f"sqlite:///{tmp / 'harvest.db'}"
     with pytest.MonkeyPatch.context() as mp, serve_in_thread(FakeConfig()) as server:
         # clean_env, module-wide: no settings from the developer's shell or a ./harvester.toml.
@@ -59,18 +87,28 @@ def harvested(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
             if name.startswith("HARVESTER_") or name == "ALTMETRIC_API_KEY":
                 mp.delenv(name)
         mp.chdir(tmp)
-        result = CliRunner().invoke(
-            harvester.cli.cli,
-            ["--database", url, "harvest", "--no-progress", str(ids_file)],
-            env={
-                "HARVESTER_API_URL": server.url,
-                "ALTMETRIC_API_KEY": "demo-key",
-                "HARVESTER_TIER": "commercial",
-                "HARVESTER_CONFIG": "",
-            },
-        )
-    # 3: finished with the badrequest DOI failed, everything else final.
-    assert result.exit_code == 3, result.output
+
+        def harvest(*args: str) -> Result:
+            return CliRunner().invoke(
+                harvester.cli.cli,
+                ["--database", url, "harvest", "--no-progress", *args],
+                env={
+                    "HARVESTER_API_URL": server.url,
+                    "ALTMETRIC_API_KEY": "demo-key",
+                    "HARVESTER_TIER": "commercial",
+                    "HARVESTER_CONFIG": "",
+                },
+            )
+
+        # 3: finished with the badrequest DOI failed, everything else final.
+        result = harvest(str(ids_file))
+        assert result.exit_code == 3, result.output
+        result = harvest("--endpoint", "fetch", str(ids_file))
+        assert result.exit_code == 3, result.output
+        # The server thread looks _fetch_bytes up on every request.
+        mp.setattr(fakeapi, "_fetch_bytes", _posts_lost_upstream(fakeapi._fetch_bytes))
+        result = harvest("--endpoint", "fetch", str(reharvest_file))
+        assert result.exit_code == 0, result.output
     engine = open_database(url)
     yield engine
     engine.dispose()
