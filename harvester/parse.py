@@ -341,6 +341,14 @@ def parse_fetch(body: dict[str, Any], harvested_at: datetime) -> Records:
         "book_title": _text(book.get("title")),
         "book_isbns": _json_list(book.get("isbns")),
     }
+    # A section left out (include_sections, or a body without it) must not
+    # blank what an earlier harvest stored: its columns are left out of the row.
+    if not isinstance(body.get("citation"), dict):
+        output = {k: v for k, v in output.items() if k in ("altmetric_id", "score", "posts_count", "harvested_at")}
+    if not isinstance(body.get("altmetric_score"), dict) and body.get("score") is None:
+        output.pop("score")
+    if not isinstance(body.get("counts"), dict):
+        output.pop("posts_count")
     records = Records(altmetric_id, doi, output)
     # The book's ISBNs stay out: they identify the book, which is another output.
     records.identifiers = identifier_rows(citation, altmetric_id)

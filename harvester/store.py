@@ -106,15 +106,21 @@ def upsert(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> No
     key = operator.itemgetter(*[c.name for c in table.primary_key.columns])
     # Two rows with one key in a batch (two ids of one output): the last wins,
     # as it would have with two separate upserts.
-    unique = list({key(r): r for r in rows}.values())
-    up = _compiled_upsert(conn.dialect, table, tuple(unique[0]))
-    params: list[Any] = [tuple(row[n] for n in up.names) for row in unique]
-    for i, process in up.processors:
-        for n, v in enumerate(params):
-            params[n] = (*v[:i], process(v[i]), *v[i + 1 :])
-    if not up.positional:
-        params = [dict(zip(up.names, v)) for v in params]
-    conn.exec_driver_sql(up.sql, params)
+    unique = {key(r): r for r in rows}.values()
+    # Rows that carry different columns (a fetch body without its citation
+    # section) go in separate statements: a missing column is left as it was.
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = collections.defaultdict(list)
+    for row in unique:
+        groups[tuple(row)].append(row)
+    for columns, group in groups.items():
+        up = _compiled_upsert(conn.dialect, table, columns)
+        params: list[Any] = [tuple(row[n] for n in up.names) for row in group]
+        for i, process in up.processors:
+            for n, v in enumerate(params):
+                params[n] = (*v[:i], process(v[i]), *v[i + 1 :])
+        if not up.positional:
+            params = [dict(zip(up.names, v)) for v in params]
+        conn.exec_driver_sql(up.sql, params)
 
 
 def save_records(conn: Connection, batch: Iterable[Records]) -> None:

@@ -20,6 +20,7 @@ from sqlalchemy import Engine
 
 from harvester import schema
 from harvester.parse import ParseError, Records, iso_time, parse_fetch
+from harvester.store import save_records
 from tests.conftest import rows, sample
 
 NOW = datetime(2026, 11, 24, 12, 0, 0)
@@ -71,9 +72,20 @@ def demographics(r: Records) -> set[tuple[str, str, str, int]]:
     return {(d["platform"], d["dimension"], d["key"], d["value"]) for d in r.demographics}
 
 
-def assert_row_shapes(r: Records) -> None:
-    """Every row of a table has exactly that table's columns (one executemany per table)."""
-    assert set(r.outputs) == set(schema.outputs.c.keys()) - COUNTS_ONLY
+CITATION_COLUMNS = set(schema.outputs.c.keys()) - COUNTS_ONLY - {"altmetric_id", "score", "posts_count", "harvested_at"}
+
+
+def assert_row_shapes(r: Records, body: dict[str, Any] | None = None) -> None:
+    """Every row of a table has exactly that table's columns; outputs only those its sections give."""
+    expected = set(schema.outputs.c.keys()) - COUNTS_ONLY
+    if body is not None:
+        if not isinstance(body.get("citation"), dict):
+            expected -= CITATION_COLUMNS
+        if not isinstance(body.get("altmetric_score"), dict) and body.get("score") is None:
+            expected.discard("score")
+        if not isinstance(body.get("counts"), dict):
+            expected.discard("posts_count")
+    assert set(r.outputs) == expected
     for table in TABLES:
         shapes = {tuple(row) for row in getattr(r, table)}  # key order too: a cheap test of sameness
         assert len(shapes) <= 1, table
@@ -449,7 +461,7 @@ def test_every_section_null_empty_or_missing_never_raises(name: str) -> None:
             except Exception as e:  # pragma: no cover - the message says where
                 raise AssertionError(f"{path} = {replacement!r}: {e!r}") from e
             assert records.altmetric_id == altmetric_id
-            assert_row_shapes(records)
+            assert_row_shapes(records, body)
             holder[key] = original
 
 
@@ -553,8 +565,6 @@ def test_iso_time() -> None:
 
 @pytest.mark.parametrize("name", ALL)
 def test_every_sample_stores_and_a_reharvest_changes_no_count(engine: Engine, name: str) -> None:
-    from harvester.store import save_records
-
     first = parse(name)
     with engine.begin() as conn:
         save_records(conn, [first])
@@ -569,3 +579,20 @@ def test_every_sample_stores_and_a_reharvest_changes_no_count(engine: Engine, na
         assert str(m["last_seen_at"]).startswith("2026-11-25 12:00:00")
     [o] = rows(engine, "select doi, score, posts_count from outputs")
     assert (o["doi"], o["score"], o["posts_count"]) == (first.outputs["doi"], first.outputs["score"], first.outputs["posts_count"])
+
+
+def test_a_body_without_its_citation_section_does_not_blank_the_output(engine: Engine) -> None:
+    """--include-sections posts (or a body missing a section) leaves stored metadata alone."""
+    full = sample(DOCS)
+    with engine.begin() as conn:
+        save_records(conn, [parse_fetch(full, NOW)])
+    partial = {k: v for k, v in full.items() if k not in ("citation", "altmetric_score", "counts")}
+    with engine.begin() as conn:
+        save_records(conn, [parse_fetch(partial, NOW)])
+    [o] = rows(engine, "select doi, title, score, posts_count from outputs")
+    assert o == {
+        "doi": full["citation"]["doi"].lower(),
+        "title": full["citation"]["title"],
+        "score": full["altmetric_score"]["score"],
+        "posts_count": full["counts"]["total"]["posts_count"],
+    }
