@@ -46,6 +46,7 @@ class LimitsConfig:
     max_attempts: int = 5
     backoff_base: float = 1.0
     backoff_max: float = 60.0
+    max_outage: float = 1800.0
 
 
 @dataclass(frozen=True)
@@ -182,7 +183,7 @@ def _validate(config: Config) -> None:
     for name in ("connect_timeout", "read_timeout", "total_timeout"):
         if getattr(api, name) <= 0:
             raise ConfigError(f"{where}: api.{name} must be > 0")
-    for name in ("per_second", "per_hour", "per_day", "concurrency", "max_attempts", "backoff_max"):
+    for name in ("per_second", "per_hour", "per_day", "concurrency", "max_attempts", "backoff_max", "max_outage"):
         if getattr(limits, name) <= 0:
             raise ConfigError(f"{where}: limits.{name} must be > 0")
     if limits.backoff_base < 0:

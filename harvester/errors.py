@@ -56,10 +56,20 @@ class ApiUnreachableError(HarvesterError):
 
 
 class QuotaExhausted(HarvesterError):
-    """The key's daily quota is spent: the job pauses until it resets."""
+    """A quota of the key (daily, or Fetch's tweet ids) is spent: the job pauses until it resets."""
 
     exit_code = 75
 
-    def __init__(self, resume_at: datetime) -> None:
+    def __init__(self, resume_at: datetime, kind: str = "daily") -> None:
         self.resume_at = resume_at
-        super().__init__(f"the API's daily quota is spent; it resets at {resume_at:%Y-%m-%d %H:%M} UTC")
+        self.kind = kind
+        super().__init__(f"the API's {kind} quota is spent; it resets at {resume_at:%Y-%m-%d %H:%M} UTC")
+
+
+class ApiUnavailableError(HarvesterError):
+    """The API kept failing (5xx, resets) through every probe: the job pauses."""
+
+    exit_code = 75
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the API has been failing for {seconds / 60:.0f} minutes; try again later")

@@ -941,6 +941,9 @@ def _route(
     if "badrequest" in identifier.lower():
         # A scripted trigger: the real API answers 400 to identifiers it cannot parse.
         return 400, f"Bad Request: invalid {id_type} {identifier!r}".encode(), "text/plain"
+    if "servererror" in identifier.lower():
+        # A scripted trigger: one id the server always fails on (while the rest work).
+        return 500, b"Internal Server Error", "text/plain"
     if endpoint == "counts":
         body = _counts_bytes(id_type, identifier, st.not_found_pct)
         if body is None:

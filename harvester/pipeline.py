@@ -17,7 +17,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine
@@ -28,7 +28,7 @@ from harvester.client import ApiClient, ConnectError, Response, TransportError, 
 from harvester.config import Config
 from harvester.errors import ApiAuthError, ApiUnreachableError, HarvesterError, JobError, QuotaExhausted
 from harvester.parse import ParseError, as_int, decode, lower_doi
-from harvester.ratelimit import RateLimiter, next_utc_midnight
+from harvester.ratelimit import CircuitBreaker, RateLimiter, next_utc_midnight
 from harvester.store import ItemResult, WriterProcess
 
 logger = logging.getLogger(__name__)
@@ -101,13 +101,6 @@ def retry_after(response: Response) -> float | None:
         return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
-def _header_int(response: Response, name: str) -> int | None:
-    try:
-        return int(response.headers.get(name, ""))
-    except ValueError:
-        return None
-
-
 async def run_job(
     engine: Engine,
     job_id: int,
@@ -131,6 +124,7 @@ async def run_job(
     limits = config.limits
     concurrency = max(1, limits.concurrency)
     limiter = RateLimiter(limits, config.api.tier)
+    breaker = CircuitBreaker(cooldown=min(5.0, limits.max_outage / 4), max_outage=limits.max_outage)
     work: asyncio.Queue[Any] = asyncio.Queue(maxsize=concurrency * 2)
     results: asyncio.Queue[Any] = asyncio.Queue()
     # Claim about two minutes of work at a time: enough to keep the workers fed,
@@ -162,6 +156,9 @@ async def run_job(
         attempts = 0
         slow_429 = 1.0
         while True:
+            if limiter.tweet_quota_spent:
+                raise QuotaExhausted(next_utc_midnight(), "tweet-id")
+            await breaker.admit()
             await limiter.acquire()
             state.requests += 1
             status: int | None = None
@@ -177,6 +174,7 @@ async def run_job(
             else:
                 state.responses += 1
                 status = response.status
+                limiter.observe(response.headers, job.endpoint)
                 if status == 200:
                     try:
                         body = decode(response.body)
@@ -185,30 +183,36 @@ async def run_job(
                     except ParseError as e:
                         error = f"unusable body: {e}"
                     else:
+                        breaker.record(True)
                         # The writer parses the rest, in its own process.
                         note = None
                         returned = lower_doi(body.get("doi") or (body.get("citation") or {}).get("doi"))
                         if item.id_type == "doi" and returned and returned != item.identifier:
                             note = f"the API returned DOI {returned} for this id"
                         return ItemResult(item.id_type, item.identifier, "done", attempts + 1, 200, None, response.body, note)
-                elif status == 404:
-                    return ItemResult(item.id_type, item.identifier, "not_found", attempts + 1, 404)
                 elif status in (401, 403):
                     raise ApiAuthError(status, job.endpoint, response.body.decode("utf-8", "replace"))
                 elif status == 429:
-                    if _header_int(response, "X-DailyRateLimit-Remaining") == 0:
-                        wait = retry_after(response)
-                        now = jobs.utcnow()
-                        raise QuotaExhausted(now + timedelta(seconds=wait) if wait else next_utc_midnight(now))
+                    breaker.record(True)  # an API that rate-limits is up
+                    wait = retry_after(response)
+                    quota = limiter.quota_error(response.headers, job.endpoint, wait)
+                    if quota is not None:
+                        raise quota
                     # A 429 is the server asking for patience, not a failure: it never counts as an attempt.
-                    limiter.slow_down(retry_after(response) or slow_429)
+                    limiter.slow_down(wait if wait is not None else slow_429)
                     slow_429 = min(60.0, slow_429 * 2)
                     continue
                 elif 400 <= status < 500:
+                    breaker.record(True)
+                    if status == 404:
+                        return ItemResult(item.id_type, item.identifier, "not_found", attempts + 1, 404)
                     text = response.body.decode("utf-8", "replace").strip()[:500]
                     return ItemResult(item.id_type, item.identifier, "failed", attempts + 1, status, f"HTTP {status}: {text}")
                 else:
                     error = f"HTTP {status}"
+            breaker.record(False)
+            if breaker.is_open:
+                continue  # an outage, not this item's fault: the attempt does not count
             attempts += 1
             if attempts >= limits.max_attempts:
                 return ItemResult(item.id_type, item.identifier, "failed", attempts, status, error)
@@ -305,6 +309,8 @@ def _finish(engine: Engine, job_id: int, runner: str, state: _State, interrupted
     resume_after = None
     if isinstance(error, QuotaExhausted):
         status, code, resume_after = "paused", 75, error.resume_at
+    elif error is not None and getattr(error, "exit_code", 1) == 75:
+        status, code = "paused", 75
     elif error is not None:
         status, code = "stopped", getattr(error, "exit_code", 1)
     elif interrupted:
