@@ -290,7 +290,10 @@ async def run_job(
 
     if progress:
         progress(dict(state.counts))  # the baseline that rates and ETAs are measured from
-    writer_process = WriterProcess(engine.url.render_as_string(hide_password=False), job_id, job.endpoint, runner)
+    all_posts = job.endpoint == "fetch" and not any(
+        (job.params.get("fetch") or {}).get(k) for k in ("include_sources", "exclude_sources", "include_sections")
+    )
+    writer_process = WriterProcess(engine.url.render_as_string(hide_password=False), job_id, job.endpoint, runner, all_posts)
     writer_process.start()
     try:
         async with ApiClient(config.api, concurrency) as client:

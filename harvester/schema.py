@@ -70,6 +70,7 @@ outputs = Table(
     Column("last_mentioned_on", DateTime),
     Column("book_title", Text, doc="a chapter's book"),
     Column("book_isbns", Text, doc="a chapter's book's ISBNs, JSON array"),
+    Column("posts_seen_at", DateTime, doc="the last Fetch harvest that listed all posts (no source or section filter)"),
 )
 
 output_relations = Table(

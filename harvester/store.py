@@ -156,13 +156,21 @@ _mark_item = (
 
 
 def write_batch(
-    engine: Engine, job_id: int, endpoint: str, results: Sequence[ItemResult], now: datetime, runner: str
+    engine: Engine,
+    job_id: int,
+    endpoint: str,
+    results: Sequence[ItemResult],
+    now: datetime,
+    runner: str,
+    all_posts: bool = False,
 ) -> dict[str, int]:
     """Parse the bodies, then commit the data of a batch and its items' final statuses together.
 
     A crash before the commit leaves the items pending (they are asked again on
     resume); after it, both are there. Nothing in between can be observed.
-    Returns how many items of the batch ended in each status.
+    Returns how many items of the batch ended in each status. `all_posts`: a
+    Fetch harvest without source or section filters, whose bodies list every
+    post (so that a post missing from one has disappeared upstream).
     """
     parse = parse_fetch if endpoint == "fetch" else parse_counts
     parsed: dict[int, Records] = {}
@@ -171,6 +179,8 @@ def write_batch(
             continue
         try:
             parsed[i] = parse(decode(r.body), now)
+            if all_posts:
+                parsed[i].outputs["posts_seen_at"] = now
         except ParseError as e:  # checked JSON with an altmetric_id, yet unusable: not transient
             r.status, r.error = "failed", f"unusable body: {e}"
         r.body = None
@@ -247,13 +257,13 @@ class WriterProcess:
     One batch is in flight at a time; write() returns when it is committed.
     """
 
-    def __init__(self, url: str, job_id: int, endpoint: str, runner: str) -> None:
+    def __init__(self, url: str, job_id: int, endpoint: str, runner: str, all_posts: bool = False) -> None:
         ctx = multiprocessing.get_context("spawn")  # no fork of a running event loop and its threads
         self._inbox: Any = ctx.Queue(maxsize=1)
         self._outbox: Any = ctx.Queue()
         self._process = ctx.Process(
             target=_writer_main,
-            args=(url, job_id, endpoint, runner, self._inbox, self._outbox),
+            args=(url, job_id, endpoint, runner, all_posts, self._inbox, self._outbox),
             name="harvester-writer",
             daemon=True,
         )
@@ -287,7 +297,7 @@ class WriterProcess:
         self._outbox.close()
 
 
-def _writer_main(url: str, job_id: int, endpoint: str, runner: str, inbox: Any, outbox: Any) -> None:
+def _writer_main(url: str, job_id: int, endpoint: str, runner: str, all_posts: bool, inbox: Any, outbox: Any) -> None:
     # Signals are the parent's to handle: on Ctrl-C it flushes what it has through us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -308,7 +318,7 @@ def _writer_main(url: str, job_id: int, endpoint: str, runner: str, inbox: Any, 
             if batch is None:
                 return
             try:
-                outbox.put(("ok", write_batch(engine, job_id, endpoint, batch, utcnow(), runner)))
+                outbox.put(("ok", write_batch(engine, job_id, endpoint, batch, utcnow(), runner, all_posts)))
             except HarvesterError as e:
                 outbox.put(("error", str(e)))
             except Exception as e:  # a bug: report it rather than hang the parent

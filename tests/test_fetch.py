@@ -104,3 +104,17 @@ def test_multi_megabyte_bodies(tmp_path: Path, clean_env: None) -> None:
         result = h2.run("harvest", "--endpoint", "fetch", "--no-progress", h2.ids(big))
         assert result.exit_code == 0, result.output
         assert scalar(h2.engine, "select count(*) from mentions") == sum(served_posts(big).values())
+
+
+def test_only_an_unfiltered_fetch_marks_when_all_posts_were_seen(h: Harness) -> None:
+    ids = dois(20, "10.5555/seen")
+    assert h.run("harvest", "--endpoint", "fetch", "--include-sources", "news", "--no-progress", h.ids(ids)).exit_code == 0
+    assert scalar(h.engine, "select count(*) from outputs where posts_seen_at is not null") == 0
+    assert h.run("harvest", "--endpoint", "fetch", "--no-progress", h.ids(ids)).exit_code == 0
+    assert scalar(h.engine, "select count(*) from outputs where posts_seen_at is null") == 0
+    # No post looks gone after a full harvest, and a later counts or filtered harvest changes nothing.
+    gone = "select count(*) from mentions m join outputs o using (altmetric_id) where m.last_seen_at < o.posts_seen_at"
+    assert scalar(h.engine, gone) == 0
+    assert h.run("harvest", "--no-progress", h.ids(ids)).exit_code == 0
+    assert h.run("harvest", "--endpoint", "fetch", "--include-sources", "news", "--no-progress", h.ids(ids)).exit_code == 0
+    assert scalar(h.engine, gone) == 0

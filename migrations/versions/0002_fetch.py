@@ -80,6 +80,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('last_mentioned_on', sa.DateTime(), nullable=True))
         batch_op.add_column(sa.Column('book_title', sa.Text(), nullable=True))
         batch_op.add_column(sa.Column('book_isbns', sa.Text(), nullable=True))
+        batch_op.add_column(sa.Column('posts_seen_at', sa.DateTime(), nullable=True))
 
     with op.batch_alter_table('score_context', schema=None) as batch_op:
         batch_op.add_column(sa.Column('sample_size', sa.Integer(), nullable=True))
@@ -95,6 +96,7 @@ def downgrade() -> None:
         batch_op.drop_column('sample_size')
 
     with op.batch_alter_table('outputs', schema=None) as batch_op:
+        batch_op.drop_column('posts_seen_at')
         batch_op.drop_column('book_isbns')
         batch_op.drop_column('book_title')
         batch_op.drop_column('last_mentioned_on')
