@@ -7,33 +7,21 @@ asked again.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from harvester.fakeapi import FakeConfig, FakeServer, serve_in_thread
 from tests.conftest import KEY
+from tests.subproc import final_count, query, snapshot, start, wait_until
 
 # A little latency so that a run lasts long enough to be killed in the middle.
 FAKE = FakeConfig(keys=(KEY,), latency=0.004)
 N = 1500
-TABLES = {
-    "outputs": "altmetric_id",
-    "identifiers": "scheme, value",
-    "source_counts": "altmetric_id, source",
-    "readers": "altmetric_id, platform",
-    "score_history": "altmetric_id, timeframe",
-    "score_context": "altmetric_id, scope",
-}
 
 
 @pytest.fixture(scope="module")
@@ -47,55 +35,6 @@ def id_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("ids") / "dois.txt"
     path.write_text("".join(f"10.5555/kill.{i:05d}\n" for i in range(N)))
     return path
-
-
-def env_for(server: FakeServer) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HARVESTER_") and k != "ALTMETRIC_API_KEY"}
-    env.update(HARVESTER_API_URL=server.url, ALTMETRIC_API_KEY=KEY, HARVESTER_TIER="commercial", HARVESTER_CONFIG="")
-    return env
-
-
-def start(db: Path, server: FakeServer, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "harvester", "--database", f"sqlite:///{db}", *args],
-        env=env_for(server),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def query(db: Path, sql: str) -> list[tuple[Any, ...]]:
-    engine = create_engine(f"sqlite:///{db}")
-    try:
-        with engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(text(sql))]
-    finally:
-        engine.dispose()
-
-
-def final_count(db: Path) -> int:
-    try:
-        return query(db, "select count(*) from job_items where status != 'pending'")[0][0]
-    except Exception:
-        return 0  # the job is not created yet
-
-
-def wait_until(db: Path, final: int, proc: subprocess.Popen[str], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while final_count(db) < final:
-        assert proc.poll() is None, f"the harvester ended early: {proc.communicate()}"
-        assert time.monotonic() < deadline, "no progress"
-        time.sleep(0.02)
-
-
-def snapshot(db: Path) -> dict[str, list[tuple[Any, ...]]]:
-    """Every data table, ordered by its key, without the harvest timestamp."""
-    out = {}
-    for table, key in TABLES.items():
-        columns = [r[1] for r in query(db, f"pragma table_info({table})") if r[1] != "harvested_at"]
-        out[table] = query(db, f"select {', '.join(columns)} from {table} order by {key}")
-    return out
 
 
 @pytest.fixture(scope="module")

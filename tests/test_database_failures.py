@@ -1,0 +1,90 @@
+"""A locked database makes the writer wait; a full disk stops the job with nothing lost."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harvester.fakeapi import FakeServer, serve_in_thread
+from tests.conftest import FAKE
+from tests.subproc import query, snapshot, start, wait_until
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[FakeServer]:
+    with serve_in_thread(FAKE) as s:
+        yield s
+
+
+def ids(tmp_path: Path, n: int) -> Path:
+    path = tmp_path / "ids.txt"
+    path.write_text("".join(f"10.5555/dbf.{i:05d}\n" for i in range(n)))
+    return path
+
+
+def test_a_locked_database_makes_the_writer_wait(tmp_path: Path, server: FakeServer) -> None:
+    db = tmp_path / "locked.db"
+    proc = start(db, server, "harvest", "--no-progress", str(ids(tmp_path, 3000)))
+    wait_until(db, 1, proc)
+    # Another program (sqlite3, a notebook) holds the write lock for two seconds.
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        time.sleep(2.0)
+        assert proc.poll() is None  # waiting for the lock, not dead
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert query(db, "select count(*) from job_items where status = 'pending'") == [(0,)]
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {result.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_stops_the_job_with_items_pending_and_resume_finishes(
+    tmp_path: Path, server: FakeServer, tiny_disk: Path
+) -> None:
+    n = 6000
+    id_file = ids(tmp_path, n)
+    calm = tmp_path / "calm.db"
+    proc = start(calm, server, "harvest", "--no-progress", str(id_file))
+    assert proc.wait(timeout=300) == 0
+
+    db = tiny_disk / "full.db"
+    proc = start(db, server, "harvest", "--no-progress", str(id_file))
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err
+    assert "disk is full" in err
+    assert "Resume with:" in err and "Traceback" not in err
+    done = query(db, "select count(*) from job_items where status != 'pending'")[0][0]
+    assert 0 < done < n
+    # Every item marked done has its output: nothing was half-written.
+    assert query(
+        db,
+        "select count(*) from job_items i left join outputs o on o.altmetric_id = i.altmetric_id "
+        "where i.status = 'done' and o.altmetric_id is null",
+    ) == [(0,)]
+
+    subprocess.run(["mount", "-o", "remount,size=200m", str(tiny_disk)], check=True)
+    proc = start(db, server, "resume", "--no-progress")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert snapshot(db) == snapshot(calm)
+
