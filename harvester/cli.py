@@ -367,6 +367,7 @@ def retry_failed(state: State, job_id: int) -> None:
 @click.option("--error-rate", type=float, default=0.0, show_default=True, help="Share of requests answered 5xx.")
 @click.option("--reset-rate", type=float, default=0.0, show_default=True, help="Share of connections reset.")
 @click.option("--truncate-rate", type=float, default=0.0, show_default=True, help="Share of bodies cut short.")
+@click.option("--html-rate", type=float, default=0.0, show_default=True, help="Share of 200s with an HTML page instead of JSON.")
 @click.option("--slow-rate", type=float, default=0.0, show_default=True, help="Share of slow responses.")
 @click.option("--slow-seconds", type=float, default=2.0, show_default=True, help="Delay of a slow response.")
 @click.option("--latency", type=float, default=0.0, show_default=True, help="Seconds added to every response.")

@@ -166,6 +166,7 @@ class FakeConfig:
     error_rate: float = 0.0
     reset_rate: float = 0.0
     truncate_rate: float = 0.0
+    html_rate: float = 0.0  # 200 with an HTML maintenance page instead of JSON (as proxies do)
     slow_rate: float = 0.0
     slow_seconds: float = 2.0
     latency: float = 0.0
@@ -833,7 +834,7 @@ class _State:
         self.keys: dict[str, _KeyState] = {}
         self.attempts: Counter[str] = Counter()
         self.faulty = any(
-            r > 0 for r in (cfg.error_rate, cfg.reset_rate, cfg.truncate_rate, cfg.slow_rate)
+            r > 0 for r in (cfg.error_rate, cfg.reset_rate, cfg.truncate_rate, cfg.html_rate, cfg.slow_rate)
         )
         self.hour_limit = cfg.per_hour if cfg.per_hour is not None else UNLIMITED_LIMIT
         self.day_limit = cfg.per_day if cfg.per_day is not None else UNLIMITED_LIMIT
@@ -906,6 +907,12 @@ def _rate_limited(st: _State, ks: _KeyState, now: float) -> web.Response | None:
     return _text(429, f"Too Many Requests: {what} rate limit exceeded", headers)
 
 
+_MAINTENANCE_PAGE = (
+    b"<!DOCTYPE html><html><head><title>Down for maintenance</title></head>"
+    b"<body><h1>We'll be back shortly</h1></body></html>"
+)
+
+
 def _fault_plan(st: _State, fault_key: str) -> tuple[str | None, bool, int]:
     """(fault kind or None, slow?, 5xx status) for the n-th attempt at ``fault_key``."""
     cfg = st.cfg
@@ -921,6 +928,8 @@ def _fault_plan(st: _State, fault_key: str) -> tuple[str | None, bool, int]:
         kind = "error"
     elif u[2] < cfg.truncate_rate:
         kind = "truncate"
+    elif _unit("html", str(cfg.seed), fault_key, str(n)) < cfg.html_rate:
+        kind = "html"
     slow = u[3] < cfg.slow_rate
     status = (500, 502, 503)[int(u[4] * 3)]
     return kind, slow, status
@@ -1070,6 +1079,9 @@ async def _answer(st: _State, request: web.Request, path_raw: str, path: str) ->
         if kind == "truncate" and status == 200:
             st.stats.faults["truncate"] += 1
             body = body[: len(body) // 2]
+        elif kind == "html" and status == 200:
+            st.stats.faults["html"] += 1
+            body, ctype = _MAINTENANCE_PAGE, "text/html"
         return web.Response(status=status, body=body, content_type=ctype,
                             headers=st.limit_headers(ks))
     finally:

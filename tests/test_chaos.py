@@ -27,13 +27,15 @@ from tests.subproc import final_count, query, snapshot, start, wait_until
 LONG = os.environ.get("HARVESTER_CHAOS_LONG") == "1"
 N = 20_000 if LONG else 4_000
 KILLS = 5
-# The mix: 5% 5xx, 2% connection resets, 1% garbage (cut-off JSON), 1% slow
-# answers (past the read timeout), and a little latency so that a run can be killed midway.
+# The mix: 5% 5xx, 2% connection resets, 1% garbage (cut-off JSON and HTML pages
+# with status 200), 1% slow answers (past the read timeout), and a little latency so that
+# a run can be killed midway.
 FAULTY = FakeConfig(
     keys=(KEY,),
     error_rate=0.05,
     reset_rate=0.02,
-    truncate_rate=0.01,
+    truncate_rate=0.005,
+    html_rate=0.005,
     slow_rate=0.01,
     slow_seconds=0.6,
     latency=0.005,

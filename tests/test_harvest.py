@@ -109,7 +109,7 @@ def test_bogus_doi_answered_with_another_output_is_stored_and_noted(h: Harness) 
     assert rows(h.engine, "select * from identifiers where value = '10.5555/bogus.1'") == []
 
 
-@pytest.mark.parametrize("kind", ["error_rate", "reset_rate", "truncate_rate"])
+@pytest.mark.parametrize("kind", ["error_rate", "reset_rate", "truncate_rate", "html_rate"])
 def test_transient_faults_are_retried_until_done(tmp_path: Path, clean_env: None, kind: str) -> None:
     with serve_in_thread(replace(FAKE, **{kind: 0.3}, seed=7)) as server:
         h = Harness(tmp_path, server)
@@ -202,10 +202,13 @@ def test_spent_daily_quota_pauses_with_exit_75_and_resume_finishes(tmp_path: Pat
         assert set(server.stats.per_path.values()) == {1}
 
 
-def test_unreachable_api_is_one_clear_error(h: Harness) -> None:
-    result = h.run("harvest", "--no-progress", h.ids(dois(5)), HARVESTER_API_URL="http://127.0.0.1:9/v1")
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/v1", "http://no-such-host.invalid/v1"])
+def test_unreachable_api_or_unknown_host_is_one_clear_error(h: Harness, url: str) -> None:
+    result = h.run("harvest", "--no-progress", h.ids(dois(5)), HARVESTER_API_URL=url)
     assert result.exit_code == 1
-    assert "cannot connect to http://127.0.0.1:9/v1" in result.stderr
+    [error] = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert f"cannot connect to {url}" in error
+    assert "Traceback" not in result.stderr
     assert h.statuses() == {"pending": 5}
 
 
