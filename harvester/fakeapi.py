@@ -161,6 +161,7 @@ class FakeConfig:
     burst: int = 1
     per_hour: int | None = None
     per_day: int | None = None
+    tweet_ids_per_day: int | None = None  # Fetch's tweet-id quota; None = unlimited
     not_found_pct: float = 15.0
     seed: int = 0
     error_rate: float = 0.0
@@ -807,7 +808,7 @@ def _citation_listing(
 class _KeyState:
     """Rate-limit state of one key: a token bucket and two fixed windows."""
 
-    __slots__ = ("tokens", "last", "hour_idx", "hour_used", "day_idx", "day_used")
+    __slots__ = ("tokens", "last", "hour_idx", "hour_used", "day_idx", "day_used", "tweets_used")
 
     def __init__(self, burst: int, now: float) -> None:
         self.tokens = float(burst)
@@ -816,13 +817,14 @@ class _KeyState:
         self.hour_used = 0
         self.day_idx = -1
         self.day_used = 0
+        self.tweets_used = 0
 
     def roll(self, now: float) -> None:
         hour, day = int(now // 3600), int(now // 86_400)
         if hour != self.hour_idx:
             self.hour_idx, self.hour_used = hour, 0
         if day != self.day_idx:
-            self.day_idx, self.day_used = day, 0
+            self.day_idx, self.day_used, self.tweets_used = day, 0, 0
 
 
 class _State:
@@ -847,15 +849,20 @@ class _State:
         ks.roll(now)
         return ks
 
-    def limit_headers(self, ks: _KeyState | None) -> dict[str, str]:
+    def limit_headers(self, ks: _KeyState | None, endpoint: str = "counts") -> dict[str, str]:
         hour_used = ks.hour_used if ks else 0
         day_used = ks.day_used if ks else 0
-        return {
+        headers = {
             "X-HourlyRateLimit-Limit": str(self.hour_limit),
             "X-HourlyRateLimit-Remaining": str(max(0, self.hour_limit - hour_used)),
             "X-DailyRateLimit-Limit": str(self.day_limit),
             "X-DailyRateLimit-Remaining": str(max(0, self.day_limit - day_used)),
         }
+        if endpoint == "fetch":
+            tweets = self.cfg.tweet_ids_per_day or UNLIMITED_LIMIT
+            headers["X-TweetIDRateLimit-Limit"] = str(tweets)
+            headers["X-TweetIDRateLimit-Remaining"] = str(max(0, tweets - (ks.tweets_used if ks else 0)))
+        return headers
 
 
 _STATE: web.AppKey[_State] = web.AppKey("fakeapi_state", _State)
@@ -1051,6 +1058,11 @@ async def _answer(st: _State, request: web.Request, path_raw: str, path: str) ->
     limited = _rate_limited(st, ks, now)
     if limited is not None:
         return limited
+    if endpoint == "fetch" and cfg.tweet_ids_per_day is not None and ks.tweets_used >= cfg.tweet_ids_per_day:
+        # Fetch's own quota: tweet ids served per day; the rest of the API still works.
+        headers = st.limit_headers(ks, endpoint)
+        headers["Retry-After"] = str(max(1, math.ceil(86_400 - now % 86_400)))
+        return _text(429, "Too Many Requests: the tweet-id quota of this key is spent", headers)
     # Reserve the windows now (a slow answer must not let concurrent requests overshoot),
     # and give the reservation back below unless the answer is a 200 or a 404.
     hour_idx, day_idx = ks.hour_idx, ks.day_idx
@@ -1074,8 +1086,11 @@ async def _answer(st: _State, request: web.Request, path_raw: str, path: str) ->
                 status = err_status
                 body, ctype = _5XX_BODIES[err_status]
                 return web.Response(status=status, body=body, content_type=ctype,
-                                    headers=st.limit_headers(ks))
+                                    headers=st.limit_headers(ks, endpoint))
         status, body, ctype = _route(st, endpoint, rest, query)
+        if endpoint == "fetch" and status == 200 and cfg.tweet_ids_per_day is not None:
+            posts = json.loads(body).get("posts")
+            ks.tweets_used += len(posts.get("twitter") or []) if isinstance(posts, dict) else 0
         if kind == "truncate" and status == 200:
             st.stats.faults["truncate"] += 1
             body = body[: len(body) // 2]
@@ -1083,7 +1098,7 @@ async def _answer(st: _State, request: web.Request, path_raw: str, path: str) ->
             st.stats.faults["html"] += 1
             body, ctype = _MAINTENANCE_PAGE, "text/html"
         return web.Response(status=status, body=body, content_type=ctype,
-                            headers=st.limit_headers(ks))
+                            headers=st.limit_headers(ks, endpoint))
     finally:
         if status not in (200, 404):
             if ks.hour_idx == hour_idx:

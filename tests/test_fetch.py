@@ -118,3 +118,18 @@ def test_only_an_unfiltered_fetch_marks_when_all_posts_were_seen(h: Harness) -> 
     assert h.run("harvest", "--no-progress", h.ids(ids)).exit_code == 0
     assert h.run("harvest", "--endpoint", "fetch", "--include-sources", "news", "--no-progress", h.ids(ids)).exit_code == 0
     assert scalar(h.engine, gone) == 0
+
+
+def test_a_spent_tweet_id_quota_pauses_fetch_work(tmp_path: Path, clean_env: None) -> None:
+    ids = dois(200, "10.5555/tweets")
+    with serve_in_thread(replace(FAKE, tweet_ids_per_day=300)) as server:
+        h = Harness(tmp_path, server)
+        result = h.run("harvest", "--endpoint", "fetch", "--no-progress", h.ids(ids))
+        assert result.exit_code == 75, result.output
+        assert "tweet-id quota is spent; it resets at" in result.stderr
+        assert "Resume with:" in result.stderr
+        statuses = h.statuses()
+        assert statuses["pending"] > 0 and "failed" not in statuses
+        assert rows(h.engine, "select status from jobs") == [{"status": "paused"}]
+        # Counts still works with the same key: the tweet-id quota is Fetch's alone.
+        assert h.run("harvest", "--no-progress", h.ids(ids[:5], "counts.txt")).exit_code == 0
