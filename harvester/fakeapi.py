@@ -187,6 +187,15 @@ class Stats:
     per_path: Counter[str] = field(default_factory=Counter)
     faults: Counter[str] = field(default_factory=Counter)
     rate_limited: int = 0
+    first_at: float | None = None  # time.monotonic() of the first and the last request
+    last_at: float | None = None
+
+    @property
+    def rate(self) -> float:
+        """Requests per second between the first request and the last (what a client sustained)."""
+        if self.first_at is None or self.last_at is None or self.last_at <= self.first_at:
+            return 0.0
+        return (self.total - 1) / (self.last_at - self.first_at)
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready copy."""
@@ -196,6 +205,7 @@ class Stats:
             "per_path": dict(self.per_path),
             "faults": dict(self.faults),
             "rate_limited": self.rate_limited,
+            "rate": round(self.rate, 3),
         }
 
 
@@ -1012,6 +1022,9 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     path_raw = request.raw_path.partition("?")[0]
     path = unquote(path_raw)
     stats.total += 1
+    stats.last_at = time.monotonic()
+    if stats.first_at is None:
+        stats.first_at = stats.last_at
     stats.per_path[path] += 1
     if cfg.latency:
         await asyncio.sleep(cfg.latency)

@@ -53,6 +53,32 @@ def seconds_to_next_hour(now: float) -> float:
     return 3600.0 - now % 3600.0
 
 
+class Pacer:
+    """Requests evenly spaced at `rate`, with no burst, on an absolute schedule.
+
+    aiolimiter's bucket of one measures each gap from when the previous caller
+    woke up, so every late wake-up (about a millisecond under load) is lost for
+    good: 20/s came out as 19.07/s. Here slot k is at start + k/rate; a late
+    wake-up does not move the slots after it. A caller more than half an
+    interval behind (after an idle spell or a long pause) starts a new schedule
+    instead of catching up with a burst.
+    """
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1.0 / rate
+        self._next = 0.0
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            now = asyncio.get_running_loop().time()
+            if self._next < now - self.interval / 2:
+                self._next = now
+            if self._next > now:
+                await asyncio.sleep(self._next - now)
+            self._next += self.interval
+
+
 def _header_int(headers: Mapping[str, str], name: str) -> int | None:
     try:
         return int(headers.get(name, ""))
@@ -65,16 +91,16 @@ class RateLimiter:
 
     def __init__(self, limits: LimitsConfig, tier: str, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
-        self._second: AsyncLimiter | None = None
+        self._second: Pacer | None = None
         self._hour: AsyncLimiter | None = None
         self._hour_limit: int | None = None
         self._per_day: int | None = None
         if tier == "free":
-            self._second = AsyncLimiter(1, 1 / (limits.per_second * FREE_TIER_MARGIN))
+            self._second = Pacer(limits.per_second * FREE_TIER_MARGIN)
             self._set_hourly(limits.per_hour)
             self._per_day = limits.per_day
         elif limits.max_per_second:
-            self._second = AsyncLimiter(1, 1 / limits.max_per_second)
+            self._second = Pacer(limits.max_per_second)
         self._ceiling = limits.per_second * FREE_TIER_MARGIN if tier == "free" else (limits.max_per_second or float("inf"))
         self._day = utcnow().date()
         self._used_today = 0
@@ -83,7 +109,7 @@ class RateLimiter:
         self._tweet_quota_spent = False
         self._paused_until = 0.0  # loop time
         self._sent: collections.deque[float] = collections.deque(maxlen=4096)
-        self._throttle: AsyncLimiter | None = None
+        self._throttle: Pacer | None = None
         self.throttle_rate: float | None = None  # requests/s while slowed down after 429s
         self._throttle_changed = 0.0
         self._last_429 = -1e9
@@ -176,7 +202,7 @@ class RateLimiter:
 
     def _set_throttle(self, rate: float, now: float) -> None:
         self.throttle_rate = rate
-        self._throttle = AsyncLimiter(1, 1 / rate)
+        self._throttle = Pacer(rate)
         self._throttle_changed = now
 
     def pause(self, seconds: float) -> None:
