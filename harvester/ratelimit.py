@@ -64,19 +64,26 @@ class Pacer:
     instead of catching up with a burst.
     """
 
-    def __init__(self, rate: float) -> None:
+    def __init__(self, rate: float, min_gap: float | None = None) -> None:
         self.interval = 1.0 / rate
+        # Never two requests closer than this, late wake-ups or not: the server's own
+        # interval, so that a server bucket of one never sees two in one interval.
+        self.min_gap = self.interval if min_gap is None else min_gap
         self._next = 0.0
+        self._last = -1e9
         self._lock = asyncio.Lock()
 
     async def acquire(self) -> None:
         async with self._lock:
-            now = asyncio.get_running_loop().time()
+            loop = asyncio.get_running_loop()
+            now = loop.time()
             if self._next < now - self.interval / 2:
                 self._next = now
-            if self._next > now:
-                await asyncio.sleep(self._next - now)
-            self._next += self.interval
+            slot = max(self._next, self._last + self.min_gap)
+            if slot > now:
+                await asyncio.sleep(slot - now)
+            self._last = loop.time()
+            self._next = slot + self.interval
 
 
 def _header_int(headers: Mapping[str, str], name: str) -> int | None:
@@ -96,7 +103,7 @@ class RateLimiter:
         self._hour_limit: int | None = None
         self._per_day: int | None = None
         if tier == "free":
-            self._second = Pacer(limits.per_second * FREE_TIER_MARGIN)
+            self._second = Pacer(limits.per_second * FREE_TIER_MARGIN, min_gap=1.0 / limits.per_second)
             self._set_hourly(limits.per_hour)
             self._per_day = limits.per_day
         elif limits.max_per_second:
