@@ -73,11 +73,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_fake(latency: float) -> tuple[subprocess.Popen[bytes], str]:
+def start_fake(latency: float, **settings: object) -> tuple[subprocess.Popen[bytes], str]:
+    """Start the fake with these FakeConfig settings on a free port; return it and its root URL."""
     port = free_port()
+    options = "".join(f", {k}={v!r}" for k, v in settings.items())
     code = (
         "from harvester.fakeapi import run, FakeConfig; "
-        f"run(FakeConfig(keys=({KEY!r},), latency={latency!r}), port={port})"
+        f"run(FakeConfig(keys=({KEY!r},), latency={latency!r}{options}), port={port})"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     root = f"http://127.0.0.1:{port}"
