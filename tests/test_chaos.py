@@ -79,7 +79,7 @@ def test_five_random_kills_then_resume_equal_an_undisturbed_run(tmp_path: Path, 
             # Once the run has committed something, at a random moment: mid-fetch,
             # mid-batch, or inside a commit.
             wait_until(db, (kills[-1] if kills else 0) + 1, proc, timeout=600)
-            time.sleep(rng.uniform(0.0, 0.8))
+            time.sleep(rng.uniform(0.0, 0.8 * N / 4_000))  # spread over the run, whatever its size
             assert proc.poll() is None, f"seed {seed}: the run ended before kill {len(kills) + 1}"
             proc.send_signal(signal.SIGKILL)
             proc.wait()
