@@ -126,7 +126,8 @@ async def run_job(
     limiter = RateLimiter(limits, config.api.tier)
     breaker = CircuitBreaker(cooldown=min(5.0, limits.max_outage / 4), max_outage=limits.max_outage)
     work: asyncio.Queue[Any] = asyncio.Queue(maxsize=concurrency * 2)
-    results: asyncio.Queue[Any] = asyncio.Queue()
+    # Bounded, so that fetching waits for a slow writer instead of piling bodies up in memory.
+    results: asyncio.Queue[Any] = asyncio.Queue(maxsize=concurrency * 4)
     # Claim about two minutes of work at a time: enough to keep the workers fed,
     # little enough that a shared job's leases stay fair.
     rate = limits.per_second if config.api.tier == "free" else (limits.max_per_second or 2000.0)
@@ -284,7 +285,8 @@ async def run_job(
             task.cancel()
         await asyncio.gather(feeder, *workers, *watchers, all_workers, return_exceptions=True)
         # Results already fetched are written before we stop: nothing fetched is thrown away.
-        await results.put(_DONE)
+        if not writer.done():
+            await results.put(_DONE)
         await writer
         return stopped
 
