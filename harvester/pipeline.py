@@ -126,8 +126,9 @@ async def run_job(
     limiter = RateLimiter(limits, config.api.tier)
     breaker = CircuitBreaker(cooldown=min(5.0, limits.max_outage / 4), max_outage=limits.max_outage)
     work: asyncio.Queue[Any] = asyncio.Queue(maxsize=concurrency * 2)
-    # Bounded, so that fetching waits for a slow writer instead of piling bodies up in memory.
-    results: asyncio.Queue[Any] = asyncio.Queue(maxsize=concurrency * 4)
+    # Bounded, so that fetching waits for a slow writer instead of piling bodies up in
+    # memory; a batch's worth, so that the next batch is ready when the writer is.
+    results: asyncio.Queue[Any] = asyncio.Queue(maxsize=BATCH_SIZE)
     # Claim about two minutes of work at a time: enough to keep the workers fed,
     # little enough that a shared job's leases stay fair.
     rate = limits.per_second if config.api.tier == "free" else (limits.max_per_second or 2000.0)
