@@ -21,7 +21,8 @@ import click
 from sqlalchemy import Engine
 
 from harvester import __version__, jobs, pipeline
-from harvester.config import Config, load_config
+from harvester import nightly as nightly_module
+from harvester.config import MAX_NUM_RESULTS, TIMEFRAMES, Config, citation_filters, load_config
 from harvester.db import current_revision, head_revision, open_database, sqlite_path
 from harvester.errors import HarvesterError
 from harvester.ids import ID_TYPES
@@ -150,18 +151,30 @@ def db_current(state: State) -> None:
 
 
 def _run_and_report(state: State, engine: Engine, job_id: int, progress: bool, config: Config | None = None) -> None:
+    """Run a job, and the job it waits for or the follow-up it feeds (a citations job with --then)."""
     config = config or state.config()
+    codes = []
+    for job in jobs.chain(engine, jobs.get_job(engine, job_id)):
+        if job.status == "finished":
+            continue
+        outcome = _run_step(state, engine, job.id, progress, config)
+        _print_outcome(state, outcome)
+        if outcome.status != "finished":
+            sys.exit(outcome.exit_code)
+        codes.append(outcome.exit_code)
+    sys.exit(max(codes, default=0))
+
+
+def _run_step(state: State, engine: Engine, job_id: int, progress: bool, config: Config) -> pipeline.RunOutcome:
     reporter = Reporter.for_stream(job_id, progress)
     try:
-        outcome = pipeline.run(engine, job_id, config, reporter)
+        return pipeline.run(engine, job_id, config, reporter)
     except KeyboardInterrupt:
         reporter.close()
         click.echo(f"Interrupted. Resume with: {state.resume_command(job_id)}", err=True)
         sys.exit(130)
     finally:
         reporter.close()
-    _print_outcome(state, outcome)
-    sys.exit(outcome.exit_code)
 
 
 def _print_outcome(state: State, outcome: pipeline.RunOutcome) -> None:
@@ -253,7 +266,10 @@ def resume(state: State, job_id: int | None, no_progress: bool) -> None:
     """
     engine = state.engine(must_exist=True)
     job = jobs.get_job(engine, job_id) if job_id is not None else jobs.newest_unfinished(engine)
-    if job.status == "finished":
+    if job.endpoint == "nightly" or job.params.get("nightly"):
+        # A nightly's steps are resumed by the nightly, which holds them (and refuses while another runs).
+        _nightly(state, engine, not no_progress, as_json=False)
+    if all(j.status == "finished" for j in jobs.chain(engine, job)):
         click.echo(f"job {job.id} is already finished", err=True)
         return
     # The job keeps the concurrency it was started with on the command line.
@@ -351,6 +367,110 @@ def retry_failed(state: State, job_id: int) -> None:
     """Put a job's failed items back to pending (then run `harvester resume JOB`)."""
     n = jobs.retry_failed(state.engine(must_exist=True), job_id)
     click.echo(f"{n:,} failed items of job {job_id} are pending again; run: {state.resume_command(job_id)}", err=True)
+
+
+@cli.command()
+@click.argument("timeframe", type=click.Choice(TIMEFRAMES), metavar="TIMEFRAME")
+@click.option("--cited-in", metavar="SOURCE", help="Only outputs mentioned in this source (e.g. news, policy).")
+@click.option("--doi-prefix", metavar="PREFIX", help="Only DOIs with this prefix (e.g. 10.1038).")
+@click.option("--issns", metavar="LIST", help="Only these journals' ISSNs, comma-separated.")
+@click.option("--order-by", metavar="FIELD", help="The API's order_by (default: score).")
+@click.option("--nlmid", metavar="LIST", help="Only these NLM journal ids, comma-separated.")
+@click.option("--subjects", metavar="LIST", help="Only these subjects (the API's slugs), comma-separated.")
+@click.option("--num-results", type=click.IntRange(1, MAX_NUM_RESULTS), default=MAX_NUM_RESULTS, show_default=True, help="Results per page.")
+@click.option("--pages", type=click.IntRange(1, None), help="Pages to harvest (default: 1).")
+@click.option("--all-pages", is_flag=True, help="Every page, until page * num_results >= query.total.")
+@click.option("--then", type=click.Choice(["counts", "fetch"]), help="Then harvest the listed outputs through this endpoint.")
+@click.option("--name", help="A name for the job (shown by `jobs`).")
+@click.option("--no-progress", is_flag=True, help="No progress bar or progress lines.")
+@pass_state
+@handle_errors
+def citations(
+    state: State,
+    /,
+    timeframe: str,
+    num_results: int,
+    pages: int | None,
+    all_pages: bool,
+    then: str | None,
+    name: str | None,
+    no_progress: bool,
+    **filters: str | None,
+) -> None:
+    """Harvest the outputs with attention in TIMEFRAME (at 1d 2d 3d 4d 5d 6d 1w 1m 3m 6m 1y).
+
+    Each listed output is stored like a Counts result, and its rank and score
+    in citation_activity. A page is an item of the job: `harvester resume`
+    continues an interrupted listing.
+
+    \b
+    Examples:
+      harvester citations 1w --doi-prefix 10.1038 --all-pages
+      harvester citations 1d --cited-in policy --pages 5 --then fetch
+    """
+    if pages is not None and all_pages:
+        raise click.UsageError("--pages and --all-pages exclude each other")
+    engine = state.engine()
+    with engine.begin() as conn:
+        job_id, follow = jobs.create_citations_job(
+            conn, timeframe, citation_filters(filters), num_results, None if all_pages else (pages or 1), then, name
+        )
+    click.echo(f"job {job_id}: citations {timeframe}" + (f", then {then} as job {follow}" if follow else ""), err=True)
+    _run_and_report(state, engine, job_id, not no_progress)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="The report as JSON on stdout.")
+@click.option("--no-progress", is_flag=True, help="No progress bar or progress lines.")
+@pass_state
+@handle_errors
+def nightly(state: State, as_json: bool, no_progress: bool) -> None:
+    """Discover, refresh and snapshot, as configured in [nightly]; for cron or a systemd timer.
+
+    Lists the outputs with attention through Citations, harvests them and
+    every output whose last harvest is older than refresh_after, writes each
+    one's row of the day in counts_snapshots, and prints a report (new,
+    refreshed, not found, failed, top score movers), also kept in
+    nightly_runs and nightly_movers. Exit codes: 0 done, 3 done with failed
+    items, 75 another nightly is running or the quota is spent (the next run
+    finishes this one first), 1 error, 130 interrupted.
+
+    \b
+    Example (crontab, 02:30 every night):
+      30 2 * * * cd /srv/altmetric && harvester nightly >> nightly.log 2>&1
+    """
+    _nightly(state, state.engine(), not no_progress, as_json)
+
+
+def _nightly(state: State, engine: Engine, progress: bool, as_json: bool) -> None:
+    reports = nightly_module.run(engine, state.config(), lambda job_id: Reporter.for_stream(job_id, progress))
+    for report in reports:
+        if as_json:
+            click.echo(_json(report.as_dict()))
+        else:
+            _print_report(report)
+        if report.stopped_step is not None:
+            if report.message:
+                click.echo(f"Error: {redact(report.message)}", err=True)
+            click.echo(f"nightly {report.night} {report.status}; the next `harvester nightly` finishes it first", err=True)
+    sys.exit(reports[-1].exit_code)
+
+
+def _print_report(report: nightly_module.Report) -> None:
+    click.echo(f"nightly {report.night} (job {report.job_id}): {report.status}")
+    if report.status != "finished":
+        return
+    click.echo(
+        f"  {report.discovered:,} discovered · {report.new_outputs:,} new · {report.refreshed:,} refreshed · "
+        f"{report.not_found:,} not found · {report.failed:,} failed"
+    )
+    if report.movers:
+        click.echo("  top score movers since their previous snapshot:")
+    for m in report.movers:
+        click.echo(
+            f"  {m['rank']:>3}. {m['change']:+10.2f}  {m['previous_score']:g} -> {m['score']:g}  "
+            f"({m['previous_on']} -> {m['harvested_on']})  {m['doi'] or m['altmetric_id']}  {(m['title'] or '')[:60]}"
+        )
 
 
 @cli.command("mock-api")

@@ -14,12 +14,17 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from harvester.errors import ConfigError
 
 ENDPOINTS = ("counts", "fetch", "citations")
+TIMEFRAMES = ("at", "1d", "2d", "3d", "4d", "5d", "6d", "1w", "1m", "3m", "6m", "1y")
+# The Citations endpoint's filters; `issn` is the API's alias of `issns`.
+CITATION_FILTERS = ("cited_in", "doi_prefix", "issns", "order_by", "nlmid", "subjects")
+MAX_NUM_RESULTS = 99
 TIERS = ("free", "commercial")
 DEFAULT_API_URL = "https://api.altmetric.com/v1"
 
@@ -63,11 +68,27 @@ class FetchConfig:
 
 
 @dataclass(frozen=True)
+class NightlyConfig:
+    timeframe: str = "1d"
+    # {cited_in = "news", doi_prefix = "10.1038", ...}; lists become comma-separated values.
+    filters: dict[str, str] = field(default_factory=dict)
+    num_results: int = MAX_NUM_RESULTS
+    pages: int | None = None  # None: every page of the listing
+    # A daily time series needs every output harvested every night: 20h leaves room
+    # for a nightly that started later yesterday than today.
+    refresh_after: str = "20h"
+    not_found_refresh_after: str = "30d"
+    max_items: int | None = None
+    endpoint: str = "counts"
+
+
+@dataclass(frozen=True)
 class Config:
     api: ApiConfig = ApiConfig()
     limits: LimitsConfig = LimitsConfig()
     database: DatabaseConfig = DatabaseConfig()
     fetch: FetchConfig = FetchConfig()
+    nightly: NightlyConfig = NightlyConfig()
     source: str | None = None  # the TOML file read, for messages
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> Config:
@@ -75,7 +96,13 @@ class Config:
         return _apply(self, {k: v for k, v in overrides.items() if v is not None}, "the command line")
 
 
-SECTIONS: dict[str, type] = {"api": ApiConfig, "limits": LimitsConfig, "database": DatabaseConfig, "fetch": FetchConfig}
+SECTIONS: dict[str, type] = {
+    "api": ApiConfig,
+    "limits": LimitsConfig,
+    "database": DatabaseConfig,
+    "fetch": FetchConfig,
+    "nightly": NightlyConfig,
+}
 
 ENV_VARS = {
     "ALTMETRIC_API_KEY": "api.key",
@@ -159,6 +186,9 @@ def _coerce(value: Any, hint: Any, name: str, where: str, from_text: bool) -> An
         elif hint is str:
             if isinstance(value, str):
                 return value
+        elif typing.get_origin(hint) is dict:
+            if isinstance(value, dict) and all(isinstance(v, (str, list)) for v in value.values()):
+                return {str(k): v if isinstance(v, str) else ",".join(map(str, v)) for k, v in value.items()}
         elif typing.get_origin(hint) is tuple:
             if from_text and isinstance(value, str):
                 value = [v.strip() for v in value.split(",") if v.strip()]
@@ -166,7 +196,7 @@ def _coerce(value: Any, hint: Any, name: str, where: str, from_text: bool) -> An
                 return tuple(value)
     except ValueError:
         pass
-    expected = getattr(hint, "__name__", str(hint)).replace("tuple", "list of strings")
+    expected = getattr(hint, "__name__", str(hint)).replace("tuple", "list of strings").replace("dict", "table of strings")
     raise ConfigError(f"{where}: {name} must be {expected}, not {value!r}")
 
 
@@ -190,3 +220,47 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"{where}: limits.backoff_base must be >= 0")
     if limits.max_per_second is not None and limits.max_per_second <= 0:
         raise ConfigError(f"{where}: limits.max_per_second must be > 0")
+    _validate_nightly(config.nightly, where)
+
+
+def _validate_nightly(n: NightlyConfig, where: str) -> None:
+    if n.timeframe not in TIMEFRAMES:
+        raise ConfigError(f"{where}: nightly.timeframe must be one of {' '.join(TIMEFRAMES)}, not {n.timeframe!r}")
+    unknown = [k for k in n.filters if k not in (*CITATION_FILTERS, "issn")]
+    if unknown:
+        raise ConfigError(f"{where}: nightly.filters has unknown {', '.join(unknown)} (known: {', '.join(CITATION_FILTERS)})")
+    if not 1 <= n.num_results <= MAX_NUM_RESULTS:
+        raise ConfigError(f"{where}: nightly.num_results must be 1 to {MAX_NUM_RESULTS}")
+    if n.pages is not None and n.pages < 1:
+        raise ConfigError(f"{where}: nightly.pages must be >= 1")
+    if n.max_items is not None and n.max_items < 0:
+        raise ConfigError(f"{where}: nightly.max_items must be >= 0")
+    if n.endpoint not in ("counts", "fetch"):
+        raise ConfigError(f"{where}: nightly.endpoint must be counts or fetch, not {n.endpoint!r}")
+    for name in ("refresh_after", "not_found_refresh_after"):
+        try:
+            parse_duration(getattr(n, name))
+        except ValueError as e:
+            raise ConfigError(f"{where}: nightly.{name}: {e}") from None
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """'20h', '7d', '90m', '2w', '3600s' -> a timedelta."""
+    value = text.strip().lower()
+    try:
+        number = float(value[:-1])
+        seconds = number * _UNITS[value[-1]]
+    except (KeyError, ValueError, IndexError):
+        raise ValueError(f"{text!r} is not a duration like 20h, 7d or 90m") from None
+    if number < 0:
+        raise ValueError(f"{text!r} must not be negative")
+    return timedelta(seconds=seconds)
+
+
+def citation_filters(filters: Mapping[str, str | None]) -> dict[str, str]:
+    """The filters a query sends, in alphabetical order (so equal queries compare equal); `issn` becomes `issns`."""
+    given = {("issns" if k == "issn" else k): v for k, v in filters.items() if v}
+    return {k: str(given[k]) for k in sorted(given)}

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO
 
-from sqlalchemy import Engine, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, Table, and_, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from harvester import schema
-from harvester.errors import JobBusyError, JobError
+from harvester.errors import ConfigError, JobBusyError, JobError
 from harvester.ids import IdLine, read_ids
 
 logger = logging.getLogger(__name__)
@@ -33,8 +33,40 @@ LEASE = timedelta(minutes=30)
 _CHUNK = 2000
 
 
+_CLOCK_OFFSET = "_HARVESTER_CLOCK_OFFSET"  # how the injected clock reaches the writer process
+_offset: timedelta | None = None
+
+
 def utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
+    """Now, in naive UTC: the time every stored timestamp and every nightly decision uses.
+
+    HARVESTER_NOW=2026-11-24T03:00:00 runs the harvester as if it were that
+    moment (the clock then runs on from there): how schedules such as two
+    nights in a row are tested. Never set it in production.
+    """
+    global _offset
+    if _offset is None:
+        _offset = _clock_offset()
+    return datetime.now(UTC).replace(tzinfo=None) + _offset
+
+
+def _clock_offset() -> timedelta:
+    inherited = os.environ.get(_CLOCK_OFFSET)
+    if inherited:
+        return timedelta(seconds=float(inherited))
+    wanted = os.environ.get("HARVESTER_NOW")
+    if not wanted:
+        return timedelta(0)
+    try:
+        when = datetime.fromisoformat(wanted)
+    except ValueError:
+        raise ConfigError(f"HARVESTER_NOW must be an ISO date-time like 2026-11-24T03:00:00, not {wanted!r}") from None
+    if when.tzinfo is not None:
+        when = when.astimezone(UTC).replace(tzinfo=None)
+    offset = when - datetime.now(UTC).replace(tzinfo=None)
+    # Child processes (the writer) inherit one offset, so that both clocks agree.
+    os.environ[_CLOCK_OFFSET] = str(offset.total_seconds())
+    return offset
 
 
 @dataclass(frozen=True)
@@ -56,6 +88,7 @@ class Job:
     resume_after: datetime | None
     runner: str | None
     heartbeat_at: datetime | None
+    lock_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,23 +122,9 @@ def create_job(
     now = utcnow()
     lines = read_ids(sources, id_type, stdin)
     with engine.begin() as conn:
-        job_id: int = conn.execute(
-            insert(schema.jobs).values(
-                name=name,
-                endpoint=endpoint,
-                id_type=id_type,
-                status="pending",
-                sources=json.dumps(sources),
-                params=json.dumps(params or {}, sort_keys=True),
-                total_items=0,
-                rejected_lines=0,
-                duplicate_lines=0,
-                created_at=now,
-            )
-        ).inserted_primary_key[0]  # type: ignore[index]
+        job_id = new_job(conn, endpoint, id_type, name, params or {}, sources, now)
         valid = rejected = 0
-        ins = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-        add_items = ins(schema.job_items).on_conflict_do_nothing()
+        insert_items = _insert(conn, schema.job_items).on_conflict_do_nothing()
         for chunk in _chunks(lines, _CHUNK):
             items = [
                 {
@@ -134,7 +153,7 @@ def create_job(
                 if line.key is None
             ]
             if items:
-                conn.execute(add_items, items)
+                conn.execute(insert_items, items)
             if rejects:
                 conn.execute(insert(schema.job_rejects), rejects)
             valid += len(items)
@@ -148,6 +167,112 @@ def create_job(
             .values(total_items=total, rejected_lines=rejected, duplicate_lines=valid - total)
         )
     return get_job(engine, job_id)
+
+
+def new_job(
+    conn: Connection,
+    endpoint: str,
+    id_type: str,
+    name: str | None,
+    params: dict[str, Any],
+    sources: list[str] | None = None,
+    now: datetime | None = None,
+) -> int:
+    """Insert a job row (no items yet) in the caller's transaction; returns its id."""
+    job_id: int = conn.execute(
+        insert(schema.jobs).values(
+            name=name,
+            endpoint=endpoint,
+            id_type=id_type,
+            status="pending",
+            sources=json.dumps(sources or []),
+            params=json.dumps(params, sort_keys=True),
+            total_items=0,
+            rejected_lines=0,
+            duplicate_lines=0,
+            created_at=now or utcnow(),
+        )
+    ).inserted_primary_key[0]  # type: ignore[index]
+    return job_id
+
+
+def _insert(conn: Connection, table: Table) -> Any:
+    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
+
+
+def add_items(conn: Connection, job_id: int, items: Iterable[tuple[str, str, int]], now: datetime) -> int:
+    """Add (id_type, identifier, line_no) items to a job that may already be running; returns how many were new.
+
+    Items it already has are left as they are (done stays done), and the job
+    is pending again if it had finished, so that nothing added is forgotten.
+    """
+    rows = [
+        {"job_id": job_id, "id_type": t, "identifier": i, "input": i, "line_no": n, "status": "pending", "attempts": 0, "updated_at": now}
+        for t, i, n in items
+    ]
+    if not rows:
+        return 0
+    count = select(func.count()).select_from(schema.job_items).where(schema.job_items.c.job_id == job_id)
+    before = conn.execute(count).scalar_one()
+    for start in range(0, len(rows), _CHUNK):
+        conn.execute(_insert(conn, schema.job_items).on_conflict_do_nothing(), rows[start : start + _CHUNK])
+    total = conn.execute(count).scalar_one()
+    job = update(schema.jobs).where(schema.jobs.c.id == job_id)
+    conn.execute(job.values(total_items=total))
+    if total > before:
+        conn.execute(job.where(schema.jobs.c.status == "finished").values(status="pending", finished_at=None))
+    return int(total - before)
+
+
+def set_params(conn: Connection, job_id: int, **changes: Any) -> None:
+    """Merge changes into a job's params, in the caller's transaction."""
+    current = conn.execute(select(schema.jobs.c.params).where(schema.jobs.c.id == job_id)).scalar_one()
+    params = json.loads(current or "{}") | changes
+    conn.execute(update(schema.jobs).where(schema.jobs.c.id == job_id).values(params=json.dumps(params, sort_keys=True)))
+
+
+def create_citations_job(
+    conn: Connection,
+    timeframe: str,
+    filters: dict[str, str],
+    num_results: int,
+    pages: int | None,
+    then: str | None = None,
+    name: str | None = None,
+    nightly: int | None = None,
+) -> tuple[int, int | None]:
+    """A Citations job (a page is an item) and, with `then`, its follow-up harvest, in the caller's transaction.
+
+    Only page 1 is known at first: each page written adds the pages its
+    query.total implies (up to `pages`), and its outputs to the follow-up job.
+    Returns both job ids.
+    """
+    now = utcnow()
+    params: dict[str, Any] = {"timeframe": timeframe, "filters": filters, "num_results": num_results, "pages": pages}
+    link = {"nightly": nightly} if nightly is not None else {}
+    job_id = new_job(conn, "citations", "page", name, params | link, now=now)
+    follow_id = None
+    if then is not None:
+        follow_name = f"{name}: {then}" if name else f"{then} of the outputs job {job_id} lists"
+        follow_id = new_job(conn, then, "doi", follow_name, {"after_job": job_id} | link, now=now)
+        set_params(conn, job_id, then_job=follow_id, then=then)
+    add_items(conn, job_id, [("page", "1", 1)], now)
+    return job_id, follow_id
+
+
+def chain(engine: Engine, job: Job) -> list[Job]:
+    """The jobs that complete `job`, in order: a follow-up harvest runs after the citations job that feeds it."""
+    if job.params.get("after_job"):
+        return [get_job(engine, job.params["after_job"]), job]
+    if job.params.get("then_job"):
+        return [job, get_job(engine, job.params["then_job"])]
+    return [job]
+
+
+def beat(engine: Engine, runner: str) -> None:
+    """Refresh the heartbeat of every job this runner holds (a nightly and its current step)."""
+    with engine.begin() as conn:
+        conn.execute(update(schema.jobs).where(schema.jobs.c.runner == runner).values(heartbeat_at=utcnow()))
 
 
 def _chunks(lines: Iterable[IdLine], size: int) -> Iterator[list[IdLine]]:
@@ -186,14 +311,18 @@ def newest_unfinished(engine: Engine) -> Job:
 
 def item_counts(engine: Engine, job_id: int) -> dict[str, int]:
     """Items per status, every status present (0 when none)."""
-    counts = dict.fromkeys(STATUSES, 0)
     with engine.connect() as conn:
-        rows = conn.execute(
-            select(schema.job_items.c.status, func.count())
-            .where(schema.job_items.c.job_id == job_id)
-            .group_by(schema.job_items.c.status)
-        )
-        counts.update({status: n for status, n in rows})
+        return item_counts_in(conn, job_id)
+
+
+def item_counts_in(conn: Connection, job_id: int) -> dict[str, int]:
+    counts = dict.fromkeys(STATUSES, 0)
+    rows = conn.execute(
+        select(schema.job_items.c.status, func.count())
+        .where(schema.job_items.c.job_id == job_id)
+        .group_by(schema.job_items.c.status)
+    )
+    counts.update({status: n for status, n in rows})
     return counts
 
 

@@ -256,6 +256,24 @@ def parse_counts(body: dict[str, Any], harvested_at: datetime) -> Records:
     return records
 
 
+def parse_citations(body: dict[str, Any], harvested_at: datetime) -> tuple[int | None, list[Records | None]]:
+    """A Citations page -> (query.total, the rows of each result in rank order).
+
+    A result without an altmetric_id is None, so that the ranks of the others
+    stay where the API put them.
+    """
+    results = body.get("results")
+    if not isinstance(results, list):
+        raise ParseError("the page has no list of results")
+    query = body.get("query")
+    total = as_int(query.get("total")) if isinstance(query, dict) else None
+    parsed: list[Records | None] = []
+    for result in results:
+        usable = isinstance(result, dict) and as_int(result.get("altmetric_id")) is not None
+        parsed.append(parse_counts(result, harvested_at) if usable else None)
+    return total, parsed
+
+
 def identifier_rows(body: dict[str, Any], altmetric_id: int) -> list[dict[str, Any]]:
     rows: dict[tuple[str, str], dict[str, Any]] = {}
 

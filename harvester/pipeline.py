@@ -62,7 +62,8 @@ class RunOutcome:
 @dataclass
 class _State:
     counts: dict[str, int]
-    processed: int = 0
+    claimed: int = 0  # items this run claimed ...
+    processed: int = 0  # ... and of those, written
     requests: int = 0
     responses: int = 0  # any HTTP response at all: the host is reachable
     error: BaseException | None = None
@@ -79,6 +80,28 @@ def fetch_query(options: dict[str, Any]) -> dict[str, str]:
     if options.get("post_types"):
         query["post_types"] = str(options["post_types"])
     return query
+
+
+def request_for(job: jobs.Job, item: jobs.Item, fetch_options: dict[str, str] | None) -> tuple[str, dict[str, str] | None]:
+    """The URL path and query parameters of one item: an id on Counts or Fetch, or a page of Citations."""
+    if job.endpoint == "citations":
+        query = {"num_results": str(job.params["num_results"]), "page": item.identifier}
+        return f"/citations/{job.params['timeframe']}", query | (job.params.get("filters") or {})
+    return id_path(job.endpoint, item.id_type, item.identifier), fetch_options
+
+
+def check_body(endpoint: str, raw: bytes) -> dict[str, Any]:
+    """Decode a 200's body and check that it is the kind of object the endpoint sends (else ParseError: retried)."""
+    body = decode(raw)
+    if endpoint == "citations":
+        if not isinstance(body.get("results"), list):
+            raise ParseError("the page has no list of results")
+    elif as_int(body.get("altmetric_id")) is None:
+        raise ParseError("the body has no altmetric_id")
+    return body
+
+
+HEARTBEAT = 15.0  # seconds; well inside jobs.STALE_AFTER, so a live run never looks dead
 
 
 def backoff(attempt: int, base: float, cap: float) -> float:
@@ -107,17 +130,21 @@ async def run_job(
     config: Config,
     progress: ProgressCallback | None = None,
     stop: asyncio.Event | None = None,
+    runner: str | None = None,
 ) -> RunOutcome:
-    """Run (or resume) a job until every item is final or something stops it."""
+    """Run (or resume) a job until every item is final or something stops it.
+
+    `runner`: the identity to run it under (a nightly runs its steps under its own).
+    """
     job = jobs.get_job(engine, job_id)
-    if job.endpoint not in ("counts", "fetch"):
-        raise JobError(f"job {job_id} uses the {job.endpoint} endpoint, which this version cannot harvest")
+    if job.endpoint not in ("counts", "fetch", "citations"):
+        raise JobError(f"job {job_id} is a {job.endpoint} job: run it with `harvester {job.endpoint}`")
     if job.endpoint not in config.api.endpoints:
         raise JobError(
             f"job {job_id} needs the {job.endpoint} endpoint, but [api] endpoints = {list(config.api.endpoints)} excludes it"
         )
     query = fetch_query(job.params.get("fetch") or {}) if job.endpoint == "fetch" else None
-    runner = jobs.new_runner_id()
+    runner = runner or jobs.new_runner_id()
     jobs.take_over(engine, job_id, runner)
     started = time.monotonic()
     state = _State(counts=jobs.item_counts(engine, job_id))
@@ -134,6 +161,11 @@ async def run_job(
     rate = limits.per_second if config.api.tier == "free" else (limits.max_per_second or 2000.0)
     claim_size = int(max(concurrency * 2, min(1000, rate * 120)))
 
+    # A Citations job grows as it runs (each page adds the pages its total
+    # implies), so its feeder looks again whenever a batch is written.
+    grows = job.endpoint == "citations"
+    written = asyncio.Event()
+
     def fail(exc: BaseException) -> None:
         if state.error is None:
             state.error = exc
@@ -142,7 +174,17 @@ async def run_job(
     async def feed() -> None:
         try:
             after = 0
-            while items := await asyncio.to_thread(jobs.claim, engine, job_id, runner, after, claim_size):
+            while True:
+                # Read before claiming: if everything claimed was written by then, the claim saw every page added.
+                written_before = state.processed
+                items = await asyncio.to_thread(jobs.claim, engine, job_id, runner, after, claim_size)
+                if not items:
+                    if not grows or state.claimed == written_before:
+                        break
+                    written.clear()
+                    await written.wait()
+                    continue
+                state.claimed += len(items)
                 after = items[-1].line_no
                 for item in items:
                     await work.put(item)
@@ -153,8 +195,17 @@ async def run_job(
         except Exception as e:  # a database error while claiming stops the run cleanly
             fail(e)
 
+    async def beat() -> None:
+        # Limiter pauses and outages write nothing for minutes: the heartbeat must not depend on writes.
+        while True:
+            await asyncio.sleep(HEARTBEAT)
+            try:
+                await asyncio.to_thread(jobs.beat, engine, runner)
+            except SQLAlchemyError as e:
+                logger.warning("could not record the heartbeat: %s", e)
+
     async def fetch(item: jobs.Item) -> ItemResult:
-        path = id_path(job.endpoint, item.id_type, item.identifier)
+        path, params = request_for(job, item, query)
         attempts = 0
         slow_429 = 1.0
         while True:
@@ -165,7 +216,7 @@ async def run_job(
             state.requests += 1
             status: int | None = None
             try:
-                response = await client.get(path, query)
+                response = await client.get(path, params)
             except ConnectError as e:
                 if state.responses == 0:
                     # Nothing ever answered: a wrong URL or no network, not a flaky item.
@@ -179,9 +230,7 @@ async def run_job(
                 limiter.observe(response.headers, job.endpoint)
                 if status == 200:
                     try:
-                        body = decode(response.body)
-                        if as_int(body.get("altmetric_id")) is None:
-                            raise ParseError("the body has no altmetric_id")
+                        body = check_body(job.endpoint, response.body)
                     except ParseError as e:
                         error = f"unusable body: {e}"
                     else:
@@ -208,6 +257,10 @@ async def run_job(
                     breaker.record(True)
                     if status == 404:
                         return ItemResult(item.id_type, item.identifier, "not_found", attempts + 1, 404)
+                    if job.endpoint == "citations" and item.identifier != "1" and status == 400:
+                        # Past the last page (the listing shrank while we paged): the end, not a failure.
+                        note = f"past the last page: {response.body.decode('utf-8', 'replace').strip()[:200]}"
+                        return ItemResult(item.id_type, item.identifier, "not_found", attempts + 1, status, None, None, note)
                     text = response.body.decode("utf-8", "replace").strip()[:500]
                     return ItemResult(item.id_type, item.identifier, "failed", attempts + 1, status, f"HTTP {status}: {text}")
                 else:
@@ -253,14 +306,15 @@ async def run_job(
                 size += len(got.body or b"")
             if batch:
                 try:
-                    written = await asyncio.to_thread(writer_process.write, batch)
+                    outcome = await asyncio.to_thread(writer_process.write, batch)
                 except HarvesterError as e:
                     fail(e)
                     return
                 state.counts["pending"] -= len(batch)
-                for status, n in written.items():
+                for status, n in outcome.items():
                     state.counts[status] += n
                 state.processed += len(batch)
+                written.set()
             if progress and (finished or time.monotonic() - last_progress > 0.2):
                 progress(dict(state.counts))
                 last_progress = time.monotonic()
@@ -272,6 +326,7 @@ async def run_job(
         feeder = asyncio.create_task(feed())
         workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
         writer = asyncio.create_task(write())
+        heart = asyncio.create_task(beat())
         watchers = [asyncio.create_task(state.abort.wait())]
         if stop is not None:
             watchers.append(asyncio.create_task(stop.wait()))
@@ -282,9 +337,9 @@ async def run_job(
             logger.debug("a worker crashed", exc_info=all_workers.exception())
             fail(all_workers.exception())  # type: ignore[arg-type]
         stopped = stop is not None and stop.is_set() and state.error is None
-        for task in [feeder, *workers, *watchers]:
+        for task in [feeder, *workers, *watchers, heart]:
             task.cancel()
-        await asyncio.gather(feeder, *workers, *watchers, all_workers, return_exceptions=True)
+        await asyncio.gather(feeder, *workers, *watchers, heart, all_workers, return_exceptions=True)
         # Results already fetched are written before we stop: nothing fetched is thrown away.
         if not writer.done():
             await results.put(_DONE)
@@ -296,7 +351,7 @@ async def run_job(
     all_posts = job.endpoint == "fetch" and not any(
         (job.params.get("fetch") or {}).get(k) for k in ("include_sources", "exclude_sources", "include_sections")
     )
-    writer_process = WriterProcess(engine.url.render_as_string(hide_password=False), job_id, job.endpoint, runner, all_posts)
+    writer_process = WriterProcess(engine.url.render_as_string(hide_password=False), job_id, job.endpoint, runner, all_posts, job.params)
     writer_process.start()
     try:
         async with ApiClient(config.api, concurrency) as client:
@@ -342,6 +397,7 @@ def run(
     job_id: int,
     config: Config,
     progress: ProgressCallback | None = None,
+    runner: str | None = None,
 ) -> RunOutcome:
     """Run a job in a fresh event loop; SIGINT/SIGTERM stop it after a clean flush.
 
@@ -369,7 +425,7 @@ def run(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
         try:
-            return await run_job(engine, job_id, config, progress, stop)
+            return await run_job(engine, job_id, config, progress, stop, runner)
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)

@@ -13,6 +13,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -71,6 +72,9 @@ outputs = Table(
     Column("book_title", Text, doc="a chapter's book"),
     Column("book_isbns", Text, doc="a chapter's book's ISBNs, JSON array"),
     Column("posts_seen_at", DateTime, doc="the last Fetch harvest that listed all posts (no source or section filter)"),
+    Column("first_harvested_at", DateTime, doc="when we first stored it (kept by every later harvest)"),
+    # The nightly picks outputs whose last harvest is older than refresh_after.
+    Index(None, "harvested_at"),
 )
 
 output_relations = Table(
@@ -204,6 +208,9 @@ jobs = Table(
     Column("resume_after", DateTime, doc="a paused job's quota resets then"),
     Column("runner", String(200), doc="host:pid:nonce of the process running it"),
     Column("heartbeat_at", DateTime),
+    # Set only while a job must be the only one of its kind (an unfinished nightly):
+    # the unique constraint, not a pid file, is what refuses a second one.
+    Column("lock_name", String(40), unique=True, doc="'nightly' while a nightly is unfinished, else NULL"),
 )
 
 job_items = Table(
@@ -235,4 +242,68 @@ job_rejects = Table(
     Column("source_line", BigInteger, doc="line number within that file"),
     Column("line", Text),
     Column("reason", Text, nullable=False),
+)
+
+citation_activity = Table(
+    "citation_activity",
+    metadata,
+    Column("timeframe", String(4), primary_key=True, doc="at 1d 2d 3d 4d 5d 6d 1w 1m 3m 6m 1y"),
+    Column("harvested_on", Date, primary_key=True, doc="UTC day of the harvest"),
+    # Part of the key: two queries with different filters on one day must not overwrite each other's ranks.
+    Column("filters", Text, primary_key=True, doc="the query's filters, e.g. 'doi_prefix=10.1038&order_by=score'; '' when none"),
+    Column("altmetric_id", AltmetricId, primary_key=True, autoincrement=False),
+    Column("rank", Integer, nullable=False, doc="1 = first result of page 1"),
+    Column("score", Float, doc="the score the listing gave"),
+    Column("page", Integer, nullable=False),
+    Column("total", Integer, doc="query.total the page reported"),
+    Column("job_id", Integer, doc="the citations job"),
+    Column("harvested_at", DateTime, nullable=False),
+    Index(None, "altmetric_id"),
+)
+
+counts_snapshots = Table(
+    "counts_snapshots",
+    metadata,
+    Column("altmetric_id", AltmetricId, primary_key=True, autoincrement=False),
+    Column("harvested_on", Date, primary_key=True, doc="UTC day; a second harvest that day updates the row"),
+    Column("score", Float),
+    Column("posts_count", Integer),
+    Column("accounts_count", Integer),
+    Column("readers_count", Integer),
+    Column("harvested_at", DateTime, nullable=False, doc="the harvest the row holds (the day's last)"),
+    Index(None, "harvested_on"),
+)
+
+nightly_runs = Table(
+    "nightly_runs",
+    metadata,
+    Column("job_id", Integer, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True, doc="the nightly's row in jobs"),
+    Column("night", Date, nullable=False, doc="UTC day the nightly started"),
+    Column("timeframe", String(4), nullable=False),
+    Column("filters", Text, nullable=False),
+    Column("endpoint", String(20), nullable=False, doc="what refreshed the outputs: counts or fetch"),
+    Column("discovery_job_id", Integer),
+    Column("refresh_job_id", Integer),
+    Column("discovered", Integer, nullable=False, doc="outputs the citations endpoint listed"),
+    Column("new_outputs", Integer, nullable=False, doc="outputs first stored by this nightly"),
+    Column("refreshed", Integer, nullable=False, doc="outputs stored before and harvested again"),
+    Column("not_found", Integer, nullable=False),
+    Column("failed", Integer, nullable=False, doc="refresh items and citations pages that failed"),
+    Column("started_at", DateTime, nullable=False),
+    Column("finished_at", DateTime, nullable=False),
+)
+
+nightly_movers = Table(
+    "nightly_movers",
+    metadata,
+    Column("job_id", Integer, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("rank", Integer, primary_key=True, autoincrement=False, doc="1 = the biggest change"),
+    Column("altmetric_id", AltmetricId, nullable=False),
+    Column("doi", Text),
+    Column("title", Text),
+    Column("previous_on", Date, nullable=False, doc="the snapshot compared against"),
+    Column("previous_score", Float),
+    Column("harvested_on", Date, nullable=False),
+    Column("score", Float),
+    Column("change", Float, nullable=False, doc="score - previous_score"),
 )

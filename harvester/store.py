@@ -11,6 +11,7 @@ import collections
 import ctypes
 import functools
 import logging
+import math
 import multiprocessing
 import operator
 import queue
@@ -25,14 +26,16 @@ from sqlalchemy import Connection, Dialect, Engine, Table, bindparam, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from harvester import schema
+from harvester import jobs, schema
 from harvester.errors import DatabaseError, HarvesterError
-from harvester.parse import ParseError, Records, decode, parse_counts, parse_fetch
+from harvester.parse import ParseError, Records, decode, parse_citations, parse_counts, parse_fetch
 
 logger = logging.getLogger(__name__)
 
-# Columns an upsert never overwrites: when a mention was first seen stays put.
-_KEEP_ON_UPDATE = {"mentions": {"first_seen_at"}}
+# Columns an upsert never overwrites: when a mention or an output was first seen stays put.
+_KEEP_ON_UPDATE = {"mentions": {"first_seen_at"}, "outputs": {"first_harvested_at"}}
+# What a daily snapshot keeps of an output row.
+SNAPSHOT_COLUMNS = ("score", "posts_count", "accounts_count", "readers_count")
 # The tables one parsed body fills, in the order they are written.
 DATA_TABLES = (
     "outputs",
@@ -124,12 +127,19 @@ def upsert(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> No
 
 
 def save_records(conn: Connection, batch: Iterable[Records]) -> None:
-    """Upsert every table's rows of a batch of parsed bodies."""
-    tables: dict[str, list[dict[str, Any]]] = {name: [] for name in DATA_TABLES}
+    """Upsert every table's rows of a batch of parsed bodies, and each output's snapshot of the day."""
+    tables: dict[str, list[dict[str, Any]]] = {name: [] for name in (*DATA_TABLES, "counts_snapshots")}
     for records in batch:
-        tables["outputs"].append(records.outputs)
+        output = records.outputs
+        output["first_harvested_at"] = output["harvested_at"]
+        tables["outputs"].append(output)
         for name in DATA_TABLES[1:]:
             tables[name].extend(getattr(records, name))
+        # Every harvest adds to the time series: one row per output and UTC day, the day's last harvest wins.
+        values = {c: output[c] for c in SNAPSHOT_COLUMNS if c in output}
+        if values:
+            at = output["harvested_at"]
+            tables["counts_snapshots"].append({"altmetric_id": records.altmetric_id, "harvested_on": at.date(), "harvested_at": at, **values})
     for name, rows in tables.items():
         upsert(conn, schema.metadata.tables[name], rows)
 
@@ -163,6 +173,7 @@ def write_batch(
     now: datetime,
     runner: str,
     all_posts: bool = False,
+    params: dict[str, Any] | None = None,
 ) -> dict[str, int]:
     """Parse the bodies, then commit the data of a batch and its items' final statuses together.
 
@@ -170,21 +181,38 @@ def write_batch(
     resume); after it, both are there. Nothing in between can be observed.
     Returns how many items of the batch ended in each status. `all_posts`: a
     Fetch harvest without source or section filters, whose bodies list every
-    post (so that a post missing from one has disappeared upstream).
+    post (so that a post missing from one has disappeared upstream). `params`:
+    the job's, which a Citations job needs (its query, its follow-up job).
     """
-    parse = parse_fetch if endpoint == "fetch" else parse_counts
-    parsed: dict[int, Records] = {}
-    for i, r in enumerate(results):
-        if r.body is None:
-            continue
-        try:
-            parsed[i] = parse(decode(r.body), now)
-            if all_posts:
-                parsed[i].outputs["posts_seen_at"] = now
-        except ParseError as e:  # checked JSON with an altmetric_id, yet unusable: not transient
-            r.status, r.error = "failed", f"unusable body: {e}"
-        r.body = None
-    records = list(parsed.values())
+    if endpoint == "citations":
+        pages = _CitationPages(job_id, params or {}, now)
+        records = pages.parse(results)
+        asked: list[dict[str, Any]] = []
+        item_ids: dict[int, int | None] = {}
+        more: Callable[[Connection], None] | None = pages.save
+    else:
+        parse = parse_fetch if endpoint == "fetch" else parse_counts
+        parsed: dict[int, Records] = {}
+        for i, r in enumerate(results):
+            if r.body is None:
+                continue
+            try:
+                parsed[i] = parse(decode(r.body), now)
+                if all_posts:
+                    parsed[i].outputs["posts_seen_at"] = now
+            except ParseError as e:  # checked JSON with an altmetric_id, yet unusable: not transient
+                r.status, r.error = "failed", f"unusable body: {e}"
+            r.body = None
+        records = list(parsed.values())
+        item_ids = {i: rec.altmetric_id for i, rec in parsed.items()}
+        # The asked id is an identifier of the output too (an ISBN body may not
+        # list the ISBN it was found by), unless the API answered with another output.
+        asked = [
+            {"scheme": results[i].id_type, "value": results[i].identifier, "altmetric_id": rec.altmetric_id}
+            for i, rec in parsed.items()
+            if results[i].note is None and results[i].id_type != "id"
+        ]
+        more = None
     items = [
         {
             "b_job_id": job_id,
@@ -194,21 +222,82 @@ def write_batch(
             "b_attempts": r.attempts,
             "http_status": r.http_status,
             "last_error": r.error,
-            "altmetric_id": parsed[i].altmetric_id if i in parsed else None,
+            "altmetric_id": item_ids.get(i),
             "note": r.note,
             "updated_at": now,
         }
         for i, r in enumerate(results)
     ]
-    # The asked id is an identifier of the output too (an ISBN body may not
-    # list the ISBN it was found by), unless the API answered with another output.
-    asked = [
-        {"scheme": results[i].id_type, "value": results[i].identifier, "altmetric_id": rec.altmetric_id}
-        for i, rec in parsed.items()
-        if results[i].note is None and results[i].id_type != "id"
-    ]
-    _retrying(lambda conn: _write(conn, job_id, records, items, asked, now, runner), engine)
+    _retrying(lambda conn: _write(conn, job_id, records, items, asked, now, runner, more), engine)
     return dict(collections.Counter(r.status for r in results))
+
+
+class _CitationPages:
+    """What a batch of Citations pages writes besides outputs: ranks, further pages, follow-up items."""
+
+    def __init__(self, job_id: int, params: dict[str, Any], now: datetime) -> None:
+        self.job_id = job_id
+        self.now = now
+        self.timeframe: str = params["timeframe"]
+        self.filters = "&".join(f"{k}={v}" for k, v in (params.get("filters") or {}).items())
+        self.num: int = params["num_results"]
+        self.max_pages: int | None = params.get("pages")
+        self.then_job: int | None = params.get("then_job")
+        self.activity: list[dict[str, Any]] = []
+        self.pages: set[int] = set()
+        self.follow: list[tuple[str, str, int]] = []
+
+    def parse(self, results: Sequence[ItemResult]) -> list[Records]:
+        records = []
+        for r in results:
+            if r.body is None:
+                continue
+            page = int(r.identifier)
+            try:
+                total, parsed = parse_citations(decode(r.body), self.now)
+            except ParseError as e:
+                r.status, r.error = "failed", f"unusable page: {e}"
+                continue
+            finally:
+                r.body = None
+            for index, rec in enumerate(parsed):
+                if rec is None:
+                    continue
+                rank = (page - 1) * self.num + index + 1
+                records.append(rec)
+                self.activity.append(
+                    {
+                        "timeframe": self.timeframe,
+                        "harvested_on": self.now.date(),
+                        "filters": self.filters,
+                        "altmetric_id": rec.altmetric_id,
+                        "rank": rank,
+                        "score": rec.outputs.get("score"),
+                        "page": page,
+                        "total": total,
+                        "job_id": self.job_id,
+                        "harvested_at": self.now,
+                    }
+                )
+                self.follow.append(("doi", rec.doi, rank) if rec.doi else ("id", str(rec.altmetric_id), rank))
+            skipped = parsed.count(None)
+            if skipped:
+                r.note = f"{skipped} results without an altmetric_id were skipped"
+            if total is not None:
+                # Keep paging while page * num_results < query.total. Every page
+                # adds the pages its total implies: a listing that grows while we
+                # page is followed, and one that shrinks ends in a 404 (not_found).
+                last = math.ceil(total / self.num)
+                if self.max_pages is not None:
+                    last = min(last, self.max_pages)
+                self.pages.update(range(page + 1, last + 1))
+        return records
+
+    def save(self, conn: Connection) -> None:
+        upsert(conn, schema.citation_activity, self.activity)
+        jobs.add_items(conn, self.job_id, [("page", str(p), p) for p in sorted(self.pages)], self.now)
+        if self.then_job is not None:
+            jobs.add_items(conn, self.then_job, self.follow, self.now)
 
 
 def _write(
@@ -219,9 +308,12 @@ def _write(
     asked: list[dict[str, Any]],
     now: datetime,
     runner: str,
+    more: Callable[[Connection], None] | None = None,
 ) -> None:
     save_records(conn, records)
     upsert(conn, schema.identifiers, asked)
+    if more is not None:
+        more(conn)
     if items:
         conn.execute(_mark_item, items)
     # The heartbeat rides on every batch: a live run is one that writes.
@@ -257,13 +349,13 @@ class WriterProcess:
     One batch is in flight at a time; write() returns when it is committed.
     """
 
-    def __init__(self, url: str, job_id: int, endpoint: str, runner: str, all_posts: bool = False) -> None:
+    def __init__(self, url: str, job_id: int, endpoint: str, runner: str, all_posts: bool = False, params: dict[str, Any] | None = None) -> None:
         ctx = multiprocessing.get_context("spawn")  # no fork of a running event loop and its threads
         self._inbox: Any = ctx.Queue(maxsize=1)
         self._outbox: Any = ctx.Queue()
         self._process = ctx.Process(
             target=_writer_main,
-            args=(url, job_id, endpoint, runner, all_posts, self._inbox, self._outbox),
+            args=(url, job_id, endpoint, runner, all_posts, params or {}, self._inbox, self._outbox),
             name="harvester-writer",
             daemon=True,
         )
@@ -297,7 +389,9 @@ class WriterProcess:
         self._outbox.close()
 
 
-def _writer_main(url: str, job_id: int, endpoint: str, runner: str, all_posts: bool, inbox: Any, outbox: Any) -> None:
+def _writer_main(
+    url: str, job_id: int, endpoint: str, runner: str, all_posts: bool, params: dict[str, Any], inbox: Any, outbox: Any
+) -> None:
     # Signals are the parent's to handle: on Ctrl-C it flushes what it has through us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -318,7 +412,7 @@ def _writer_main(url: str, job_id: int, endpoint: str, runner: str, all_posts: b
             if batch is None:
                 return
             try:
-                outbox.put(("ok", write_batch(engine, job_id, endpoint, batch, utcnow(), runner, all_posts)))
+                outbox.put(("ok", write_batch(engine, job_id, endpoint, batch, utcnow(), runner, all_posts, params)))
             except HarvesterError as e:
                 outbox.put(("error", str(e)))
             except Exception as e:  # a bug: report it rather than hang the parent

@@ -1,0 +1,306 @@
+"""The nightly: discovery through Citations, a refresh of what is due, daily snapshots, a report.
+
+    nightly (a row in jobs, endpoint 'nightly', holding the lock 'nightly')
+      1. discovery: a citations job, whose pages add the outputs they list to ...
+      2. refresh:   a counts (or fetch) job, plus the outputs and 404s that are due
+      3. report:    nightly_runs and nightly_movers, from counts_snapshots
+
+Both steps run under the nightly's runner id, so while it lives it holds all
+three rows, and its heartbeat keeps them all fresh. Which steps exist and
+what is done is committed state (job rows, items, params), so a nightly that
+was killed, rebooted or paused by a spent quota is finished by the next run
+before that run starts new work. The snapshots themselves are written by the
+writer with every harvested output (store.save_records).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import Date, Engine, delete, func, insert, select, text, update
+from sqlalchemy.exc import IntegrityError
+
+from harvester import jobs, pipeline, schema
+from harvester.config import Config, citation_filters, parse_duration
+from harvester.errors import JobBusyError, JobError
+from harvester.pipeline import ProgressCallback, RunOutcome
+from harvester.store import upsert
+
+logger = logging.getLogger(__name__)
+
+LOCK = "nightly"
+MOVERS = 10  # the report names this many outputs whose score changed most
+_DUE_BASE = 1_000_000_000  # line numbers of due outputs: after every discovered rank
+
+ProgressFactory = Callable[[int], ProgressCallback | None]
+
+
+@dataclass
+class Report:
+    """What one nightly did; `status` and `exit_code` as a job's (finished, paused ...)."""
+
+    job_id: int
+    night: date
+    status: str
+    exit_code: int
+    discovered: int = 0
+    new_outputs: int = 0
+    refreshed: int = 0
+    not_found: int = 0
+    failed: int = 0
+    movers: list[dict[str, Any]] = field(default_factory=list)
+    message: str | None = None
+    stopped_step: int | None = None  # the job to resume when it did not finish
+
+    def as_dict(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out["night"] = self.night.isoformat()
+        out["movers"] = [{k: v.isoformat() if isinstance(v, date) else v for k, v in m.items()} for m in self.movers]
+        return out
+
+
+def run(engine: Engine, config: Config, progress: ProgressFactory | None = None) -> list[Report]:
+    """Finish the unfinished nightly if there is one, then run tonight's; one report each.
+
+    A second nightly while one is alive raises JobBusyError (exit 75); one
+    whose runner died (kill -9, reboot: its heartbeat is stale, or its pid is
+    gone on this host) is taken over.
+    """
+    runner = jobs.new_runner_id()
+    reports: list[Report] = []
+    while True:
+        job = acquire(engine, config, runner)
+        report = _run_one(engine, config, job, runner, progress)
+        reports.append(report)
+        # A leftover from an earlier night that is now finished: tonight's work comes next.
+        if report.status != "finished" or report.night >= jobs.utcnow().date():
+            return reports
+
+
+def acquire(engine: Engine, config: Config, runner: str) -> jobs.Job:
+    """Hold the nightly lock: take over the unfinished nightly, or start tonight's."""
+    for _ in range(3):
+        with engine.connect() as conn:
+            held = conn.execute(select(schema.jobs.c.id).where(schema.jobs.c.lock_name == LOCK)).scalar()
+        if held is not None:
+            try:
+                return jobs.take_over(engine, held, runner)
+            except JobBusyError as e:
+                raise JobBusyError(f"another nightly is running: {e}") from None
+        now = jobs.utcnow()
+        try:
+            with engine.begin() as conn:
+                job_id = jobs.new_job(conn, "nightly", "-", f"nightly {now:%Y-%m-%d}", _params(config, now), now=now)
+                # The unique lock_name is what refuses a second nightly started at the same moment.
+                conn.execute(
+                    update(schema.jobs)
+                    .where(schema.jobs.c.id == job_id)
+                    .values(lock_name=LOCK, runner=runner, heartbeat_at=now, started_at=now, status="running")
+                )
+            return jobs.get_job(engine, job_id)
+        except IntegrityError:
+            continue  # another nightly started just now: look at it
+    raise JobBusyError("another nightly is starting right now; try again later")
+
+
+def _params(config: Config, now: datetime) -> dict[str, Any]:
+    """The nightly's settings, kept with it: a nightly resumed tomorrow finishes as it began."""
+    n = config.nightly
+    return {
+        "night": now.date().isoformat(),
+        "timeframe": n.timeframe,
+        "filters": citation_filters(n.filters),
+        "num_results": n.num_results,
+        "pages": n.pages,
+        "refresh_after": n.refresh_after,
+        "not_found_refresh_after": n.not_found_refresh_after,
+        "max_items": n.max_items,
+        "endpoint": n.endpoint,
+    }
+
+
+def _run_one(engine: Engine, config: Config, job: jobs.Job, runner: str, progress: ProgressFactory | None) -> Report:
+    p = job.params
+    night = date.fromisoformat(p["night"])
+    if "discovery_job" not in p:
+        with engine.begin() as conn:
+            discovery, refresh = jobs.create_citations_job(
+                conn, p["timeframe"], p["filters"], p["num_results"], p["pages"], p["endpoint"], f"nightly {night} discovery", job.id
+            )
+            jobs.set_params(conn, job.id, discovery_job=discovery, refresh_job=refresh)
+        p = jobs.get_job(engine, job.id).params
+    discovery, refresh = p["discovery_job"], p["refresh_job"]
+
+    outcome = _step(engine, config, discovery, runner, progress)
+    if outcome is not None and outcome.status != "finished":
+        return _stopped(engine, job, night, runner, outcome)
+    if not p.get("refresh_selected"):
+        with engine.begin() as conn:
+            due = add_due(conn, refresh, p)
+            jobs.set_params(conn, job.id, refresh_selected=True, refresh_due=due)
+    outcome = _step(engine, config, refresh, runner, progress)
+    if outcome is not None and outcome.status != "finished":
+        return _stopped(engine, job, night, runner, outcome)
+    return _finish(engine, job, night, runner, discovery, refresh, p)
+
+
+def _step(engine: Engine, config: Config, job_id: int, runner: str, progress: ProgressFactory | None) -> RunOutcome | None:
+    """Run one step's job under the nightly's runner, unless it is already finished."""
+    step = jobs.get_job(engine, job_id)
+    if step.status == "finished":
+        return None
+    logger.info("nightly: %s job %d", step.endpoint, job_id)
+    callback = progress(job_id) if progress else None
+    try:
+        return pipeline.run(engine, job_id, config, callback, runner)
+    finally:
+        close = getattr(callback, "close", None)
+        if close is not None:
+            close()
+
+
+def add_due(conn: Any, refresh_job: int, p: dict[str, Any]) -> int:
+    """Add to the refresh job the outputs last harvested before refresh_after, then the 404s due again.
+
+    Oldest first, up to max_items in all (the discovered outputs are already
+    in and count towards it). An output is asked for by DOI, else by its
+    Altmetric id. Returns how many items were added.
+    """
+    now = jobs.utcnow()
+    ji = schema.job_items.c
+    have = conn.execute(select(func.count()).select_from(schema.job_items).where(ji.job_id == refresh_job)).scalar_one()
+    room = None if p["max_items"] is None else max(0, p["max_items"] - have)
+    if room == 0:
+        return 0
+    o = schema.outputs.c
+    due = conn.execute(
+        select(o.altmetric_id, o.doi)
+        .where(o.harvested_at < now - parse_duration(p["refresh_after"]))
+        .order_by(o.harvested_at, o.altmetric_id)
+        .limit(room)
+    ).all()
+    items = [("doi", doi, 0) if doi else ("id", str(aid), 0) for aid, doi in due]
+    if room is not None:
+        room -= len(items)
+    if room is None or room > 0:
+        # An id whose latest outcome, anywhere, was a 404 older than not_found_refresh_after.
+        last = func.max(ji.updated_at)
+        missing = conn.execute(
+            select(ji.id_type, ji.identifier)
+            .join(schema.jobs, schema.jobs.c.id == ji.job_id)
+            .where(schema.jobs.c.endpoint.in_(("counts", "fetch")))
+            .group_by(ji.id_type, ji.identifier)
+            .having(last < now - parse_duration(p["not_found_refresh_after"]))
+            .having(func.max(ji.updated_at).filter(ji.status == "not_found") == last)
+            .order_by(last, ji.id_type, ji.identifier)
+            .limit(room)
+        ).all()
+        items += [(t, i, 0) for t, i in missing]
+    numbered = [(t, i, _DUE_BASE + n) for n, (t, i, _) in enumerate(items)]
+    return jobs.add_items(conn, refresh_job, numbered, now)
+
+
+def _stopped(engine: Engine, job: jobs.Job, night: date, runner: str, outcome: RunOutcome) -> Report:
+    """A step did not finish: the nightly keeps its lock (the next run resumes it) and says why."""
+    error = outcome.message or f"job {outcome.job_id} {outcome.status}"
+    resume_after = jobs.get_job(engine, outcome.job_id).resume_after
+    jobs.release(engine, job.id, runner, outcome.status, error, resume_after)
+    return Report(job.id, night, outcome.status, outcome.exit_code, message=outcome.message, stopped_step=outcome.job_id)
+
+
+def _finish(engine: Engine, job: jobs.Job, night: date, runner: str, discovery: int, refresh: int, p: dict[str, Any]) -> Report:
+    """Count, find the movers, store the report and give the lock up: one transaction."""
+    started = job.started_at or jobs.utcnow()
+    now = jobs.utcnow()
+    with engine.begin() as conn:
+        counts = jobs.item_counts_in(conn, refresh)
+        pages_failed = jobs.item_counts_in(conn, discovery)["failed"]
+        discovered = conn.execute(
+            select(func.count(schema.citation_activity.c.altmetric_id.distinct())).where(
+                schema.citation_activity.c.job_id == discovery
+            )
+        ).scalar_one()
+        o, ji = schema.outputs.c, schema.job_items.c
+        harvested = (
+            select(o.altmetric_id, o.first_harvested_at)
+            .join(schema.job_items, ji.altmetric_id == o.altmetric_id)
+            .where(ji.job_id == refresh, ji.status == "done")
+            .distinct()
+            .subquery()
+        )
+        new = conn.execute(
+            select(func.count()).select_from(schema.outputs).where(o.first_harvested_at >= started)
+        ).scalar_one()
+        refreshed = conn.execute(
+            select(func.count()).select_from(harvested).where(harvested.c.first_harvested_at < started)
+        ).scalar_one()
+        movers = movers_of(conn, refresh)
+        report = Report(
+            job.id, night, "finished", 3 if counts["failed"] or pages_failed else 0,
+            discovered=discovered, new_outputs=new, refreshed=refreshed,
+            not_found=counts["not_found"], failed=counts["failed"] + pages_failed, movers=movers,
+        )  # fmt: skip
+        upsert(
+            conn,
+            schema.nightly_runs,
+            [
+                {
+                    "job_id": job.id, "night": night, "timeframe": p["timeframe"],
+                    "filters": "&".join(f"{k}={v}" for k, v in p["filters"].items()), "endpoint": p["endpoint"],
+                    "discovery_job_id": discovery, "refresh_job_id": refresh, "discovered": discovered,
+                    "new_outputs": new, "refreshed": refreshed, "not_found": report.not_found,
+                    "failed": report.failed, "started_at": started, "finished_at": now,
+                }
+            ],
+        )  # fmt: skip
+        conn.execute(delete(schema.nightly_movers).where(schema.nightly_movers.c.job_id == job.id))
+        if movers:
+            conn.execute(insert(schema.nightly_movers), [{"job_id": job.id, **m} for m in movers])
+        done = conn.execute(
+            update(schema.jobs)
+            .where(schema.jobs.c.id == job.id, schema.jobs.c.runner == runner)
+            .values(status="finished", finished_at=now, runner=None, lock_name=None, heartbeat_at=now,
+                    last_error=None, resume_after=None, params=json.dumps(p | {"report": report.as_dict()}, sort_keys=True))
+        ).rowcount  # fmt: skip
+        if done != 1:
+            raise JobError(f"nightly job {job.id} was taken over by another process; its report was not stored")
+    return report
+
+
+_MOVERS_SQL = text(
+    """
+WITH refreshed AS (
+    SELECT DISTINCT altmetric_id FROM job_items
+    WHERE job_id = :job_id AND status = 'done' AND altmetric_id IS NOT NULL
+), latest AS (
+    SELECT s.altmetric_id, max(s.harvested_on) AS on_day
+    FROM counts_snapshots s JOIN refreshed r ON r.altmetric_id = s.altmetric_id
+    GROUP BY s.altmetric_id
+), previous AS (
+    SELECT l.altmetric_id, l.on_day, max(p.harvested_on) AS previous_day
+    FROM latest l JOIN counts_snapshots p ON p.altmetric_id = l.altmetric_id AND p.harvested_on < l.on_day
+    GROUP BY l.altmetric_id, l.on_day
+)
+SELECT pr.altmetric_id, o.doi, o.title,
+       pr.previous_day AS previous_on, old.score AS previous_score,
+       pr.on_day AS harvested_on, cur.score, cur.score - old.score AS change
+FROM previous pr
+JOIN counts_snapshots cur ON cur.altmetric_id = pr.altmetric_id AND cur.harvested_on = pr.on_day
+JOIN counts_snapshots old ON old.altmetric_id = pr.altmetric_id AND old.harvested_on = pr.previous_day
+JOIN outputs o ON o.altmetric_id = pr.altmetric_id
+WHERE cur.score <> old.score
+ORDER BY abs(cur.score - old.score) DESC, pr.altmetric_id
+LIMIT :limit
+"""
+).columns(previous_on=Date, harvested_on=Date)
+
+
+def movers_of(conn: Any, job_id: int, limit: int = MOVERS) -> list[dict[str, Any]]:
+    """The outputs a job harvested whose score changed most since their previous snapshot, ranked."""
+    rows = conn.execute(_MOVERS_SQL, {"job_id": job_id, "limit": limit})
+    return [{"rank": n, **dict(r._mapping)} for n, r in enumerate(rows, start=1)]
