@@ -266,9 +266,10 @@ def resume(state: State, job_id: int | None, no_progress: bool) -> None:
     """
     engine = state.engine(must_exist=True)
     job = jobs.get_job(engine, job_id) if job_id is not None else jobs.newest_unfinished(engine)
-    if job.endpoint == "nightly" or job.params.get("nightly"):
+    nightly_id = job.id if job.endpoint == "nightly" else job.params.get("nightly")
+    if nightly_id is not None and jobs.get_job(engine, nightly_id).status != "finished":
         # A nightly's steps are resumed by the nightly, which holds them (and refuses while another runs).
-        _nightly(state, engine, not no_progress, as_json=False)
+        _nightly(state, engine, not no_progress, as_json=False, resume_only=True)
     if all(j.status == "finished" for j in jobs.chain(engine, job)):
         click.echo(f"job {job.id} is already finished", err=True)
         return
@@ -294,6 +295,7 @@ def _job_dict(engine: Engine, job: jobs.Job, details: bool) -> dict[str, Any]:
         "finished_at": job.finished_at,
         "last_error": job.last_error,
         "resume_after": job.resume_after,
+        "params": job.params,
     }
     if details:
         rate = jobs.recent_rate(engine, job.id)
@@ -325,7 +327,7 @@ def status(state: State, job_id: int | None, as_json: bool) -> None:
         click.echo(_json(info))
         return
     c = info["items"]
-    click.echo(f"job {info['id']}{' (' + info['name'] + ')' if info['name'] else ''}: {info['status']}, {info['endpoint']} of {info['id_type']}")
+    click.echo(f"job {info['id']}{' (' + info['name'] + ')' if info['name'] else ''}: {info['status']}, {_what(info)}")
     click.echo(f"  items: {info['total_items']:,} · pending {c['pending']:,} · {describe(c)}")
     click.echo(f"  input: {info['duplicate_lines']:,} duplicate lines, {info['rejected_lines']:,} rejected lines")
     if info["status"] == "running" and info["rate_per_second"]:
@@ -336,6 +338,19 @@ def status(state: State, job_id: int | None, as_json: bool) -> None:
         click.echo(f"  stopped by: {info['last_error']}")
     for e in info["last_errors"]:
         click.echo(f"  {e['status']} {e['identifier']}: {e['last_error']}")
+
+
+def _what(info: dict[str, Any]) -> str:
+    """What a job harvests, in a few words."""
+    p = info["params"]
+    if info["endpoint"] == "citations":
+        filters = "&".join(f"{k}={v}" for k, v in (p.get("filters") or {}).items())
+        return f"citations {p['timeframe']}{' ' + filters if filters else ''}, one page an item" + (
+            f", then job {p['then_job']}" if p.get("then_job") else ""
+        )
+    if info["endpoint"] == "nightly":
+        return f"nightly of {p['night']}: discovery job {p.get('discovery_job')}, refresh job {p.get('refresh_job')}"
+    return f"{info['endpoint']} of {info['id_type']}" + (f", after job {p['after_job']}" if p.get("after_job") else "")
 
 
 @cli.command("jobs")
@@ -354,7 +369,7 @@ def jobs_command(state: State, as_json: bool) -> None:
     for i in infos:
         c = i["items"]
         click.echo(
-            f"{i['id']:>5}  {i['status']:<11} {i['endpoint']:<7} {i['id_type']:<6} {i['total_items']:>10,} items  "
+            f"{i['id']:>5}  {i['status']:<11} {i['endpoint']:<9} {i['id_type']:<6} {i['total_items']:>10,} items  "
             f"pending {c['pending']:,} · {describe(c)}  {i['name'] or ''}"
         )
 
@@ -442,8 +457,9 @@ def nightly(state: State, as_json: bool, no_progress: bool) -> None:
     _nightly(state, state.engine(), not no_progress, as_json)
 
 
-def _nightly(state: State, engine: Engine, progress: bool, as_json: bool) -> None:
-    reports = nightly_module.run(engine, state.config(), lambda job_id: Reporter.for_stream(job_id, progress))
+def _nightly(state: State, engine: Engine, progress: bool, as_json: bool, resume_only: bool = False) -> None:
+    reporter = lambda job_id: Reporter.for_stream(job_id, progress)  # noqa: E731
+    reports = nightly_module.run(engine, state.config(), reporter, resume_only)
     for report in reports:
         if as_json:
             click.echo(_json(report.as_dict()))

@@ -240,6 +240,7 @@ def create_citations_job(
     then: str | None = None,
     name: str | None = None,
     nightly: int | None = None,
+    then_name: str | None = None,
 ) -> tuple[int, int | None]:
     """A Citations job (a page is an item) and, with `then`, its follow-up harvest, in the caller's transaction.
 
@@ -253,7 +254,7 @@ def create_citations_job(
     job_id = new_job(conn, "citations", "page", name, params | link, now=now)
     follow_id = None
     if then is not None:
-        follow_name = f"{name}: {then}" if name else f"{then} of the outputs job {job_id} lists"
+        follow_name = then_name or (f"{name}: {then}" if name else f"{then} of the outputs job {job_id} lists")
         follow_id = new_job(conn, then, "doi", follow_name, {"after_job": job_id} | link, now=now)
         set_params(conn, job_id, then_job=follow_id, then=then)
     add_items(conn, job_id, [("page", "1", 1)], now)

@@ -64,26 +64,27 @@ class Report:
         return out
 
 
-def run(engine: Engine, config: Config, progress: ProgressFactory | None = None) -> list[Report]:
+def run(engine: Engine, config: Config, progress: ProgressFactory | None = None, resume_only: bool = False) -> list[Report]:
     """Finish the unfinished nightly if there is one, then run tonight's; one report each.
 
     A second nightly while one is alive raises JobBusyError (exit 75); one
     whose runner died (kill -9, reboot: its heartbeat is stale, or its pid is
-    gone on this host) is taken over.
+    gone on this host) is taken over. `resume_only`: finish the unfinished
+    one and start nothing new (`harvester resume`).
     """
     runner = jobs.new_runner_id()
     reports: list[Report] = []
     while True:
-        job = acquire(engine, config, runner)
+        job = acquire(engine, config, runner, create=not resume_only)
         report = _run_one(engine, config, job, runner, progress)
         reports.append(report)
         # A leftover from an earlier night that is now finished: tonight's work comes next.
-        if report.status != "finished" or report.night >= jobs.utcnow().date():
+        if resume_only or report.status != "finished" or report.night >= jobs.utcnow().date():
             return reports
 
 
-def acquire(engine: Engine, config: Config, runner: str) -> jobs.Job:
-    """Hold the nightly lock: take over the unfinished nightly, or start tonight's."""
+def acquire(engine: Engine, config: Config, runner: str, create: bool = True) -> jobs.Job:
+    """Hold the nightly lock: take over the unfinished nightly, or (with `create`) start tonight's."""
     for _ in range(3):
         with engine.connect() as conn:
             held = conn.execute(select(schema.jobs.c.id).where(schema.jobs.c.lock_name == LOCK)).scalar()
@@ -92,6 +93,8 @@ def acquire(engine: Engine, config: Config, runner: str) -> jobs.Job:
                 return jobs.take_over(engine, held, runner)
             except JobBusyError as e:
                 raise JobBusyError(f"another nightly is running: {e}") from None
+        if not create:
+            raise JobError("there is no unfinished nightly to resume")
         now = jobs.utcnow()
         try:
             with engine.begin() as conn:
@@ -111,7 +114,10 @@ def acquire(engine: Engine, config: Config, runner: str) -> jobs.Job:
 def _params(config: Config, now: datetime) -> dict[str, Any]:
     """The nightly's settings, kept with it: a nightly resumed tomorrow finishes as it began."""
     n = config.nightly
+    if "citations" not in config.api.endpoints:
+        logger.warning("nightly: no discovery, [api] endpoints excludes citations; refreshing what is due")
     return {
+        "discover": "citations" in config.api.endpoints,
         "night": now.date().isoformat(),
         "timeframe": n.timeframe,
         "filters": citation_filters(n.filters),
@@ -127,18 +133,25 @@ def _params(config: Config, now: datetime) -> dict[str, Any]:
 def _run_one(engine: Engine, config: Config, job: jobs.Job, runner: str, progress: ProgressFactory | None) -> Report:
     p = job.params
     night = date.fromisoformat(p["night"])
-    if "discovery_job" not in p:
+    if "refresh_job" not in p:
+        name = f"nightly {night}"
         with engine.begin() as conn:
-            discovery, refresh = jobs.create_citations_job(
-                conn, p["timeframe"], p["filters"], p["num_results"], p["pages"], p["endpoint"], f"nightly {night} discovery", job.id
-            )
-            jobs.set_params(conn, job.id, discovery_job=discovery, refresh_job=refresh)
+            created: tuple[int | None, int | None]
+            if p["discover"]:
+                created = jobs.create_citations_job(
+                    conn, p["timeframe"], p["filters"], p["num_results"], p["pages"], p["endpoint"],
+                    f"{name} discovery", job.id, f"{name} refresh",
+                )  # fmt: skip
+            else:  # a counts-only key: no Citations, but the refresh and the time series go on
+                created = None, jobs.new_job(conn, p["endpoint"], "doi", f"{name} refresh", {"nightly": job.id})
+            jobs.set_params(conn, job.id, discovery_job=created[0], refresh_job=created[1])
         p = jobs.get_job(engine, job.id).params
     discovery, refresh = p["discovery_job"], p["refresh_job"]
 
-    outcome = _step(engine, config, discovery, runner, progress)
-    if outcome is not None and outcome.status != "finished":
-        return _stopped(engine, job, night, runner, outcome)
+    if discovery is not None:
+        outcome = _step(engine, config, discovery, runner, progress)
+        if outcome is not None and outcome.status != "finished":
+            return _stopped(engine, job, night, runner, outcome)
     if not p.get("refresh_selected"):
         with engine.begin() as conn:
             due = add_due(conn, refresh, p)
@@ -213,13 +226,13 @@ def _stopped(engine: Engine, job: jobs.Job, night: date, runner: str, outcome: R
     return Report(job.id, night, outcome.status, outcome.exit_code, message=outcome.message, stopped_step=outcome.job_id)
 
 
-def _finish(engine: Engine, job: jobs.Job, night: date, runner: str, discovery: int, refresh: int, p: dict[str, Any]) -> Report:
+def _finish(engine: Engine, job: jobs.Job, night: date, runner: str, discovery: int | None, refresh: int, p: dict[str, Any]) -> Report:
     """Count, find the movers, store the report and give the lock up: one transaction."""
     started = job.started_at or jobs.utcnow()
     now = jobs.utcnow()
     with engine.begin() as conn:
         counts = jobs.item_counts_in(conn, refresh)
-        pages_failed = jobs.item_counts_in(conn, discovery)["failed"]
+        pages_failed = jobs.item_counts_in(conn, discovery)["failed"] if discovery is not None else 0
         discovered = conn.execute(
             select(func.count(schema.citation_activity.c.altmetric_id.distinct())).where(
                 schema.citation_activity.c.job_id == discovery

@@ -42,6 +42,13 @@ def test_layers_file_then_env_then_options(tmp_path: Path) -> None:
         ("[api]\nendpoints = ['counts', 'stream']\n", "unknown stream"),
         ("[limits]\nconcurrency = 0\n", "limits.concurrency must be > 0"),
         ("[api\n", "h.toml"),
+        ("[nightly]\ntimeframe = '2w'\n", "nightly.timeframe must be one of"),
+        ("[nightly]\nrefresh_after = 'soon'\n", "nightly.refresh_after: 'soon' is not a duration"),
+        ("[nightly]\nnot_found_refresh_after = '-3d'\n", "must not be negative"),
+        ("[nightly]\nfilters = { doi_prefx = '10.1038' }\n", "nightly.filters has unknown doi_prefx"),
+        ("[nightly]\nfilters = { doi_prefix = 10 }\n", "nightly.filters must be table of strings"),
+        ("[nightly]\nnum_results = 100\n", "nightly.num_results must be 1 to 99"),
+        ("[nightly]\nendpoint = 'citations'\n", "nightly.endpoint must be counts or fetch"),
     ],
 )
 def test_bad_files_name_the_key_and_file(tmp_path: Path, text: str, message: str) -> None:
@@ -49,6 +56,20 @@ def test_bad_files_name_the_key_and_file(tmp_path: Path, text: str, message: str
     with pytest.raises(ConfigError, match=message) as info:
         load_config(path, env={})
     assert "h.toml" in str(info.value) or "the configuration" not in str(info.value)
+
+
+def test_nightly_filters_and_durations(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from harvester.config import citation_filters, parse_duration
+
+    path = write(tmp_path, "[nightly]\nfilters = { subjects = ['biology', 'ecology'], issn = '0028-0836' }\nrefresh_after = '36h'\n")
+    nightly = load_config(path, env={}).nightly
+    assert citation_filters(nightly.filters) == {"issns": "0028-0836", "subjects": "biology,ecology"}
+    assert parse_duration(nightly.refresh_after) == timedelta(hours=36)
+    assert [parse_duration(d) for d in ("90m", "2w", "3600s", "1.5d")] == [
+        timedelta(minutes=90), timedelta(weeks=2), timedelta(hours=1), timedelta(hours=36)
+    ]  # fmt: skip
 
 
 def test_bad_environment_value() -> None:
