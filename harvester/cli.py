@@ -507,6 +507,7 @@ def _print_report(report: nightly_module.Report) -> None:
 @click.option("--slow-rate", type=float, default=0.0, show_default=True, help="Share of slow responses.")
 @click.option("--slow-seconds", type=float, default=2.0, show_default=True, help="Delay of a slow response.")
 @click.option("--latency", type=float, default=0.0, show_default=True, help="Seconds added to every response.")
+@click.option("--evolve", is_flag=True, help="Attention grows day by day (UTC), as nightly harvests see it.")
 @handle_errors
 def mock_api(host: str, port: int, keys: tuple[str, ...], counts_only_keys: tuple[str, ...], **options: Any) -> None:
     """Run the bundled fake Altmetric API (for tests and trials, never production).

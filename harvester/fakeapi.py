@@ -57,6 +57,7 @@ __all__ = [
     "start",
     "ID_TYPES",
     "CITATION_TIMEFRAMES",
+    "citation_listing",
     "UNLIMITED_LIMIT",
 ]
 
@@ -172,6 +173,9 @@ class FakeConfig:
     slow_seconds: float = 2.0
     latency: float = 0.0
     clock: Callable[[], float] = time.time
+    # Attention grows day by day (by the UTC day of `clock`): what nightly harvests and their
+    # snapshots are tested against. Off, every body is the same whatever the day.
+    evolve: bool = False
 
 
 @dataclass
@@ -552,12 +556,15 @@ def _counts_bytes(id_type: str, identifier: str, not_found_pct: float) -> bytes 
     return _build_bytes("counts", id_type, identifier, not_found_pct)
 
 
-def counts_body(id_type: str, identifier: str, not_found_pct: float = 15.0) -> dict[str, Any] | None:
+def counts_body(id_type: str, identifier: str, not_found_pct: float = 15.0, day: int | None = None) -> dict[str, Any] | None:
     """The body the fake serves on ``GET /v1/{id_type}/{identifier}``; None means 404.
 
-    Pure and deterministic. Pass the server's ``not_found_pct`` if it is not the default.
+    Pure and deterministic. Pass the server's ``not_found_pct`` if it is not the default,
+    and with ``evolve`` the UTC day number (unix time // 86400) the server's clock is on.
     """
     raw = _counts_bytes(id_type, identifier, float(not_found_pct))
+    if raw is not None and day is not None:
+        raw = _evolved("counts", raw, day)
     return None if raw is None else json.loads(raw)
 
 
@@ -777,10 +784,77 @@ def _filter_fetch(
     return out
 
 
-def fetch_body(id_type: str, identifier: str, not_found_pct: float = 15.0) -> dict[str, Any] | None:
+def fetch_body(id_type: str, identifier: str, not_found_pct: float = 15.0, day: int | None = None) -> dict[str, Any] | None:
     """The unfiltered body the fake serves on ``GET /v1/fetch/{id_type}/{identifier}``; None = 404."""
     raw = _fetch_bytes(id_type, identifier, float(not_found_pct))
+    if raw is not None and day is not None:
+        raw = _evolved("fetch", raw, day)
     return None if raw is None else json.loads(raw)
+
+
+# ---- attention that grows from day to day (FakeConfig.evolve) ---------------------------------
+
+EVOLVE_EPOCH_DAY = 20454  # 2026-01-01 UTC: attention grows from here on
+_DAYS = {"1d": 1, "2d": 2, "3d": 3, "4d": 4, "5d": 5, "6d": 6, "1w": 7, "1m": 30, "3m": 90, "6m": 180, "1y": 365}
+
+
+def _growth(altmetric_id: int) -> float:
+    """New tweets a day: none for a quarter of outputs, 0-2 for most, 20-200 for a few movers."""
+    u = _unit("growth", str(altmetric_id))
+    if u < 0.25:
+        return 0.0
+    if u < 0.90:
+        return (u - 0.25) / 0.65 * 2.0
+    if u < 0.97:
+        return 2.0 + (u - 0.90) / 0.07 * 18.0
+    return 20.0 + (u - 0.97) / 0.03 * 180.0
+
+
+def _extra(altmetric_id: int, day: int) -> int:
+    return int(_growth(altmetric_id) * max(0, day - EVOLVE_EPOCH_DAY))
+
+
+def _evolved(endpoint: str, raw: bytes, day: int) -> bytes:
+    """A body as it is on `day`: `extra` more twitter posts and accounts, a quarter point each.
+
+    Scores and counts change; the posts a Fetch body lists do not (they are the base body's).
+    The real sample bodies grow like synthetic ones.
+    """
+    body = json.loads(raw)
+    aid = body.get("altmetric_id")
+    if not isinstance(aid, int):
+        return raw
+    extra = _extra(aid, day)
+
+    def score_on(base: Any, d: int) -> Any:
+        return round(base + 0.25 * _extra(aid, d), 3) if isinstance(base, (int, float)) else base
+
+    if endpoint == "counts":
+        base = body.get("score")
+        for key in ("cited_by_tweeters_count", "cited_by_posts_count", "cited_by_accounts_count"):
+            body[key] = (body.get(key) or 0) + extra
+        body["score"] = score_on(base, day)
+        if isinstance(body.get("history"), dict):
+            body["history"] = {tf: score_on(v, day - _DAYS[tf]) if tf in _DAYS else body["score"] for tf, v in body["history"].items()}
+        return _dumps(body)
+    base = body.get("score")
+    if base is not None:
+        body["score"] = score_on(base, day)
+    counts = body.get("counts")
+    if isinstance(counts, dict):
+        twitter = counts.setdefault("twitter", {})
+        for key in ("posts_count", "unique_users_count"):
+            twitter[key] = (twitter.get(key) or 0) + extra
+        total = counts.setdefault("total", {})
+        total["posts_count"] = (total.get("posts_count") or 0) + extra
+    score = body.get("altmetric_score")
+    if isinstance(score, dict):
+        if isinstance(score.get("score"), (int, float)):
+            score["score"] = score_on(score["score"], day)
+        history = score.get("score_history")
+        if isinstance(history, dict):
+            score["score_history"] = {tf: score_on(v, day - _DAYS[tf]) if tf in _DAYS else score.get("score") for tf, v in history.items()}
+    return _dumps(body)
 
 
 # ---- citations ---------------------------------------------------------------------------------
@@ -806,6 +880,44 @@ def _citation_listing(
         dois.append(doi)
     scored = [(_profile("doi", d, d).score, d) for d in dois]
     if fdict.get("order_by", "score") == "score":
+        scored.sort(key=lambda t: (-t[0], t[1]))
+    return tuple(d for _, d in scored)
+
+
+def citation_listing(
+    timeframe: str, filters: Mapping[str, str] | None = None, not_found_pct: float = 15.0, day: int | None = None
+) -> list[str]:
+    """The DOIs the Citations endpoint lists for a query, in rank order (``day``: with ``evolve``)."""
+    given = dict(filters or {})
+    key = tuple((k, given[k]) for k in CITATION_FILTERS if given.get(k))
+    return list(_day_listing(timeframe, key, float(not_found_pct), day))
+
+
+@functools.lru_cache(maxsize=512)
+def _day_listing(
+    timeframe: str, filters: tuple[tuple[str, str], ...], not_found_pct: float, day: int | None
+) -> tuple[str, ...]:
+    """With ``evolve``, a listing changes daily: about 70% of its outputs are active on a day, a
+    few new ones appear (their DOIs name the day), and the ranks follow that day's scores."""
+    base = _citation_listing(timeframe, filters, not_found_pct)
+    if day is None:
+        return base
+    active = [d for d in base if _unit("active", d, str(day)) < 0.7]
+    prefix, _, rest = base[0].partition("/")
+    tag = rest.split(".")[1]
+    new = []
+    for i in range(5 + int(_unit("new", timeframe, str(day)) * 20)):
+        for salt in range(50):
+            doi = f"{prefix}/cit.{tag}.d{day}.{i}" + (f".{salt}" if salt else "")
+            if not _is_not_found("doi", doi, not_found_pct):
+                break
+        new.append(doi)
+    scored = []
+    for doi in active + new:
+        body = counts_body("doi", doi, not_found_pct, day)
+        assert body is not None  # only DOIs that exist are listed
+        scored.append((body["score"], doi))
+    if dict(filters).get("order_by", "score") == "score":
         scored.sort(key=lambda t: (-t[0], t[1]))
     return tuple(d for _, d in scored)
 
@@ -851,6 +963,10 @@ class _State:
         self.hour_limit = cfg.per_hour if cfg.per_hour is not None else UNLIMITED_LIMIT
         self.day_limit = cfg.per_day if cfg.per_day is not None else UNLIMITED_LIMIT
         self.not_found_pct = float(cfg.not_found_pct)
+
+    def day(self) -> int | None:
+        """The UTC day number the bodies are on, or None when they do not evolve."""
+        return int(self.cfg.clock() // 86_400) if self.cfg.evolve else None
 
     def key_state(self, key: str, now: float) -> _KeyState:
         ks = self.keys.get(key)
@@ -970,14 +1086,17 @@ def _route(
     if "servererror" in identifier.lower():
         # A scripted trigger: one id the server always fails on (while the rest work).
         return 500, b"Internal Server Error", "text/plain"
+    day = st.day()
     if endpoint == "counts":
         body = _counts_bytes(id_type, identifier, st.not_found_pct)
         if body is None:
             return 404, _NOT_FOUND, "text/plain"
-        return 200, body, "application/json"
+        return 200, body if day is None else _evolved("counts", body, day), "application/json"
     body = _fetch_bytes(id_type, identifier, st.not_found_pct)
     if body is None:
         return 404, _NOT_FOUND, "text/plain"
+    if day is not None:
+        body = _evolved("fetch", body, day)
     inc, exc = _split_list(query.get("include_sources")), _split_list(query.get("exclude_sources"))
     sections = _split_list(query.get("include_sections"))
     if inc is not None or exc is not None or sections is not None:
@@ -1000,7 +1119,8 @@ def _citations(st: _State, parts: list[str], query: Mapping[str, str]) -> tuple[
     if page < 1:
         return 400, b"Bad Request: page must be 1 or more", "text/plain"
     filters = tuple((k, query[k]) for k in CITATION_FILTERS if query.get(k))
-    listing = _citation_listing(timeframe, filters, st.not_found_pct)
+    day = st.day()
+    listing = _day_listing(timeframe, filters, st.not_found_pct, day)
     start = (page - 1) * num
     if start >= len(listing):
         return 404, _NOT_FOUND, "text/plain"
@@ -1008,7 +1128,7 @@ def _citations(st: _State, parts: list[str], query: Mapping[str, str]) -> tuple[
     for doi in listing[start : start + num]:
         raw = _counts_bytes("doi", doi, st.not_found_pct)
         assert raw is not None  # the listing only holds DOIs that exist
-        results.append(json.loads(raw))
+        results.append(json.loads(raw if day is None else _evolved("counts", raw, day)))
     q: dict[str, Any] = {"total": len(listing), "page": page, "num_results": num,
                          "timeframe": timeframe}
     q.update(filters)

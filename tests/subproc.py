@@ -28,10 +28,11 @@ def env_for(server: FakeServer, config: Path | None = None) -> dict[str, str]:
     return env
 
 
-def start(db: Path, server: FakeServer, *args: str, config: Path | None = None) -> subprocess.Popen[str]:
+def start(db: Path, server: FakeServer, *args: str, config: Path | None = None, **env: str) -> subprocess.Popen[str]:
+    """`harvester --database sqlite:///db ARGS` against the fake; `env` adds variables (HARVESTER_NOW=...)."""
     return subprocess.Popen(
         [sys.executable, "-m", "harvester", "--database", f"sqlite:///{db}", *args],
-        env=env_for(server, config),
+        env=env_for(server, config) | env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

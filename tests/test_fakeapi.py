@@ -500,3 +500,58 @@ async def test_stats_endpoint() -> None:
     assert stats["total"] == 2
     assert stats["per_path"] == {"/v1/doi/10.1038/abc": 2}
     assert sum(stats["by_status"].values()) == 2
+
+
+# ---- attention that grows day by day (evolve) ----------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_evolve_grows_attention_day_by_day_and_off_changes_nothing() -> None:
+    day = 20_777
+    clock = FakeClock(day * 86_400 + 3_600.0)
+    dois = [f"10.5555/grow.{i:03d}" for i in range(60)]
+    async with serve(FakeConfig(evolve=True, clock=clock)) as (server, s), serve() as (plain, p):
+        today: dict[str, dict[str, Any]] = {}
+        for doi in dois:
+            st, raw, _ = await get(s, api(server, f"/doi/{doi}"))
+            if st == 200:
+                today[doi] = json.loads(raw)
+                assert today[doi] == counts_body("doi", doi, day=day)
+                # Off: the bytes are those of a fake without evolve, whatever the day.
+                assert (await get(p, api(plain, f"/doi/{doi}")))[1] == json.dumps(
+                    counts_body("doi", doi), ensure_ascii=False, separators=(",", ":")
+                ).encode()
+        clock.now += 86_400
+        grew = same = 0
+        for doi, before in today.items():
+            st, raw, _ = await get(s, api(server, f"/doi/{doi}"))
+            after = json.loads(raw)
+            assert after["score"] >= before["score"]
+            assert after["cited_by_posts_count"] - before["cited_by_posts_count"] == 4 * round(after["score"] - before["score"], 3)
+            grew += after["score"] > before["score"]
+            same += after["score"] == before["score"]
+            # Fetch tells the same story.
+            st, raw, _ = await get(s, api(server, f"/fetch/doi/{doi}"))
+            assert json.loads(raw)["altmetric_score"]["score"] == after["score"]
+        assert grew > 10 and same > 3
+
+
+@pytest.mark.asyncio
+async def test_evolve_changes_the_citations_listing_daily() -> None:
+    from harvester.fakeapi import citation_listing
+
+    day = 20_777
+    clock = FakeClock(day * 86_400.0)
+    async with serve(FakeConfig(evolve=True, clock=clock)) as (server, s):
+        listed = []
+        for _ in range(2):
+            st, raw, _ = await get(s, api(server, "/citations/1d", num_results=99))
+            page = json.loads(raw)
+            expected = citation_listing("1d", {}, day=int(clock.now // 86_400))
+            assert page["query"]["total"] == len(expected)
+            assert [r["doi"] for r in page["results"]] == expected[:99]
+            assert [r["score"] for r in page["results"]] == sorted((r["score"] for r in page["results"]), reverse=True)
+            listed.append(set(expected))
+            clock.now += 86_400
+    both = listed[0] & listed[1]
+    assert 0 < len(both) < min(len(listed[0]), len(listed[1]))

@@ -1,0 +1,284 @@
+"""`harvester nightly` on an injected clock: real subprocesses, a fake API whose outputs gain attention day by day.
+
+The harvester's clock is HARVESTER_NOW; the fake's is FakeConfig.clock. Both
+are set to the same night, so "yesterday" and "tonight" mean the same to both.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harvester.fakeapi import FakeConfig, FakeServer, citation_listing, counts_body, serve_in_thread
+from tests.conftest import KEY, Harness, rows, scalar
+from tests.subproc import query, snapshot, start
+
+NIGHT = datetime(2026, 11, 20, 2, 30)  # a night in UTC
+SEED_KEY = "sk-seed-0000"  # the seed harvest's own key: its requests do not spend the nightly's quota
+CONFIG = """
+[limits]
+backoff_base = 0.01
+backoff_max = 0.05
+concurrency = {concurrency}
+[nightly]
+timeframe = "1d"
+num_results = 50
+"""
+
+
+class Clock:
+    """The fake API's clock, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = NIGHT.replace(tzinfo=UTC).timestamp()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class World:
+    tmp: Path
+    server: FakeServer
+    clock: Clock
+    config: Path
+
+    def db(self, name: str = "harvest.db") -> Path:
+        return self.tmp / name
+
+    def start(self, when: datetime, *args: str, db: str = "harvest.db", **env: str) -> subprocess.Popen[str]:
+        """The harvester at `when` (HARVESTER_NOW), with the fake's clock set to the same moment."""
+        self.clock.now = when.replace(tzinfo=UTC).timestamp()
+        return start(self.db(db), self.server, *args, config=self.config, HARVESTER_NOW=when.isoformat(), **env)
+
+    def run(self, when: datetime, *args: str, db: str = "harvest.db", **env: str) -> tuple[int, str, str]:
+        proc = self.start(when, *args, db=db, **env)
+        out, err = proc.communicate(timeout=180)
+        return proc.returncode, out, err
+
+    def seed(self, n: int = 150, db: str = "harvest.db") -> None:
+        """The user's own DOIs, harvested a day before the first night (so they are due then)."""
+        ids = self.tmp / "seed.txt"
+        ids.write_text("".join(f"10.5555/night.{i:04d}\n" for i in range(n)))
+        code, _, err = self.run(NIGHT - timedelta(hours=24), "harvest", "--no-progress", str(ids), db=db, ALTMETRIC_API_KEY=SEED_KEY)
+        assert code == 0, err
+
+
+def make_world(tmp_path: Path, concurrency: int = 8, **fake: Any) -> Iterator[World]:
+    clock = Clock()
+    config = tmp_path / "harvester.toml"
+    config.write_text(CONFIG.format(concurrency=concurrency))
+    with serve_in_thread(FakeConfig(keys=(KEY, SEED_KEY), evolve=True, clock=clock, **fake)) as server:
+        yield World(tmp_path, server, clock, config)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    yield from make_world(tmp_path)
+
+
+def day(when: datetime) -> int:
+    return int(when.replace(tzinfo=UTC).timestamp() // 86400)
+
+
+def test_two_nights_give_two_snapshots_per_output_and_a_report_naming_the_movers(world: World) -> None:
+    world.seed()
+    code, out1, err = world.run(NIGHT, "nightly", "--json", "--no-progress")
+    assert code == 0, err
+    night2 = NIGHT + timedelta(days=1)
+    code, out2, err = world.run(night2, "nightly", "--no-progress")
+    assert code == 0, err
+    db = world.db()
+    d1, d2 = NIGHT.date().isoformat(), night2.date().isoformat()
+
+    # Every output stored before the second night has exactly one snapshot on each night ...
+    before = query(db, f"select altmetric_id, doi from outputs where first_harvested_at < '{night2:%Y-%m-%d}'")
+    assert len(before) > 150
+    per_output = dict(query(db, f"select altmetric_id, count(*) from counts_snapshots where harvested_on in ('{d1}', '{d2}') group by 1"))
+    assert {per_output[a] for a, _ in before} == {2}
+    # ... holding the score the API gave that day.
+    snapshots = {(a, d): s for a, d, s in query(db, "select altmetric_id, harvested_on, score from counts_snapshots")}
+    for aid, doi in before:
+        for when, d in ((NIGHT, d1), (night2, d2)):
+            assert snapshots[aid, d] == counts_body("doi", doi, day=day(when))["score"]
+
+    # The movers: the biggest score changes between the two nights, as the API's own scores say.
+    changes = sorted(
+        ((counts_body("doi", doi, day=day(night2))["score"] - counts_body("doi", doi, day=day(NIGHT))["score"], aid, doi) for aid, doi in before),
+        key=lambda t: (-abs(t[0]), t[1]),
+    )
+    expected = [(aid, pytest.approx(change)) for change, aid, _ in changes if change][:10]
+    assert len(expected) == 10
+    movers = rows(_engine(db), "select altmetric_id, change, previous_on, harvested_on from nightly_movers where job_id = 5 order by rank")
+    assert [(m["altmetric_id"], m["change"]) for m in movers] == expected
+    assert {(str(m["previous_on"]), str(m["harvested_on"])) for m in movers} == {(d1, d2)}
+    top_doi = changes[0][2]
+    assert top_doi in out2 and "top score movers" in out2
+
+    # The first night's report: new outputs are the discovered ones the seed did not have.
+    report = json.loads(out1)
+    assert report["status"] == "finished" and report["night"] == d1
+    runs = rows(_engine(db), "select * from nightly_runs order by job_id")
+    assert [str(r["night"]) for r in runs] == [d1, d2]
+    listed1 = scalar(_engine(db), f"select count(*) from citation_activity where harvested_on = '{d1}'")
+    assert runs[0]["discovered"] == listed1 == report["discovered"]
+    assert runs[0]["new_outputs"] == listed1  # the seed DOIs are not in the listing
+    assert runs[0]["refreshed"] == len(before) - listed1  # the seed's outputs
+    assert runs[1]["refreshed"] == len(before) and runs[1]["new_outputs"] > 0
+    assert runs[0]["not_found"] == 0  # seed 404s are asked again only after not_found_refresh_after (30d)
+
+    # Running again the same day updates the day's snapshots, never duplicates them.
+    count = query(db, "select count(*) from counts_snapshots")
+    code, _, err = world.run(night2 + timedelta(hours=1), "nightly", "--no-progress")
+    assert code == 0, err
+    assert query(db, "select count(*) from counts_snapshots") == count
+    assert query(db, "select count(*) from (select altmetric_id, harvested_on from counts_snapshots group by 1, 2 having count(*) > 1)") == [(0,)]
+
+
+def test_a_second_nightly_is_refused_while_one_runs(tmp_path: Path) -> None:
+    for world in make_world(tmp_path, concurrency=2, latency=0.03):
+        world.seed()
+        first = world.start(NIGHT, "nightly", "--no-progress")
+        db = world.db()
+        _wait_for(db, "select count(*) from job_items where job_id = 4 and status != 'pending'", 20, first)
+        code, _, err = world.run(NIGHT, "nightly", "--no-progress")
+        assert code == 75, err
+        assert "another nightly is running" in err and "Traceback" not in err
+        code, _, err = world.run(NIGHT, "resume", "4", "--no-progress")
+        assert code == 75 and "another nightly is running" in err
+        out, err = first.communicate(timeout=120)
+        assert first.returncode == 0, err
+        assert query(db, "select count(*) from jobs where endpoint = 'nightly'") == [(1,)]
+        assert query(db, "select count(*) from job_items where status = 'pending'") == [(0,)]
+
+
+def test_a_nightly_killed_with_sigkill_is_completed_by_the_next_run(tmp_path: Path) -> None:
+    for world in make_world(tmp_path, concurrency=2, latency=0.03):
+        world.seed(db="clean.db")
+        code, _, err = world.run(NIGHT, "nightly", "--no-progress", db="clean.db")
+        assert code == 0, err
+
+        world.seed()
+        proc = world.start(NIGHT, "nightly", "--no-progress")
+        db = world.db()
+        _wait_for(db, "select count(*) from job_items where job_id = 4 and status != 'pending'", 60, proc)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait() == -signal.SIGKILL
+        pending = query(db, "select count(*) from job_items where job_id = 4 and status = 'pending'")[0][0]
+        assert pending > 0, "killed too late to prove anything"
+        code, out, err = world.run(NIGHT + timedelta(minutes=10), "nightly", "--no-progress")
+        assert code == 0, err
+        assert "(job 2)" in out  # the killed nightly was finished, and no new one started the same night
+
+        clean = world.db("clean.db")
+        assert snapshot(db) == snapshot(clean)
+        for sql in (
+            "select altmetric_id, harvested_on, score, posts_count, accounts_count, readers_count from counts_snapshots order by 1, 2",
+            "select timeframe, harvested_on, filters, altmetric_id, rank, score, page, total from citation_activity order by rank",
+            "select discovered, new_outputs, refreshed, not_found, failed from nightly_runs",
+            "select rank, altmetric_id, change from nightly_movers order by rank",
+            "select id, endpoint, status, total_items, lock_name from jobs order by id",
+        ):
+            assert query(db, sql) == query(clean, sql), sql
+
+
+def test_a_spent_quota_pauses_and_the_next_night_finishes_it_before_new_work(tmp_path: Path) -> None:
+    for world in make_world(tmp_path, per_day=150):
+        world.config.write_text(world.config.read_text().replace("[limits]", "[limits]\nper_second = 200.0"))
+        world.seed()
+        code, out, err = world.run(NIGHT, "nightly", "--no-progress", HARVESTER_TIER="free")
+        assert code == 75, err
+        assert "paused" in out and "finishes it first" in err
+        db = world.db()
+        assert query(db, "select status, lock_name from jobs where id = 2") == [("paused", "nightly")]
+        left = query(db, "select count(*) from job_items where job_id = 4 and status = 'pending'")[0][0]
+        assert 0 < left < 150
+
+        night2 = NIGHT + timedelta(days=1)
+        code, out, err = world.run(night2, "nightly", "--no-progress", HARVESTER_TIER="free")
+        assert code == 75, err  # tonight's own work spends the rest of the quota
+        # The leftover is finished first, then tonight's nightly starts.
+        assert out.index(f"nightly {NIGHT.date()} (job 2): finished") < out.index(f"nightly {night2.date()} (job 5)")
+        assert query(db, "select count(*) from job_items where job_id = 4 and status = 'pending'") == [(0,)]
+        assert query(db, "select status, lock_name from jobs where id = 2") == [("finished", None)]
+        last_old = query(db, "select max(updated_at) from job_items where job_id = 4")[0][0]
+        new_created = query(db, "select created_at from jobs where id = 6")[0][0]
+        assert last_old <= new_created
+        assert query(db, "select status, lock_name from jobs where id = 5") == [("paused", "nightly")]
+
+
+def test_a_stale_lock_is_taken_over_and_a_fresh_one_refused(h: Harness) -> None:
+    from sqlalchemy import update
+
+    from harvester import jobs, nightly, schema
+    from harvester.config import load_config
+
+    engine = h.engine
+    job = nightly.acquire(engine, load_config(env={}), "another-host:4242:abcdef01")
+    result = h.run("nightly", "--no-progress")
+    assert result.exit_code == 75
+    assert "another nightly is running" in result.output and "another-host:4242" in result.output
+    # The other host died: after STALE_AFTER without a heartbeat, its nightly is ours to finish.
+    with engine.begin() as conn:
+        conn.execute(update(schema.jobs).values(heartbeat_at=jobs.utcnow() - jobs.STALE_AFTER - timedelta(seconds=1)))
+    result = h.run("nightly", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert f"(job {job.id}): finished" in result.output
+    assert scalar(engine, "select count(*) from jobs where endpoint = 'nightly'") == 1
+
+
+def test_due_outputs_then_404s_up_to_max_items(tmp_path: Path) -> None:
+    for world in make_world(tmp_path):
+        world.seed()
+        db = world.db()
+        seeds_missing = query(db, "select count(*) from job_items where status = 'not_found'")[0][0]
+        assert seeds_missing > 5
+        listed = len(citation_listing("1d", {}, day=day(NIGHT)))
+        world.config.write_text(world.config.read_text() + f"max_items = {listed + 15}\n")
+        code, _, err = world.run(NIGHT, "nightly", "--no-progress")
+        assert code == 0, err
+        # Discovered first, then the oldest outputs, up to max_items; no 404 is due yet.
+        assert query(db, "select count(*) from job_items where job_id = 4") == [(listed + 15,)]
+        assert query(db, "select count(*) from job_items where job_id = 4 and line_no < 1000000000") == [(listed,)]
+        assert query(db, "select count(*) from job_items where job_id = 4 and status = 'not_found'") == [(0,)]
+        # A month later the 404s are due again.
+        world.config.write_text(world.config.read_text().replace(f"max_items = {listed + 15}", ""))
+        code, _, err = world.run(NIGHT + timedelta(days=31), "nightly", "--no-progress")
+        assert code == 0, err
+        assert query(db, "select count(*) from job_items where job_id = 7 and status = 'not_found'") == [(seeds_missing,)]
+
+
+def _wait_for(db: Path, sql: str, at_least: int, proc: subprocess.Popen[str], timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if query(db, sql)[0][0] >= at_least:
+                return
+        except Exception:
+            pass  # not created yet
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no progress"
+        time.sleep(0.02)
+
+
+def _engine(db: Path) -> Any:
+    from harvester.db import make_engine
+
+    return make_engine(f"sqlite:///{db}")
+
+
+def test_a_bad_injected_clock_is_one_line(tmp_path: Path) -> None:
+    for world in make_world(tmp_path):
+        proc = start(world.db(), world.server, "nightly", config=world.config, HARVESTER_NOW="last tuesday")
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 1
+        assert err.strip().splitlines() == ["Error: HARVESTER_NOW must be an ISO date-time like 2026-11-24T03:00:00, not 'last tuesday'"]
