@@ -11,6 +11,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterator
+from datetime import UTC, timedelta
 from pathlib import Path
 
 import click
@@ -19,10 +20,11 @@ from click.testing import CliRunner, Result
 from sqlalchemy import Engine
 
 import harvester.cli
-from harvester import fakeapi, schema
+from harvester import fakeapi, jobs, schema
 from harvester.db import open_database
 from harvester.fakeapi import FakeConfig, serve_in_thread
 from tests.conftest import ROOT
+from tests.subproc import start
 
 README = ROOT / "README.md"
 SCHEMA_DOC = ROOT / "docs" / "schema.md"
@@ -72,8 +74,9 @@ def _posts_lost_upstream(
 def harvested(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     """One real harvest for the whole module: the CLI in-process against the fake API.
 
-    Counts, then Fetch over the same ids (mentions, demographics, relations), then a Fetch
-    re-harvest of a few ids after upstream lost some posts, so that "disappeared" has rows.
+    Counts, then Fetch over the same ids (mentions, demographics, relations), a Citations
+    listing, then a Fetch re-harvest of a few ids after upstream lost some posts, so that
+    "disappeared" has rows; then two nightlies a day apart (snapshots, movers, reports).
     """
     tmp = tmp_path_factory.mktemp("docs")
     ids_file = tmp / "dois.txt"
@@ -88,10 +91,10 @@ def harvested(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
                 mp.delenv(name)
         mp.chdir(tmp)
 
-        def harvest(*args: str) -> Result:
+        def harvest(*args: str, command: str = "harvest") -> Result:
             return CliRunner().invoke(
                 harvester.cli.cli,
-                ["--database", url, "harvest", "--no-progress", *args],
+                ["--database", url, command, "--no-progress", *args],
                 env={
                     "HARVESTER_API_URL": server.url,
                     "ALTMETRIC_API_KEY": "demo-key",
@@ -105,13 +108,31 @@ def harvested(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
         assert result.exit_code == 3, result.output
         result = harvest("--endpoint", "fetch", str(ids_file))
         assert result.exit_code == 3, result.output
+        result = harvest("1w", "--num-results", "20", command="citations")
+        assert result.exit_code == 0, result.output
         # The server thread looks _fetch_bytes up on every request.
         mp.setattr(fakeapi, "_fetch_bytes", _posts_lost_upstream(fakeapi._fetch_bytes))
         result = harvest("--endpoint", "fetch", str(reharvest_file))
         assert result.exit_code == 0, result.output
+    _two_nights(tmp)
     engine = open_database(url)
     yield engine
     engine.dispose()
+
+
+def _two_nights(tmp: Path) -> None:
+    """Two nightlies, a day apart, against a fake whose attention grows: snapshots, movers, reports."""
+    config = tmp / "nightly.toml"
+    config.write_text('[nightly]\ntimeframe = "1d"\nnum_results = 20\npages = 1\n')
+    clock = [0.0]
+    with serve_in_thread(FakeConfig(keys=("demo-key",), evolve=True, clock=lambda: clock[0])) as server:
+        for days in (1, 2):
+            when = jobs.utcnow() + timedelta(days=days)
+            clock[0] = when.replace(tzinfo=UTC).timestamp()
+            proc = start(tmp / "harvest.db", server, "nightly", "--no-progress", config=config, HARVESTER_NOW=when.isoformat(),
+                         ALTMETRIC_API_KEY="demo-key")  # fmt: skip
+            out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err
 
 
 def test_the_docs_have_sql_examples() -> None:

@@ -39,8 +39,8 @@ ALL = (DUMP_1491980, DUMP_CHAPTER, JAMA, AMBIO, CONTEXT_NULL, MISC_POLICY, BOOK,
 
 # Fetch does not send these: a later counts harvest owns them, so fetch leaves them out.
 COUNTS_ONLY = {"readers_count", "accounts_count", "last_updated", "is_oa", "url", "details_url"}
-# Set by the writer, not the parser (only an unfiltered fetch harvest lists every post).
-WRITER_SET = {"posts_seen_at"}
+# Set by the writer, not the parser (only an unfiltered fetch harvest lists every post; the first harvest is the first store).
+WRITER_SET = {"posts_seen_at", "first_harvested_at"}
 TABLES = ("identifiers", "source_counts", "readers", "score_history", "score_context",
           "output_relations", "mentions", "mention_citations", "demographics")  # fmt: skip
 
