@@ -28,10 +28,15 @@ def env_for(server: FakeServer, config: Path | None = None) -> dict[str, str]:
     return env
 
 
-def start(db: Path, server: FakeServer, *args: str, config: Path | None = None, **env: str) -> subprocess.Popen[str]:
-    """`harvester --database sqlite:///db ARGS` against the fake; `env` adds variables (HARVESTER_NOW=...)."""
+def url_of(db: Path | str) -> str:
+    """A SQLite file's path, or a database URL as it is (PostgreSQL)."""
+    return db if isinstance(db, str) else f"sqlite:///{db}"
+
+
+def start(db: Path | str, server: FakeServer, *args: str, config: Path | None = None, **env: str) -> subprocess.Popen[str]:
+    """`harvester --database DB ARGS` against the fake; `env` adds variables (HARVESTER_NOW=...)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "harvester", "--database", f"sqlite:///{db}", *args],
+        [sys.executable, "-m", "harvester", "--database", url_of(db), *args],
         env=env_for(server, config) | env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -39,8 +44,8 @@ def start(db: Path, server: FakeServer, *args: str, config: Path | None = None, 
     )
 
 
-def query(db: Path, sql: str) -> list[tuple[Any, ...]]:
-    engine = create_engine(f"sqlite:///{db}")
+def query(db: Path | str, sql: str) -> list[tuple[Any, ...]]:
+    engine = create_engine(url_of(db))
     try:
         with engine.connect() as conn:
             return [tuple(r) for r in conn.execute(text(sql))]
@@ -63,7 +68,7 @@ def wait_until(db: Path, final: int, proc: subprocess.Popen[str], timeout: float
         time.sleep(0.02)
 
 
-def snapshot(db: Path) -> dict[str, list[tuple[Any, ...]]]:
+def snapshot(db: Path | str) -> dict[str, list[tuple[Any, ...]]]:
     """Every data table and the items' outcomes, ordered by key, without timestamps or attempt counts."""
     out = {}
     for name in DATA_TABLES:
