@@ -124,7 +124,7 @@ def create_job(
     with engine.begin() as conn:
         job_id = new_job(conn, endpoint, id_type, name, params or {}, sources, now)
         valid = rejected = 0
-        insert_items = _insert(conn, schema.job_items).on_conflict_do_nothing()
+        insert_items = insert_for(conn, schema.job_items).on_conflict_do_nothing()
         for chunk in _chunks(lines, _CHUNK):
             items = [
                 {
@@ -196,15 +196,31 @@ def new_job(
     return job_id
 
 
-def _insert(conn: Connection, table: Table) -> Any:
+def insert_for(conn: Connection, table: Table) -> Any:
+    """The dialect's INSERT (it has ON CONFLICT)."""
     return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
+
+
+def count_items(conn: Connection, job_id: int) -> int:
+    n: int = conn.execute(select(func.count()).select_from(schema.job_items).where(schema.job_items.c.job_id == job_id)).scalar_one()
+    return n
+
+
+def items_added(conn: Connection, job_id: int, before: int) -> int:
+    """After items were added to a job that had `before`: record its total, and reopen it if it had
+    finished, so that nothing added is forgotten. Returns how many were added."""
+    total = count_items(conn, job_id)
+    job = update(schema.jobs).where(schema.jobs.c.id == job_id)
+    conn.execute(job.values(total_items=total))
+    if total > before:
+        conn.execute(job.where(schema.jobs.c.status == "finished").values(status="pending", finished_at=None))
+    return total - before
 
 
 def add_items(conn: Connection, job_id: int, items: Iterable[tuple[str, str, int]], now: datetime) -> int:
     """Add (id_type, identifier, line_no) items to a job that may already be running; returns how many were new.
 
-    Items it already has are left as they are (done stays done), and the job
-    is pending again if it had finished, so that nothing added is forgotten.
+    Items it already has are left as they are (done stays done).
     """
     rows = [
         {"job_id": job_id, "id_type": t, "identifier": i, "input": i, "line_no": n, "status": "pending", "attempts": 0, "updated_at": now}
@@ -212,16 +228,10 @@ def add_items(conn: Connection, job_id: int, items: Iterable[tuple[str, str, int
     ]
     if not rows:
         return 0
-    count = select(func.count()).select_from(schema.job_items).where(schema.job_items.c.job_id == job_id)
-    before = conn.execute(count).scalar_one()
+    before = count_items(conn, job_id)
     for start in range(0, len(rows), _CHUNK):
-        conn.execute(_insert(conn, schema.job_items).on_conflict_do_nothing(), rows[start : start + _CHUNK])
-    total = conn.execute(count).scalar_one()
-    job = update(schema.jobs).where(schema.jobs.c.id == job_id)
-    conn.execute(job.values(total_items=total))
-    if total > before:
-        conn.execute(job.where(schema.jobs.c.status == "finished").values(status="pending", finished_at=None))
-    return int(total - before)
+        conn.execute(insert_for(conn, schema.job_items).on_conflict_do_nothing(), rows[start : start + _CHUNK])
+    return items_added(conn, job_id, before)
 
 
 def set_params(conn: Connection, job_id: int, **changes: Any) -> None:

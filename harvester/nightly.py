@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Date, Engine, delete, func, insert, select, text, update
+from sqlalchemy import Connection, Date, DateTime, Engine, Text, case, cast, delete, func, insert, literal, select, text, true, update
 from sqlalchemy.exc import IntegrityError
 
 from harvester import jobs, pipeline, schema
@@ -177,45 +177,57 @@ def _step(engine: Engine, config: Config, job_id: int, runner: str, progress: Pr
             close()
 
 
-def add_due(conn: Any, refresh_job: int, p: dict[str, Any]) -> int:
+def add_due(conn: Connection, refresh_job: int, p: dict[str, Any]) -> int:
     """Add to the refresh job the outputs last harvested before refresh_after, then the 404s due again.
 
     Oldest first, up to max_items in all (the discovered outputs are already
     in and count towards it). An output is asked for by DOI, else by its
-    Altmetric id. Returns how many items were added.
+    Altmetric id. Returns how many items were added. INSERT ... SELECT: the
+    database does the work, so a nightly over 10M outputs holds none of them
+    in memory.
     """
     now = jobs.utcnow()
     ji = schema.job_items.c
-    have = conn.execute(select(func.count()).select_from(schema.job_items).where(ji.job_id == refresh_job)).scalar_one()
-    room = None if p["max_items"] is None else max(0, p["max_items"] - have)
-    if room == 0:
-        return 0
+    before = jobs.count_items(conn, refresh_job)
+    room = None if p["max_items"] is None else max(0, p["max_items"] - before)
     o = schema.outputs.c
-    due = conn.execute(
-        select(o.altmetric_id, o.doi)
+    last = func.max(ji.updated_at)
+    candidates = [
+        # Outputs, oldest harvest first.
+        select(
+            case((o.doi.is_not(None), "doi"), else_="id").label("id_type"),
+            func.coalesce(o.doi, cast(o.altmetric_id, Text)).label("identifier"),
+            func.row_number().over(order_by=(o.harvested_at, o.altmetric_id)).label("n"),
+        )
         .where(o.harvested_at < now - parse_duration(p["refresh_after"]))
-        .order_by(o.harvested_at, o.altmetric_id)
-        .limit(room)
-    ).all()
-    items = [("doi", doi, 0) if doi else ("id", str(aid), 0) for aid, doi in due]
-    if room is not None:
-        room -= len(items)
-    if room is None or room > 0:
-        # An id whose latest outcome, anywhere, was a 404 older than not_found_refresh_after.
-        last = func.max(ji.updated_at)
-        missing = conn.execute(
-            select(ji.id_type, ji.identifier)
-            .join(schema.jobs, schema.jobs.c.id == ji.job_id)
-            .where(schema.jobs.c.endpoint.in_(("counts", "fetch")))
-            .group_by(ji.id_type, ji.identifier)
-            .having(last < now - parse_duration(p["not_found_refresh_after"]))
-            .having(func.max(ji.updated_at).filter(ji.status == "not_found") == last)
-            .order_by(last, ji.id_type, ji.identifier)
-            .limit(room)
-        ).all()
-        items += [(t, i, 0) for t, i in missing]
-    numbered = [(t, i, _DUE_BASE + n) for n, (t, i, _) in enumerate(items)]
-    return jobs.add_items(conn, refresh_job, numbered, now)
+        .order_by(o.harvested_at, o.altmetric_id),
+        # Ids whose latest outcome, in any harvest, was a 404 older than not_found_refresh_after.
+        select(
+            ji.id_type,
+            ji.identifier,
+            func.row_number().over(order_by=(last, ji.id_type, ji.identifier)).label("n"),
+        )
+        .join(schema.jobs, schema.jobs.c.id == ji.job_id)
+        .where(schema.jobs.c.endpoint.in_(("counts", "fetch")))
+        .group_by(ji.id_type, ji.identifier)
+        .having(last < now - parse_duration(p["not_found_refresh_after"]))
+        .having(func.max(ji.updated_at).filter(ji.status == "not_found") == last)
+        .order_by(last, ji.id_type, ji.identifier),
+    ]
+    for part, query in enumerate(candidates):
+        if room is not None and room <= 0:
+            break
+        due = query.limit(room).subquery()
+        rows = select(
+            literal(refresh_job), due.c.id_type, due.c.identifier, due.c.identifier,
+            literal(_DUE_BASE * (part + 1)) + due.c.n, literal("pending"), literal(0), literal(now, DateTime),
+        ).where(true())  # fmt: skip
+        insert = jobs.insert_for(conn, schema.job_items)
+        columns = ["job_id", "id_type", "identifier", "input", "line_no", "status", "attempts", "updated_at"]
+        conn.execute(insert.from_select(columns, rows).on_conflict_do_nothing())
+        if room is not None:
+            room = p["max_items"] - jobs.count_items(conn, refresh_job)
+    return jobs.items_added(conn, refresh_job, before)
 
 
 def _stopped(engine: Engine, job: jobs.Job, night: date, runner: str, outcome: RunOutcome) -> Report:
