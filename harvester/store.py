@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, Engine, Table, bindparam, update
+from sqlalchemy import Connection, Dialect, Engine, Table, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
@@ -244,7 +244,7 @@ class _CitationPages:
         self.max_pages: int | None = params.get("pages")
         self.then_job: int | None = params.get("then_job")
         self.activity: list[dict[str, Any]] = []
-        self.pages: set[int] = set()
+        self.last_page = 0  # the highest page the batch's totals imply
         self.follow: list[tuple[str, str, int]] = []
 
     def parse(self, results: Sequence[ItemResult]) -> list[Records]:
@@ -290,12 +290,17 @@ class _CitationPages:
                 last = math.ceil(total / self.num)
                 if self.max_pages is not None:
                     last = min(last, self.max_pages)
-                self.pages.update(range(page + 1, last + 1))
+                self.last_page = max(self.last_page, last)
         return records
 
     def save(self, conn: Connection) -> None:
         upsert(conn, schema.citation_activity, self.activity)
-        jobs.add_items(conn, self.job_id, [("page", str(p), p) for p in sorted(self.pages)], self.now)
+        # Only pages the job lacks: every page of a 20,000-page listing reports the same total.
+        known = conn.execute(
+            select(func.max(schema.job_items.c.line_no)).where(schema.job_items.c.job_id == self.job_id)
+        ).scalar_one() or 0
+        pages = range(known + 1, self.last_page + 1)
+        jobs.add_items(conn, self.job_id, [("page", str(p), p) for p in pages], self.now)
         if self.then_job is not None:
             jobs.add_items(conn, self.then_job, self.follow, self.now)
 

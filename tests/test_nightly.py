@@ -282,3 +282,30 @@ def test_a_bad_injected_clock_is_one_line(tmp_path: Path) -> None:
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 1
         assert err.strip().splitlines() == ["Error: HARVESTER_NOW must be an ISO date-time like 2026-11-24T03:00:00, not 'last tuesday'"]
+
+
+def test_resume_of_a_finished_nightly_starts_nothing_new(h: Harness) -> None:
+    result = h.run("nightly", "--no-progress")
+    assert result.exit_code == 0, result.output
+    jobs_before = scalar(h.engine, "select count(*) from jobs")
+    for job in ("1", "2", "3"):
+        result = h.run("resume", job, "--no-progress")
+        assert result.exit_code == 0 and "already finished" in result.output
+    assert scalar(h.engine, "select count(*) from jobs") == jobs_before
+
+
+def test_a_heartbeat_refreshes_every_job_its_runner_holds(h: Harness) -> None:
+    from sqlalchemy import update
+
+    from harvester import jobs, schema
+
+    engine = h.engine
+    old = datetime(2026, 1, 1)
+    with engine.begin() as conn:
+        ids = [jobs.new_job(conn, "counts", "doi", None, {}) for _ in range(3)]
+        for job_id, runner in zip(ids, ("me:1:a", "me:1:a", "other:2:b"), strict=True):
+            conn.execute(update(schema.jobs).where(schema.jobs.c.id == job_id).values(runner=runner, heartbeat_at=old))
+    jobs.beat(engine, "me:1:a")
+    beats = [jobs.get_job(engine, i).heartbeat_at for i in ids]
+    assert beats[0] == beats[1] and beats[0] is not None and beats[0] > old
+    assert beats[2] == old
