@@ -4,7 +4,8 @@ Fills a fresh SQLite database (migrated by alembic) with --outputs outputs, harv
 last 30 days, and one harvest job whose items are those outputs plus --missing ids answered 404
 40 days ago. Then times nightly.add_due() (refresh_after 20h, not_found_refresh_after 30d, no
 max_items) in one transaction, as `harvester nightly` runs it, and reports the items added,
-the seconds, and the growth of this process's peak RSS.
+the seconds, and the growth of this process's peak RSS; then, with two days of snapshots for
+every output, times the report's movers query.
 
     python benchmarks/nightly_selection.py                       # 1,000,000 outputs, 150,000 404s
     python benchmarks/nightly_selection.py --outputs 200000 --missing 30000
@@ -75,6 +76,21 @@ def main() -> None:
             added = nightly.add_due(conn, refresh, params)
         seconds = time.monotonic() - started
         rss_after = rss_mb()
+        # The report: the refresh is done, every output has yesterday's and today's snapshot.
+        with engine.begin() as conn:
+            conn.exec_driver_sql(
+                "UPDATE job_items SET status = 'done', altmetric_id = CAST(substr(identifier, 13) AS INTEGER) + 1"
+                f" WHERE job_id = {refresh} AND identifier LIKE '10.5555/big.%'"
+            )
+            for days, bump in ((1, "0"), (0, "(altmetric_id % 97) * 0.25")):
+                conn.exec_driver_sql(
+                    "INSERT INTO counts_snapshots (altmetric_id, harvested_on, score, harvested_at)"
+                    f" SELECT altmetric_id, date('now', '-{days} day'), score + {bump}, harvested_at FROM outputs"
+                )
+        started = time.monotonic()
+        with engine.connect() as conn:
+            movers = nightly.movers_of(conn, refresh)
+        movers_seconds = time.monotonic() - started
         with engine.connect() as conn:
             due_outputs = conn.execute(text("SELECT count(*) FROM outputs WHERE harvested_at < :cutoff"), {"cutoff": cutoff}).scalar_one()
             by_type = dict(conn.exec_driver_sql(f"SELECT substr(identifier, 9, 4), count(*) FROM job_items WHERE job_id = {refresh} GROUP BY 1").all())
@@ -88,14 +104,15 @@ def main() -> None:
             ("add_due seconds", f"{seconds:.2f}"),
             ("items per second", f"{added / seconds:,.0f}"),
             ("peak RSS MB before / after add_due", f"{rss_before:.0f} / {rss_after:.0f}"),
+            ("movers over the refreshed outputs, seconds", f"{movers_seconds:.2f} (top change {movers[0]['change']:+.2f})"),
             ("database size MB", f"{db.stat().st_size / 1e6:.0f}"),
-            ("correctness", "ok" if added == expected else "WRONG"),
+            ("correctness", "ok" if added == expected and len(movers) == nightly.MOVERS else "WRONG"),
         ]
         width = max(len(k) for k, _ in rows)
         for k, v in rows:
             print(f"  {k:<{width}}  {v}")
         engine.dispose()
-        if added != expected:
+        if added != expected or len(movers) != nightly.MOVERS:
             raise SystemExit(1)
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Date, DateTime, Engine, Text, case, cast, delete, func, insert, literal, select, text, true, update
+from sqlalchemy import Connection, Date, DateTime, Engine, Text, case, cast, delete, func, insert, literal, select, text, true, union, update
 from sqlalchemy.exc import IntegrityError
 
 from harvester import jobs, pipeline, schema
@@ -258,8 +258,16 @@ def _finish(engine: Engine, job: jobs.Job, night: date, runner: str, discovery: 
             .distinct()
             .subquery()
         )
+        # New: first stored since the nightly started, by its discovery or its refresh (not by
+        # another harvest that ran meanwhile).
+        # IN (a union): materialized once by both engines, where a correlated EXISTS would scan
+        # the refresh job's items once per output.
+        ours = union(
+            select(ji.altmetric_id).where(ji.job_id == refresh),
+            select(schema.citation_activity.c.altmetric_id).where(schema.citation_activity.c.job_id == discovery),
+        )
         new = conn.execute(
-            select(func.count()).select_from(schema.outputs).where(o.first_harvested_at >= started)
+            select(func.count()).select_from(schema.outputs).where(o.first_harvested_at >= started, o.altmetric_id.in_(ours))
         ).scalar_one()
         refreshed = conn.execute(
             select(func.count()).select_from(harvested).where(harvested.c.first_harvested_at < started)
