@@ -75,22 +75,26 @@ def run(engine: Engine, config: Config, progress: ProgressFactory | None = None,
     runner = jobs.new_runner_id()
     reports: list[Report] = []
     while True:
-        job = acquire(engine, config, runner, create=not resume_only)
+        job, created = acquire(engine, config, runner, create=not resume_only)
         report = _run_one(engine, config, job, runner, progress)
         reports.append(report)
-        # A leftover from an earlier night that is now finished: tonight's work comes next.
-        if resume_only or report.status != "finished" or report.night >= jobs.utcnow().date():
+        # A leftover from an earlier night, now finished: tonight's work comes next. (Not after
+        # a nightly this run started, even if it ran past midnight.)
+        if created or resume_only or report.status != "finished" or report.night >= jobs.utcnow().date():
             return reports
 
 
-def acquire(engine: Engine, config: Config, runner: str, create: bool = True) -> jobs.Job:
-    """Hold the nightly lock: take over the unfinished nightly, or (with `create`) start tonight's."""
+def acquire(engine: Engine, config: Config, runner: str, create: bool = True) -> tuple[jobs.Job, bool]:
+    """Hold the nightly lock: take over the unfinished nightly, or (with `create`) start tonight's.
+
+    Returns the nightly's job and whether it was created just now.
+    """
     for _ in range(3):
         with engine.connect() as conn:
             held = conn.execute(select(schema.jobs.c.id).where(schema.jobs.c.lock_name == LOCK)).scalar()
         if held is not None:
             try:
-                return jobs.take_over(engine, held, runner)
+                return jobs.take_over(engine, held, runner), False
             except JobBusyError as e:
                 raise JobBusyError(f"another nightly is running: {e}") from None
         if not create:
@@ -105,7 +109,7 @@ def acquire(engine: Engine, config: Config, runner: str, create: bool = True) ->
                     .where(schema.jobs.c.id == job_id)
                     .values(lock_name=LOCK, runner=runner, heartbeat_at=now, started_at=now, status="running")
                 )
-            return jobs.get_job(engine, job_id)
+            return jobs.get_job(engine, job_id), True
         except IntegrityError:
             continue  # another nightly started just now: look at it
     raise JobBusyError("another nightly is starting right now; try again later")

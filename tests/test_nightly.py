@@ -223,7 +223,7 @@ def test_a_stale_lock_is_taken_over_and_a_fresh_one_refused(h: Harness) -> None:
     from harvester.config import load_config
 
     engine = h.engine
-    job = nightly.acquire(engine, load_config(env={}), "another-host:4242:abcdef01")
+    job, _ = nightly.acquire(engine, load_config(env={}), "another-host:4242:abcdef01")
     result = h.run("nightly", "--no-progress")
     assert result.exit_code == 75
     assert "another nightly is running" in result.output and "another-host:4242" in result.output
@@ -309,3 +309,14 @@ def test_a_heartbeat_refreshes_every_job_its_runner_holds(h: Harness) -> None:
     beats = [jobs.get_job(engine, i).heartbeat_at for i in ids]
     assert beats[0] == beats[1] and beats[0] is not None and beats[0] > old
     assert beats[2] == old
+
+
+def test_a_nightly_that_runs_past_midnight_does_not_start_another(tmp_path: Path) -> None:
+    for world in make_world(tmp_path, concurrency=2, latency=0.02):
+        world.seed()
+        code, out, err = world.run(NIGHT.replace(hour=23, minute=59, second=58), "nightly", "--no-progress")
+        assert code == 0, err
+        db = world.db()
+        assert query(db, "select count(*) from jobs where endpoint = 'nightly'") == [(1,)]
+        # It did run past midnight: its refresh wrote snapshots on the next day.
+        assert query(db, f"select count(*) from counts_snapshots where harvested_on > '{NIGHT.date()}'")[0][0] > 0

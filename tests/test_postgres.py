@@ -137,7 +137,7 @@ def test_a_second_nightly_is_refused_by_the_unique_lock_on_postgresql(h: Harness
     from harvester import nightly
     from harvester.config import load_config
 
-    held = nightly.acquire(open_database(pg_url), load_config(env={}), "another-host:1:feedbeef")
+    held, _ = nightly.acquire(open_database(pg_url), load_config(env={}), "another-host:1:feedbeef")
     result = h.run("--database", pg_url, "nightly", "--no-progress")
     assert result.exit_code == 75 and f"job {held.id} is being run by another-host:1:feedbeef" in result.output
     with pytest.raises(Exception, match="unique|duplicate"):
