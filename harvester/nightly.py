@@ -196,14 +196,18 @@ def add_due(conn: Connection, refresh_job: int, p: dict[str, Any]) -> int:
     room = None if p["max_items"] is None else max(0, p["max_items"] - before)
     o = schema.outputs.c
     last = func.max(ji.updated_at)
+    not_found_before = now - parse_duration(p["not_found_refresh_after"])
+    identifier = func.coalesce(o.doi, cast(o.altmetric_id, Text))
+    # An output that vanished upstream (its id now answers 404) waits like any other 404.
+    vanished = select(ji.identifier).where(ji.status == "not_found", ji.updated_at >= not_found_before)
     candidates = [
         # Outputs, oldest harvest first.
         select(
             case((o.doi.is_not(None), "doi"), else_="id").label("id_type"),
-            func.coalesce(o.doi, cast(o.altmetric_id, Text)).label("identifier"),
+            identifier.label("identifier"),
             func.row_number().over(order_by=(o.harvested_at, o.altmetric_id)).label("n"),
         )
-        .where(o.harvested_at < now - parse_duration(p["refresh_after"]))
+        .where(o.harvested_at < now - parse_duration(p["refresh_after"]), identifier.not_in(vanished))
         .order_by(o.harvested_at, o.altmetric_id),
         # Ids whose latest outcome, in any harvest, was a 404 older than not_found_refresh_after.
         select(
@@ -214,7 +218,7 @@ def add_due(conn: Connection, refresh_job: int, p: dict[str, Any]) -> int:
         .join(schema.jobs, schema.jobs.c.id == ji.job_id)
         .where(schema.jobs.c.endpoint.in_(("counts", "fetch")))
         .group_by(ji.id_type, ji.identifier)
-        .having(last < now - parse_duration(p["not_found_refresh_after"]))
+        .having(last < not_found_before)
         .having(func.max(ji.updated_at).filter(ji.status == "not_found") == last)
         .order_by(last, ji.id_type, ji.identifier),
     ]

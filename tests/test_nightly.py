@@ -250,11 +250,22 @@ def test_due_outputs_then_404s_up_to_max_items(tmp_path: Path) -> None:
         assert query(db, "select count(*) from job_items where job_id = 4") == [(listed + 15,)]
         assert query(db, "select count(*) from job_items where job_id = 4 and line_no < 1000000000") == [(listed,)]
         assert query(db, "select count(*) from job_items where job_id = 4 and status = 'not_found'") == [(0,)]
-        # A month later the 404s are due again.
+        # An output that vanished upstream: its refresh was answered 404 (as if), so the next
+        # night does not ask for it again, and neither do the seeds' 404s.
+        gone = query(db, "select identifier from job_items where job_id = 4 and identifier like '10.5555/night.%' and status = 'done' limit 1")[0][0]
+        with _engine(db).begin() as conn:
+            conn.exec_driver_sql(f"update job_items set status = 'not_found', http_status = 404 where job_id = 4 and identifier = '{gone}'")
         world.config.write_text(world.config.read_text().replace(f"max_items = {listed + 15}", ""))
+        code, _, err = world.run(NIGHT + timedelta(days=1), "nightly", "--no-progress")
+        assert code == 0, err
+        assert query(db, f"select count(*) from job_items where job_id = 7 and identifier = '{gone}'") == [(0,)]
+        assert query(db, "select count(*) from job_items where job_id = 7 and identifier like '10.5555/night.%'")[0][0] > 100
+        assert query(db, "select count(*) from job_items where job_id = 7 and status = 'not_found'") == [(0,)]
+        # A month later the 404s are due again, the vanished output's too.
         code, _, err = world.run(NIGHT + timedelta(days=31), "nightly", "--no-progress")
         assert code == 0, err
-        assert query(db, "select count(*) from job_items where job_id = 7 and status = 'not_found'") == [(seeds_missing,)]
+        assert query(db, "select count(*) from job_items where job_id = 10 and status = 'not_found'") == [(seeds_missing,)]
+        assert query(db, f"select status from job_items where job_id = 10 and identifier = '{gone}'") == [("done",)]
 
 
 def _wait_for(db: Path, sql: str, at_least: int, proc: subprocess.Popen[str], timeout: float = 90) -> None:
