@@ -74,6 +74,7 @@ class World:
 
 
 def make_world(tmp_path: Path, concurrency: int = 8, **fake: Any) -> Iterator[World]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     clock = Clock()
     config = tmp_path / "harvester.toml"
     config.write_text(CONFIG.format(concurrency=concurrency))
@@ -331,3 +332,43 @@ def test_a_nightly_that_runs_past_midnight_does_not_start_another(tmp_path: Path
         assert query(db, "select count(*) from jobs where endpoint = 'nightly'") == [(1,)]
         # It did run past midnight: its refresh wrote snapshots on the next day.
         assert query(db, f"select count(*) from counts_snapshots where harvested_on > '{NIGHT.date()}'")[0][0] > 0
+
+
+def test_a_nightly_through_faults_and_two_kills_equals_a_clean_one(tmp_path: Path) -> None:
+    """Seeded 5xx, resets, truncated and HTML bodies, and two kill -9s: the same database as a clean nightly."""
+    import random
+
+    tables = (
+        "select altmetric_id, harvested_on, score, posts_count, accounts_count, readers_count from counts_snapshots order by 1, 2",
+        "select timeframe, harvested_on, filters, altmetric_id, rank, score, page, total from citation_activity order by rank",
+        "select discovered, new_outputs, refreshed, not_found, failed from nightly_runs",
+        "select rank, altmetric_id, change from nightly_movers order by rank",
+    )
+    results = []
+    for name, faults in (("clean", {}), ("chaos", {"error_rate": 0.05, "reset_rate": 0.02, "truncate_rate": 0.01, "html_rate": 0.01})):
+        for world in make_world(tmp_path / name, concurrency=2, latency=0.03, **faults):
+            world.config.write_text(world.config.read_text().replace("concurrency = 2", "concurrency = 2\nmax_attempts = 8"))
+            world.seed()
+            db = world.db()
+            proc = world.start(NIGHT, "nightly", "--no-progress")
+            if faults:
+                rnd = random.Random(7)
+                for _ in range(2):
+                    _wait_for(db, "select count(*) from job_items where job_id > 1 and status != 'pending'", rnd.randint(20, 60) + _final(db), proc)
+                    proc.send_signal(signal.SIGKILL)
+                    proc.wait()
+                    proc = world.start(NIGHT + timedelta(minutes=5), "nightly", "--no-progress")
+            out, err = proc.communicate(timeout=180)
+            assert proc.returncode == 0, err
+            if faults:
+                assert sum(world.server.stats.faults.values()) > 20
+            results.append((snapshot(db), [query(db, sql) for sql in tables]))
+    assert results[0] == results[1]
+    assert len(results[0][1][0]) > 250
+
+
+def _final(db: Path) -> int:
+    try:
+        return int(query(db, "select count(*) from job_items where job_id > 1 and status != 'pending'")[0][0])
+    except Exception:
+        return 0
