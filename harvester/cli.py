@@ -6,7 +6,6 @@ section 3); tracebacks only with -v, and always with the key redacted.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import shlex
@@ -240,7 +239,7 @@ def harvest(
     )
     params: dict[str, Any] = {"concurrency": concurrency}
     if endpoint == "fetch":
-        params["fetch"] = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config.fetch).items()}
+        params["fetch"] = config.fetch_options()
     elif any((include_sources, exclude_sources, include_sections, post_types)):
         raise click.UsageError("--include-sources, --exclude-sources, --include-sections and --post-types need --endpoint fetch")
     engine = state.engine()
@@ -426,10 +425,12 @@ def citations(
     if pages is not None and all_pages:
         raise click.UsageError("--pages and --all-pages exclude each other")
     engine = state.engine()
+    then_params = {"fetch": state.config().fetch_options()} if then == "fetch" else None
     with engine.begin() as conn:
         job_id, follow = jobs.create_citations_job(
-            conn, timeframe, citation_filters(filters), num_results, None if all_pages else (pages or 1), then, name
-        )
+            conn, timeframe, citation_filters(filters), num_results, None if all_pages else (pages or 1), then, name,
+            then_params=then_params,
+        )  # fmt: skip
     click.echo(f"job {job_id}: citations {timeframe}" + (f", then {then} as job {follow}" if follow else ""), err=True)
     _run_and_report(state, engine, job_id, not no_progress)
 

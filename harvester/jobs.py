@@ -251,12 +251,13 @@ def create_citations_job(
     name: str | None = None,
     nightly: int | None = None,
     then_name: str | None = None,
+    then_params: dict[str, Any] | None = None,
 ) -> tuple[int, int | None]:
     """A Citations job (a page is an item) and, with `then`, its follow-up harvest, in the caller's transaction.
 
     Only page 1 is known at first: each page written adds the pages its
-    query.total implies (up to `pages`), and its outputs to the follow-up job.
-    Returns both job ids.
+    query.total implies (up to `pages`), and its outputs to the follow-up job
+    (whose options, such as a Fetch job's, are `then_params`). Returns both job ids.
     """
     now = utcnow()
     params: dict[str, Any] = {"timeframe": timeframe, "filters": filters, "num_results": num_results, "pages": pages}
@@ -265,7 +266,7 @@ def create_citations_job(
     follow_id = None
     if then is not None:
         follow_name = then_name or (f"{name}: {then}" if name else f"{then} of the outputs job {job_id} lists")
-        follow_id = new_job(conn, then, "doi", follow_name, {"after_job": job_id} | link, now=now)
+        follow_id = new_job(conn, then, "doi", follow_name, (then_params or {}) | {"after_job": job_id} | link, now=now)
         set_params(conn, job_id, then_job=follow_id, then=then)
     add_items(conn, job_id, [("page", "1", 1)], now)
     return job_id, follow_id

@@ -131,6 +131,7 @@ def _params(config: Config, now: datetime) -> dict[str, Any]:
         "not_found_refresh_after": n.not_found_refresh_after,
         "max_items": n.max_items,
         "endpoint": n.endpoint,
+        "fetch": config.fetch_options() if n.endpoint == "fetch" else None,
     }
 
 
@@ -139,15 +140,17 @@ def _run_one(engine: Engine, config: Config, job: jobs.Job, runner: str, progres
     night = date.fromisoformat(p["night"])
     if "refresh_job" not in p:
         name = f"nightly {night}"
+        # A Fetch refresh keeps the [fetch] options the nightly started with, as a Fetch harvest does.
+        refresh_params = {"fetch": p["fetch"]} if p.get("fetch") else {}
         with engine.begin() as conn:
             created: tuple[int | None, int | None]
             if p["discover"]:
                 created = jobs.create_citations_job(
                     conn, p["timeframe"], p["filters"], p["num_results"], p["pages"], p["endpoint"],
-                    f"{name} discovery", job.id, f"{name} refresh",
+                    f"{name} discovery", job.id, f"{name} refresh", refresh_params,
                 )  # fmt: skip
             else:  # a counts-only key: no Citations, but the refresh and the time series go on
-                created = None, jobs.new_job(conn, p["endpoint"], "doi", f"{name} refresh", {"nightly": job.id})
+                created = None, jobs.new_job(conn, p["endpoint"], "doi", f"{name} refresh", refresh_params | {"nightly": job.id})
             jobs.set_params(conn, job.id, discovery_job=created[0], refresh_job=created[1])
         p = jobs.get_job(engine, job.id).params
     discovery, refresh = p["discovery_job"], p["refresh_job"]

@@ -372,3 +372,14 @@ def _final(db: Path) -> int:
         return int(query(db, "select count(*) from job_items where job_id > 1 and status != 'pending'")[0][0])
     except Exception:
         return 0
+
+
+def test_a_fetch_nightly_keeps_the_fetch_options(h: Harness) -> None:
+    config = Path(h.env["HARVESTER_CONFIG"])
+    config.write_text(config.read_text() + '[nightly]\nendpoint = "fetch"\nnum_results = 10\npages = 1\n[fetch]\ninclude_sources = ["news"]\n')
+    result = h.run("nightly", "--no-progress")
+    assert result.exit_code == 0, result.output
+    refresh = json.loads(scalar(h.engine, "select params from jobs where id = 3"))
+    assert refresh["fetch"]["include_sources"] == ["news"]
+    assert {r["source"] for r in rows(h.engine, "select distinct source from mentions")} == {"news"}
+    assert scalar(h.engine, "select count(*) from job_items where job_id = 3 and status = 'done'") == 10
