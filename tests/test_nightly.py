@@ -137,6 +137,10 @@ def test_two_nights_give_two_snapshots_per_output_and_a_report_naming_the_movers
     assert runs[1]["refreshed"] == len(before) and runs[1]["new_outputs"] > 0
     assert runs[0]["not_found"] == 0  # seed 404s are asked again only after not_found_refresh_after (30d)
 
+    # The key is nowhere: not in the database, not in what was printed.
+    assert not [f for f in db.parent.glob(db.name + "*") if KEY.encode() in f.read_bytes()]  # -wal too
+    assert KEY not in out1 + out2 + err
+
     # Running again the same day updates the day's snapshots, never duplicates them.
     count = query(db, "select count(*) from counts_snapshots")
     code, _, err = world.run(night2 + timedelta(hours=1), "nightly", "--no-progress")
