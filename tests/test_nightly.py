@@ -387,3 +387,22 @@ def test_a_fetch_nightly_keeps_the_fetch_options(h: Harness) -> None:
     assert refresh["fetch"]["include_sources"] == ["news"]
     assert {r["source"] for r in rows(h.engine, "select distinct source from mentions")} == {"news"}
     assert scalar(h.engine, "select count(*) from job_items where job_id = 3 and status = 'done'") == 10
+
+
+def test_ctrl_c_stops_a_nightly_cleanly_and_the_next_run_finishes_it(tmp_path: Path) -> None:
+    for world in make_world(tmp_path, concurrency=2, latency=0.03):
+        world.seed()
+        proc = world.start(NIGHT, "nightly", "--no-progress")
+        db = world.db()
+        _wait_for(db, "select count(*) from job_items where job_id = 4 and status != 'pending'", 20, proc)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert "interrupted" in out and "finishes it first" in err and "Traceback" not in err
+        assert query(db, "select status, lock_name, runner from jobs where id = 2") == [("interrupted", "nightly", None)]
+        done = query(db, "select count(*) from job_items where job_id = 4 and status = 'done'")[0][0]
+        assert done >= 20  # what was fetched before the signal was written
+        code, out, err = world.run(NIGHT + timedelta(minutes=3), "nightly", "--no-progress")
+        assert code == 0, err
+        assert "(job 2): finished" in out
+        assert query(db, "select count(*) from job_items where status = 'pending'") == [(0,)]
