@@ -80,6 +80,9 @@ class NightlyConfig:
     not_found_refresh_after: str = "30d"
     max_items: int | None = None
     endpoint: str = "counts"
+    # Every night adds an item per output: after this long a nightly's done items are deleted
+    # (their data stays in outputs and counts_snapshots). "never" keeps them all.
+    keep_done_items: str = "30d"
 
 
 @dataclass(frozen=True)
@@ -241,7 +244,9 @@ def _validate_nightly(n: NightlyConfig, where: str) -> None:
         raise ConfigError(f"{where}: nightly.max_items must be >= 0")
     if n.endpoint not in ("counts", "fetch"):
         raise ConfigError(f"{where}: nightly.endpoint must be counts or fetch, not {n.endpoint!r}")
-    for name in ("refresh_after", "not_found_refresh_after"):
+    for name in ("refresh_after", "not_found_refresh_after", "keep_done_items"):
+        if name == "keep_done_items" and n.keep_done_items == "never":
+            continue
         try:
             parse_duration(getattr(n, name))
         except ValueError as e:

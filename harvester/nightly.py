@@ -166,7 +166,32 @@ def _run_one(engine: Engine, config: Config, job: jobs.Job, runner: str, progres
     outcome = _step(engine, config, refresh, runner, progress)
     if outcome is not None and outcome.status != "finished":
         return _stopped(engine, job, night, runner, outcome)
-    return _finish(engine, job, night, runner, discovery, refresh, p)
+    report = _finish(engine, job, night, runner, discovery, refresh, p)
+    keep = config.nightly.keep_done_items
+    if keep != "never":
+        pruned = prune(engine, jobs.utcnow() - parse_duration(keep))
+        if pruned:
+            logger.info("nightly: deleted %d done items of nightlies finished before keep_done_items (%s)", pruned, keep)
+    return report
+
+
+def prune(engine: Engine, before: datetime) -> int:
+    """Delete the `done` items of nightly steps whose nightly finished before `before`; returns how many.
+
+    A nightly adds an item per output every night, which is most of a big
+    database after a year. A done item's data is in outputs and
+    counts_snapshots; 404s and failures stay, for the 404 schedule and for
+    the record.
+    """
+    r = schema.nightly_runs.c
+    steps = union(
+        select(r.refresh_job_id).where(r.finished_at < before),
+        select(r.discovery_job_id).where(r.finished_at < before, r.discovery_job_id.is_not(None)),
+    )
+    ji = schema.job_items.c
+    with engine.begin() as conn:
+        deleted: int = conn.execute(delete(schema.job_items).where(ji.status == "done", ji.job_id.in_(steps))).rowcount
+    return deleted
 
 
 def _step(engine: Engine, config: Config, job_id: int, runner: str, progress: ProgressFactory | None) -> RunOutcome | None:

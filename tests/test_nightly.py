@@ -271,6 +271,10 @@ def test_due_outputs_then_404s_up_to_max_items(tmp_path: Path) -> None:
         assert code == 0, err
         assert query(db, "select count(*) from job_items where job_id = 10 and status = 'not_found'") == [(seeds_missing,)]
         assert query(db, f"select status from job_items where job_id = 10 and identifier = '{gone}'") == [("done",)]
+        # Housekeeping: the first night (finished over keep_done_items = 30d ago) kept only its 404.
+        assert query(db, "select status, count(*) from job_items where job_id in (3, 4) group by 1") == [("not_found", 1)]
+        assert query(db, "select total_items from jobs where id = 4") == [(listed + 15,)]
+        assert query(db, "select count(*) from job_items where job_id = 10 and status = 'done'")[0][0] > 200
 
 
 def _wait_for(db: Path, sql: str, at_least: int, proc: subprocess.Popen[str], timeout: float = 90) -> None:
