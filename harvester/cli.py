@@ -436,7 +436,7 @@ def citations(
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="The report as JSON on stdout.")
+@click.option("--json", "as_json", is_flag=True, help="The reports as a JSON list on stdout.")
 @click.option("--no-progress", is_flag=True, help="No progress bar or progress lines.")
 @pass_state
 @handle_errors
@@ -461,16 +461,18 @@ def nightly(state: State, as_json: bool, no_progress: bool) -> None:
 def _nightly(state: State, engine: Engine, progress: bool, as_json: bool, resume_only: bool = False) -> None:
     reporter = lambda job_id: Reporter.for_stream(job_id, progress)  # noqa: E731
     reports = nightly_module.run(engine, state.config(), reporter, resume_only)
+    if as_json:  # a list: one report, or a leftover night's and then tonight's
+        click.echo(_json([report.as_dict() for report in reports]))
     for report in reports:
-        if as_json:
-            click.echo(_json(report.as_dict()))
-        else:
+        if not as_json:
             _print_report(report)
         if report.stopped_step is not None:
             if report.message:
                 click.echo(f"Error: {redact(report.message)}", err=True)
             click.echo(f"nightly {report.night} {report.status}; the next `harvester nightly` finishes it first", err=True)
-    sys.exit(reports[-1].exit_code)
+    last = reports[-1]
+    # Finished: 3 if any night had failed items. Otherwise how the last one stopped.
+    sys.exit(max(r.exit_code for r in reports) if last.status == "finished" else last.exit_code)
 
 
 def _print_report(report: nightly_module.Report) -> None:

@@ -126,7 +126,7 @@ def test_two_nights_give_two_snapshots_per_output_and_a_report_naming_the_movers
     assert top_doi in out2 and "top score movers" in out2
 
     # The first night's report: new outputs are the discovered ones the seed did not have.
-    report = json.loads(out1)
+    [report] = json.loads(out1)
     assert report["status"] == "finished" and report["night"] == d1
     runs = rows(_engine(db), "select * from nightly_runs order by job_id")
     assert [str(r["night"]) for r in runs] == [d1, d2]
