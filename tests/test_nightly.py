@@ -149,12 +149,17 @@ def test_two_nights_give_two_snapshots_per_output_and_a_report_naming_the_movers
     assert query(db, "select count(*) from (select altmetric_id, harvested_on from counts_snapshots group by 1, 2 having count(*) > 1)") == [(0,)]
 
 
+def nightly_in_its_refresh(world: World, done: int = 20) -> tuple[subprocess.Popen[str], Path]:
+    """A nightly started at NIGHT, once its refresh (job 4) has `done` items final."""
+    world.seed()
+    proc = world.start(NIGHT, "nightly", "--no-progress")
+    _wait_for(world.db(), "select count(*) from job_items where job_id = 4 and status != 'pending'", done, proc)
+    return proc, world.db()
+
+
 def test_a_second_nightly_is_refused_while_one_runs(tmp_path: Path) -> None:
     for world in make_world(tmp_path, concurrency=2, latency=0.03):
-        world.seed()
-        first = world.start(NIGHT, "nightly", "--no-progress")
-        db = world.db()
-        _wait_for(db, "select count(*) from job_items where job_id = 4 and status != 'pending'", 20, first)
+        first, db = nightly_in_its_refresh(world)
         code, _, err = world.run(NIGHT, "nightly", "--no-progress")
         assert code == 75, err
         assert "another nightly is running" in err and "Traceback" not in err
@@ -172,10 +177,7 @@ def test_a_nightly_killed_with_sigkill_is_completed_by_the_next_run(tmp_path: Pa
         code, _, err = world.run(NIGHT, "nightly", "--no-progress", db="clean.db")
         assert code == 0, err
 
-        world.seed()
-        proc = world.start(NIGHT, "nightly", "--no-progress")
-        db = world.db()
-        _wait_for(db, "select count(*) from job_items where job_id = 4 and status != 'pending'", 60, proc)
+        proc, db = nightly_in_its_refresh(world, done=60)
         proc.send_signal(signal.SIGKILL)
         assert proc.wait() == -signal.SIGKILL
         pending = query(db, "select count(*) from job_items where job_id = 4 and status = 'pending'")[0][0]
@@ -395,10 +397,7 @@ def test_a_fetch_nightly_keeps_the_fetch_options(h: Harness) -> None:
 
 def test_ctrl_c_stops_a_nightly_cleanly_and_the_next_run_finishes_it(tmp_path: Path) -> None:
     for world in make_world(tmp_path, concurrency=2, latency=0.03):
-        world.seed()
-        proc = world.start(NIGHT, "nightly", "--no-progress")
-        db = world.db()
-        _wait_for(db, "select count(*) from job_items where job_id = 4 and status != 'pending'", 20, proc)
+        proc, db = nightly_in_its_refresh(world)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 130, err

@@ -5,8 +5,6 @@ Every database is compared with SQLite row by row where both hold the same harve
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,10 +15,11 @@ from sqlalchemy import inspect
 from harvester import schema
 from harvester.db import alembic_config, current_revision, head_revision, make_engine, open_database
 from harvester.fakeapi import FakeConfig, serve_in_thread
-from tests.conftest import KEY, ROOT, Harness, dois
+from tests.conftest import KEY, Harness, dois
 from tests import pg
 from tests.subproc import query, snapshot, start
 from tests.test_docs import ID_LINES, README, SCHEMA_DOC, sql_blocks
+from tests.test_migrations import assert_no_drift
 
 pg_cluster, pg_url = pg.pg_cluster, pg.pg_url  # the fixtures this module uses
 
@@ -29,15 +28,7 @@ def test_migrations_upgrade_check_and_round_trip(pg_url: str) -> None:
     engine = open_database(pg_url)
     assert current_revision(engine) == head_revision()
     assert set(inspect(engine).get_table_names()) == set(schema.metadata.tables) | {"alembic_version"}
-    # `alembic check` as a developer runs it: the models and the migrations agree on PostgreSQL too.
-    result = subprocess.run(
-        [sys.executable, "-m", "alembic", "check"],
-        cwd=ROOT,
-        env={"HARVESTER_DATABASE_URL": pg_url, "PATH": "/usr/bin:/bin", "HARVESTER_CONFIG": ""},
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert_no_drift(pg_url)  # the models and the migrations agree on PostgreSQL too
     cfg = alembic_config(make_engine(pg_url))
     command.downgrade(cfg, "base")
     assert set(inspect(make_engine(pg_url)).get_table_names()) == {"alembic_version"}
