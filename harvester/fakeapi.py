@@ -16,6 +16,12 @@ Behaviour that the harvester must cope with, and which the fake therefore reprod
 * seeded faults (5xx, connection resets, truncated JSON, slow answers) that depend only on
   (seed, request path, how many times that path was tried), so retries eventually succeed and
   two runs issuing the same requests see the same faults.
+* ``/v1/id/{altmetric_id}`` names the output that was given that id, whichever id it was first
+  asked by (the harvester refreshes outputs without a DOI by their altmetric id);
+* with ``FakeConfig(evolve=True)``, attention that grows from day to day (UTC days of the
+  config's clock) and Citations listings that change daily, for nightly harvests: see
+  :func:`_evolved` and :func:`_day_listing`. Pass the day to :func:`counts_body`,
+  :func:`fetch_body` and :func:`citation_listing` to compute what such a server serves.
 
 This module must never be reachable from a default production path: only the CLI's
 ``mock-api``/``demo`` commands and the tests import it.
@@ -59,6 +65,7 @@ __all__ = [
     "CITATION_TIMEFRAMES",
     "citation_listing",
     "UNLIMITED_LIMIT",
+    "EVOLVE_EPOCH_DAY",
 ]
 
 ID_TYPES: frozenset[str] = frozenset(
@@ -145,6 +152,8 @@ _SAMPLE_AIDS: dict[str, int] = {doi: aid for doi, aid in _FETCH_SAMPLE_FILES} | 
     "10.1038/480426a": 502878,
     "10.1038/news.2011.498": 243700,
 }
+# And an id lookup of a sample's altmetric id names the sample's DOI (see _by_altmetric_id).
+_SAMPLE_DOIS: dict[str, str] = {str(aid): doi for doi, aid in _SAMPLE_AIDS.items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -354,7 +363,7 @@ class _Profile:
 @functools.lru_cache(maxsize=8192)
 def _profile(id_type: str, key: str, asked: str) -> _Profile:
     rnd = random.Random(int.from_bytes(_digest("profile", id_type, key)[:16], "big"))
-    if id_type == "id" and key.isdigit():
+    if id_type == "id" and key.isascii() and key.isdigit():  # int() refuses other digits ("²")
         altmetric_id = int(key)
     elif id_type == "doi" and key in _SAMPLE_AIDS:
         altmetric_id = _SAMPLE_AIDS[key]
@@ -535,6 +544,41 @@ def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
+# altmetric id -> "id_type\x1fidentifier" of the first request that built its output. An
+# altmetric id is a hash of the id it was derived from and cannot be inverted, so an id lookup
+# (how the harvester refreshes outputs without a DOI) needs this to name the same output.
+# Bounded, oldest first out: ~150 bytes an entry, ~40 MB full, more than the counts cache holds.
+# Module-wide (not per server), so tests computing bodies in-process fill it too.
+_ORIGINS: dict[int, str] = {}
+_ORIGINS_MAX = 250_000
+_ORIGINS_LOCK = threading.Lock()  # the server may run in a thread next to the test computing bodies
+
+
+def _remember_origin(altmetric_id: int, id_type: str, identifier: str) -> None:
+    if altmetric_id in _ORIGINS:  # the first request wins; a lock-free check for the usual case
+        return
+    with _ORIGINS_LOCK:
+        if len(_ORIGINS) >= _ORIGINS_MAX:
+            del _ORIGINS[next(iter(_ORIGINS))]
+        _ORIGINS.setdefault(altmetric_id, f"{id_type}\x1f{identifier}")
+
+
+def _by_altmetric_id(identifier: str) -> tuple[str, str]:
+    """(id_type, id) that an ``id`` lookup stands for: the sample DOI or the first request that
+    was given this altmetric id, else ("id", identifier) itself (an output of its own, as an
+    altmetric id the fake never gave out, or one forgotten since, has always been)."""
+    key = identifier.strip()
+    doi = _SAMPLE_DOIS.get(key)
+    if doi is not None:
+        return "doi", doi
+    if key.isascii() and key.isdigit() and len(key) <= 20:
+        origin = _ORIGINS.get(int(key))
+        if origin is not None:
+            id_type, _, asked = origin.partition("\x1f")
+            return id_type, asked
+    return "id", identifier
+
+
 def _build_bytes(endpoint: str, id_type: str, identifier: str, not_found_pct: float) -> bytes | None:
     key = _norm_id(id_type, identifier)
     sample = _sample_name(endpoint, id_type, key)
@@ -545,6 +589,10 @@ def _build_bytes(endpoint: str, id_type: str, identifier: str, not_found_pct: fl
     rtype, rkey = _resolve(id_type, key)
     asked = key if rtype == "doi" else identifier.strip()
     profile = _profile(rtype, rkey, asked)
+    if id_type != "id":
+        # The request itself, not the resolved id: asked again it gives these very bytes (a bogus
+        # DOI's resolved DOI may be a 404 of its own).
+        _remember_origin(profile.altmetric_id, id_type, identifier)
     return _dumps(_counts_dict(profile) if endpoint == "counts" else _fetch_dict(profile))
 
 
@@ -560,8 +608,12 @@ def counts_body(id_type: str, identifier: str, not_found_pct: float = 15.0, day:
     """The body the fake serves on ``GET /v1/{id_type}/{identifier}``; None means 404.
 
     Pure and deterministic. Pass the server's ``not_found_pct`` if it is not the default,
-    and with ``evolve`` the UTC day number (unix time // 86400) the server's clock is on.
+    and with ``evolve`` the UTC day number (unix time // 86400) the server's clock is on
+    (None: the body of a server without ``evolve``, the same every day). An ``id`` lookup names
+    the output given that altmetric id, as the server does (see :func:`_by_altmetric_id`).
     """
+    if id_type == "id":
+        id_type, identifier = _by_altmetric_id(identifier)
     raw = _counts_bytes(id_type, identifier, float(not_found_pct))
     if raw is not None and day is not None:
         raw = _evolved("counts", raw, day)
@@ -785,7 +837,13 @@ def _filter_fetch(
 
 
 def fetch_body(id_type: str, identifier: str, not_found_pct: float = 15.0, day: int | None = None) -> dict[str, Any] | None:
-    """The unfiltered body the fake serves on ``GET /v1/fetch/{id_type}/{identifier}``; None = 404."""
+    """The unfiltered body the fake serves on ``GET /v1/fetch/{id_type}/{identifier}``; None = 404.
+
+    ``day`` as for :func:`counts_body`. With it, scores and counts grow but the posts listed do
+    not: a Fetch body's ``counts`` may then count more twitter posts than its ``posts`` hold.
+    """
+    if id_type == "id":
+        id_type, identifier = _by_altmetric_id(identifier)
     raw = _fetch_bytes(id_type, identifier, float(not_found_pct))
     if raw is not None and day is not None:
         raw = _evolved("fetch", raw, day)
@@ -794,12 +852,17 @@ def fetch_body(id_type: str, identifier: str, not_found_pct: float = 15.0, day: 
 
 # ---- attention that grows from day to day (FakeConfig.evolve) ---------------------------------
 
-EVOLVE_EPOCH_DAY = 20454  # 2026-01-01 UTC: attention grows from here on
+EVOLVE_EPOCH_DAY = 20454  # 2026-01-01 UTC (unix days): attention grows from here on
+# Days back that each history timeframe looks ("at", all time, is the score itself).
 _DAYS = {"1d": 1, "2d": 2, "3d": 3, "4d": 4, "5d": 5, "6d": 6, "1w": 7, "1m": 30, "3m": 90, "6m": 180, "1y": 365}
 
 
 def _growth(altmetric_id: int) -> float:
-    """New tweets a day: none for a quarter of outputs, 0-2 for most, 20-200 for a few movers."""
+    """New tweets a day: none for a quarter of outputs, 0-2 for most, 20-200 for a few movers.
+
+    Keyed by the altmetric id (itself fixed by the resolved id), so the Counts, Fetch and
+    ``id`` lookups of one output, and the real samples, grow alike.
+    """
     u = _unit("growth", str(altmetric_id))
     if u < 0.25:
         return 0.0
@@ -810,54 +873,116 @@ def _growth(altmetric_id: int) -> float:
     return 20.0 + (u - 0.97) / 0.03 * 180.0
 
 
+def _gained(rate: float, day: int) -> int:
+    """Twitter posts (and accounts) an output growing at ``rate`` a day has gained by ``day``."""
+    return math.floor(rate * max(0, day - EVOLVE_EPOCH_DAY))
+
+
 def _extra(altmetric_id: int, day: int) -> int:
-    return int(_growth(altmetric_id) * max(0, day - EVOLVE_EPOCH_DAY))
+    return _gained(_growth(altmetric_id), day)
+
+
+def _grown(score: float, extra: int) -> float:
+    # A quarter point a twitter account, as the profiles score them.
+    return round(score + 0.25 * extra, 3)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _grown_history(history: dict[str, Any], rate: float, day: int, score: Any) -> dict[str, Any]:
+    """A history (counts ``history``, fetch ``score_history``) on ``day``.
+
+    Its values are the score *gained* over each timeframe (so 1d <= 1w <= 1y <= at, and an old
+    output shows 0s: see the real samples and docs/schema.md), hence each grows by what the
+    output gained between ``day - days(tf)`` and ``day``; ``at`` is the score on ``day``.
+    Keys the fake does not know, and values that are not numbers, are passed on as they are.
+    """
+    extra = _gained(rate, day)
+    out: dict[str, Any] = {}
+    for tf, v in history.items():
+        if tf == "at" and _is_number(score):
+            out[tf] = score
+        elif tf in _DAYS and _is_number(v):
+            out[tf] = _grown(v, extra - _gained(rate, day - _DAYS[tf]))
+        else:
+            out[tf] = v
+    return out
 
 
 def _evolved(endpoint: str, raw: bytes, day: int) -> bytes:
-    """A body as it is on `day`: `extra` more twitter posts and accounts, a quarter point each.
+    """A Counts or Fetch body as it is on ``day``: ``extra`` more twitter posts and accounts,
+    a quarter point of score each, with ``extra = floor(rate * (day - EVOLVE_EPOCH_DAY))``.
 
-    Scores and counts change; the posts a Fetch body lists do not (they are the base body's).
-    The real sample bodies grow like synthetic ones.
+    Counts: ``cited_by_tweeters_count``, ``cited_by_posts_count`` and ``cited_by_accounts_count``
+    grow (added when the base lacks them), and ``score`` and ``history``. Fetch: ``score``,
+    ``altmetric_score.score`` and ``.score_history``, ``counts.twitter`` (added when absent) and
+    ``counts.total``; the ``posts`` listed do not grow (they stay the base body's), nor do
+    context, cohorts, demographics, readers or badge URLs. The real samples grow like synthetic
+    bodies. An output that has not moved (yet) is served byte for byte as without evolve.
     """
+    if day <= EVOLVE_EPOCH_DAY:
+        return raw  # nothing has grown yet: no need to parse
     body = json.loads(raw)
     aid = body.get("altmetric_id")
-    if not isinstance(aid, int):
+    if not isinstance(aid, int) or isinstance(aid, bool):
         return raw
-    extra = _extra(aid, day)
-
-    def score_on(base: Any, d: int) -> Any:
-        return round(base + 0.25 * _extra(aid, d), 3) if isinstance(base, (int, float)) else base
-
+    rate = _growth(aid)
+    extra = _gained(rate, day)
+    if extra <= 0:
+        # Also keeps zero counts out of the body, as the real API leaves them out.
+        return raw
     if endpoint == "counts":
-        base = body.get("score")
         for key in ("cited_by_tweeters_count", "cited_by_posts_count", "cited_by_accounts_count"):
             body[key] = (body.get(key) or 0) + extra
-        body["score"] = score_on(base, day)
+        score: Any = body.get("score")
+        if _is_number(score):
+            score = body["score"] = _grown(score, extra)
         if isinstance(body.get("history"), dict):
-            body["history"] = {tf: score_on(v, day - _DAYS[tf]) if tf in _DAYS else body["score"] for tf, v in body["history"].items()}
+            body["history"] = _grown_history(body["history"], rate, day, score)
         return _dumps(body)
-    base = body.get("score")
-    if base is not None:
-        body["score"] = score_on(base, day)
+    if _is_number(body.get("score")):
+        body["score"] = _grown(body["score"], extra)
     counts = body.get("counts")
     if isinstance(counts, dict):
-        twitter = counts.setdefault("twitter", {})
-        for key in ("posts_count", "unique_users_count"):
-            twitter[key] = (twitter.get(key) or 0) + extra
-        total = counts.setdefault("total", {})
-        total["posts_count"] = (total.get("posts_count") or 0) + extra
-    score = body.get("altmetric_score")
-    if isinstance(score, dict):
-        if isinstance(score.get("score"), (int, float)):
-            score["score"] = score_on(score["score"], day)
-        history = score.get("score_history")
-        if isinstance(history, dict):
-            score["score_history"] = {tf: score_on(v, day - _DAYS[tf]) if tf in _DAYS else score.get("score") for tf, v in history.items()}
+        twitter = counts.setdefault("twitter", {"unique_users_count": 0, "posts_count": 0})
+        if isinstance(twitter, dict):
+            for key in ("unique_users_count", "posts_count"):
+                twitter[key] = (twitter.get(key) or 0) + extra
+        total = counts.setdefault("total", {"posts_count": 0})
+        if isinstance(total, dict):
+            total["posts_count"] = (total.get("posts_count") or 0) + extra
+    altmetric_score = body.get("altmetric_score")
+    if isinstance(altmetric_score, dict):
+        now: Any = altmetric_score.get("score")
+        if _is_number(now):
+            now = altmetric_score["score"] = _grown(now, extra)
+        if isinstance(altmetric_score.get("score_history"), dict):
+            altmetric_score["score_history"] = _grown_history(
+                altmetric_score["score_history"], rate, day, now
+            )
     return _dumps(body)
 
 
 # ---- citations ---------------------------------------------------------------------------------
+
+
+def _listing_names(timeframe: str, filters: tuple[tuple[str, str], ...]) -> tuple[str, str]:
+    """(DOI prefix, tag) of the DOIs a Citations query lists: ``{prefix}/cit.{tag}.…``."""
+    fkey = "&".join(f"{k}={v}" for k, v in filters)
+    prefix = dict(filters).get("doi_prefix") or _JOURNALS[int(_unit("cit-prefix", fkey) * len(_JOURNALS))][4]
+    return prefix.lower(), _digest("cit", timeframe, fkey).hex()[:8]
+
+
+def _existing_doi(stem: str, not_found_pct: float) -> str:
+    """``stem``, or ``stem.N`` for the first N that exists: listed outputs are never a 404."""
+    doi = stem
+    for salt in range(1, 50):
+        if not _is_not_found("doi", doi, not_found_pct):
+            break
+        doi = f"{stem}.{salt}"
+    return doi
 
 
 @functools.lru_cache(maxsize=512)
@@ -867,58 +992,60 @@ def _citation_listing(
     """The DOIs listed for a query, best score first: stable for (timeframe, filters, rank)."""
     fkey = "&".join(f"{k}={v}" for k, v in filters)
     total = 20 + int(_unit("cit-total", timeframe, fkey) * 581)
-    fdict = dict(filters)
-    prefix = fdict.get("doi_prefix") or _JOURNALS[int(_unit("cit-prefix", fkey) * len(_JOURNALS))][4]
-    tag = _digest("cit", timeframe, fkey).hex()[:8]
-    dois: list[str] = []
-    for rank in range(total):
-        for salt in range(50):
-            # Listed outputs exist: skip candidates that the counts endpoint would answer 404.
-            doi = f"{prefix.lower()}/cit.{tag}.{rank}" + (f".{salt}" if salt else "")
-            if not _is_not_found("doi", doi, not_found_pct):
-                break
-        dois.append(doi)
+    prefix, tag = _listing_names(timeframe, filters)
+    dois = [_existing_doi(f"{prefix}/cit.{tag}.{rank}", not_found_pct) for rank in range(total)]
     scored = [(_profile("doi", d, d).score, d) for d in dois]
-    if fdict.get("order_by", "score") == "score":
+    if dict(filters).get("order_by", "score") == "score":
         scored.sort(key=lambda t: (-t[0], t[1]))
     return tuple(d for _, d in scored)
 
 
+def _filter_key(filters: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
+    """The filters of a query as the server keys a listing: CITATION_FILTERS order, empty ones out."""
+    given = filters or {}
+    return tuple((k, given[k]) for k in CITATION_FILTERS if given.get(k))
+
+
 def citation_listing(
-    timeframe: str, filters: Mapping[str, str] | None = None, not_found_pct: float = 15.0, day: int | None = None
+    timeframe: str,
+    filters: Mapping[str, str] | None = None,
+    not_found_pct: float = 15.0,
+    day: int | None = None,
 ) -> list[str]:
-    """The DOIs the Citations endpoint lists for a query, in rank order (``day``: with ``evolve``)."""
-    given = dict(filters or {})
-    key = tuple((k, given[k]) for k in CITATION_FILTERS if given.get(k))
-    return list(_day_listing(timeframe, key, float(not_found_pct), day))
+    """The DOIs ``GET /v1/citations/{timeframe}`` lists, in rank order (all pages).
+
+    ``filters`` as the query sends them (``{"doi_prefix": "10.1038"}``; ``num_results``, ``page``
+    and ``key`` are ignored); ``not_found_pct`` the server's; ``day`` the UTC day number of a
+    server with ``evolve`` (None: without). ``query.total`` is the length of this list.
+    """
+    return list(_day_listing(timeframe, _filter_key(filters), float(not_found_pct), day))
 
 
 @functools.lru_cache(maxsize=512)
 def _day_listing(
     timeframe: str, filters: tuple[tuple[str, str], ...], not_found_pct: float, day: int | None
 ) -> tuple[str, ...]:
-    """With ``evolve``, a listing changes daily: about 70% of its outputs are active on a day, a
-    few new ones appear (their DOIs name the day), and the ranks follow that day's scores."""
+    """With ``evolve``, a listing changes daily: each output of the base listing is active on a
+    day with probability 0.7, 5-24 new ones appear (their DOIs name the day), and the ranks follow
+    that day's scores, so the movers climb. Without (``day`` None), the base listing."""
     base = _citation_listing(timeframe, filters, not_found_pct)
     if day is None:
         return base
     active = [d for d in base if _unit("active", d, str(day)) < 0.7]
-    prefix, _, rest = base[0].partition("/")
-    tag = rest.split(".")[1]
-    new = []
-    for i in range(5 + int(_unit("new", timeframe, str(day)) * 20)):
-        for salt in range(50):
-            doi = f"{prefix}/cit.{tag}.d{day}.{i}" + (f".{salt}" if salt else "")
-            if not _is_not_found("doi", doi, not_found_pct):
-                break
-        new.append(doi)
+    prefix, tag = _listing_names(timeframe, filters)
+    new = [
+        _existing_doi(f"{prefix}/cit.{tag}.d{day}.{i}", not_found_pct)
+        for i in range(5 + int(_unit("new", timeframe, str(day)) * 20))
+    ]
+    listed = active + new
+    if dict(filters).get("order_by", "score") != "score":
+        return tuple(listed)
     scored = []
-    for doi in active + new:
-        body = counts_body("doi", doi, not_found_pct, day)
-        assert body is not None  # only DOIs that exist are listed
-        scored.append((body["score"], doi))
-    if dict(filters).get("order_by", "score") == "score":
-        scored.sort(key=lambda t: (-t[0], t[1]))
+    for doi in listed:
+        # The score the counts body of `day` has (see _evolved), without building that body.
+        p = _profile("doi", doi, doi)
+        scored.append((_grown(p.score, _extra(p.altmetric_id, day)), doi))
+    scored.sort(key=lambda t: (-t[0], t[1]))
     return tuple(d for _, d in scored)
 
 
@@ -1087,6 +1214,10 @@ def _route(
         # A scripted trigger: one id the server always fails on (while the rest work).
         return 500, b"Internal Server Error", "text/plain"
     day = st.day()
+    if id_type == "id":
+        # The output that was given this altmetric id, as the real API answers it (the harvester
+        # refreshes outputs without a DOI so); looked up before the body caches, which key by id.
+        id_type, identifier = _by_altmetric_id(identifier)
     if endpoint == "counts":
         body = _counts_bytes(id_type, identifier, st.not_found_pct)
         if body is None:
@@ -1118,7 +1249,7 @@ def _citations(st: _State, parts: list[str], query: Mapping[str, str]) -> tuple[
         return 400, b"Bad Request: num_results must be between 1 and 99", "text/plain"
     if page < 1:
         return 400, b"Bad Request: page must be 1 or more", "text/plain"
-    filters = tuple((k, query[k]) for k in CITATION_FILTERS if query.get(k))
+    filters = _filter_key(query)  # as citation_listing() keys it
     day = st.day()
     listing = _day_listing(timeframe, filters, st.not_found_pct, day)
     start = (page - 1) * num

@@ -4,6 +4,7 @@ served samples and body shapes. The harvester's own tests trust these behaviours
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -18,9 +19,11 @@ import pytest
 from yarl import URL
 
 from harvester.fakeapi import (
+    EVOLVE_EPOCH_DAY,
     HISTORY_TIMEFRAMES,
     FakeConfig,
     FakeServer,
+    citation_listing,
     counts_body,
     fetch_body,
     iter_sample_files,
@@ -504,54 +507,216 @@ async def test_stats_endpoint() -> None:
 
 # ---- attention that grows day by day (evolve) ----------------------------------------------------
 
+DAY = 20_777  # 2026-11-19 UTC: 323 days after EVOLVE_EPOCH_DAY, so the movers have moved
+# (path, query) pairs whose answers without evolve are pinned by OFF_DIGEST below.
+PINNED: list[tuple[str, dict[str, str | int]]] = (
+    [(f"/doi/10.5555/pin.{i}", {}) for i in range(40)]
+    + [(f"/fetch/doi/10.5555/pin.{i}", {}) for i in range(8)]
+    + [("/pmid/31000001", {}), ("/fetch/id/1270180", {}), ("/doi/10.1038/news.2011.490", {})]
+    + [("/citations/1w", {"num_results": 99, "page": p, "doi_prefix": "10.1038"}) for p in (1, 2)]
+    + [("/citations/1d", {"num_results": 50})]
+)
+# blake2b of every status and body above, as the fake served them before evolve existed. Off,
+# evolve must not change one byte (benchmarks and the harvester's tests rely on it). A deliberate
+# change of the synthetic data updates this digest, and says so in its commit.
+OFF_DIGEST = "5737c61ec8dce5127b932b4366b15008"
+
+
+def _day_clock(day: int, seconds: float = 3_600.0) -> FakeClock:
+    return FakeClock(day * 86_400 + seconds)
+
+
+def _compact(body: Any) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+async def _served(cfg: FakeConfig, requests: list[tuple[str, dict[str, str | int]]]) -> list[tuple[int, bytes]]:
+    async with serve(cfg) as (server, s):
+        # str values: api()'s own `key` parameter takes str | None.
+        return [(st, body) for st, body, _ in
+                [await get(s, api(server, p, **{k: str(v) for k, v in q.items()})) for p, q in requests]]
+
+
+def _digest_of(answers: list[tuple[int, bytes]]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for status, body in answers:
+        h.update(f"{status}:{len(body)}:".encode() + body)
+    return h.hexdigest()
+
 
 @pytest.mark.asyncio
-async def test_evolve_grows_attention_day_by_day_and_off_changes_nothing() -> None:
-    day = 20_777
-    clock = FakeClock(day * 86_400 + 3_600.0)
-    dois = [f"10.5555/grow.{i:03d}" for i in range(60)]
-    async with serve(FakeConfig(evolve=True, clock=clock)) as (server, s), serve() as (plain, p):
-        today: dict[str, dict[str, Any]] = {}
-        for doi in dois:
+async def test_evolve_off_serves_the_same_bytes_whatever_the_day() -> None:
+    today = await _served(FakeConfig(), PINNED)
+    assert _digest_of(today) == OFF_DIGEST
+    assert {st for st, _ in today} <= {200, 404} and 200 in {st for st, _ in today}
+    # Off, the clock's day changes nothing; on, nothing has grown on the epoch day itself.
+    assert await _served(FakeConfig(clock=_day_clock(DAY + 400)), PINNED) == today
+    bodies_only = [(p, q) for p, q in PINNED if not p.startswith("/citations")]
+    on_epoch = await _served(FakeConfig(evolve=True, clock=_day_clock(EVOLVE_EPOCH_DAY)), bodies_only)
+    assert on_epoch == [a for (p, _), a in zip(PINNED, today) if not p.startswith("/citations")]
+
+
+@pytest.mark.asyncio
+async def test_evolve_same_day_same_bytes() -> None:
+    requests: list[tuple[str, dict[str, str | int]]] = [
+        ("/doi/10.5555/pin.0", {}), ("/fetch/doi/10.5555/pin.0", {}), ("/citations/1d", {"num_results": 30}),
+    ]
+    early = await _served(FakeConfig(evolve=True, clock=_day_clock(DAY, 1.0)), requests)
+    late = await _served(FakeConfig(evolve=True, clock=_day_clock(DAY, 86_399.0)), requests)
+    assert early == late
+    assert [json.loads(b) for _, b in early[:2]] == [
+        counts_body("doi", "10.5555/pin.0", day=DAY), fetch_body("doi", "10.5555/pin.0", day=DAY),
+    ]
+
+
+def _grow_dois() -> list[str]:
+    return [f"10.5555/grow.{i:03d}" for i in range(80)]
+
+
+@pytest.mark.asyncio
+async def test_evolve_grows_attention_day_by_day() -> None:
+    clock = _day_clock(DAY)
+    today: dict[str, dict[str, Any]] = {}
+    fetched: dict[str, dict[str, Any]] = {}
+    async with serve(FakeConfig(evolve=True, clock=clock)) as (server, s):
+        for doi in _grow_dois():
             st, raw, _ = await get(s, api(server, f"/doi/{doi}"))
             if st == 200:
                 today[doi] = json.loads(raw)
-                assert today[doi] == counts_body("doi", doi, day=day)
-                # Off: the bytes are those of a fake without evolve, whatever the day.
-                assert (await get(p, api(plain, f"/doi/{doi}")))[1] == json.dumps(
-                    counts_body("doi", doi), ensure_ascii=False, separators=(",", ":")
-                ).encode()
+                assert today[doi] == counts_body("doi", doi, day=DAY)
+                fetched[doi] = json.loads((await get(s, api(server, f"/fetch/doi/{doi}")))[1])
+                assert fetched[doi] == fetch_body("doi", doi, day=DAY)
         clock.now += 86_400
         grew = same = 0
         for doi, before in today.items():
-            st, raw, _ = await get(s, api(server, f"/doi/{doi}"))
-            after = json.loads(raw)
+            after = json.loads((await get(s, api(server, f"/doi/{doi}")))[1])
+            fetch_after = json.loads((await get(s, api(server, f"/fetch/doi/{doi}")))[1])
             assert after["score"] >= before["score"]
-            assert after["cited_by_posts_count"] - before["cited_by_posts_count"] == 4 * round(after["score"] - before["score"], 3)
-            grew += after["score"] > before["score"]
-            same += after["score"] == before["score"]
-            # Fetch tells the same story.
-            st, raw, _ = await get(s, api(server, f"/fetch/doi/{doi}"))
-            assert json.loads(raw)["altmetric_score"]["score"] == after["score"]
+            gained = round(4 * (after["score"] - before["score"]))  # a quarter point a tweet
+            assert after["score"] == pytest.approx(before["score"] + gained / 4, abs=1e-9)
+            for key in ("cited_by_tweeters_count", "cited_by_posts_count", "cited_by_accounts_count"):
+                assert after.get(key, 0) - before.get(key, 0) == gained, key
+            # Fetch tells the same story; its posts list does not grow.
+            assert fetch_after["score"] == fetch_after["altmetric_score"]["score"] == after["score"]
+            assert (fetch_after["counts"]["total"]["posts_count"]
+                    - fetched[doi]["counts"]["total"]["posts_count"]) == gained
+            assert fetch_after["posts"] == fetched[doi]["posts"]
+            grew += gained > 0
+            same += gained == 0
         assert grew > 10 and same > 3
+
+
+def test_evolve_history_holds_the_score_gained_over_each_timeframe() -> None:
+    """The history's values are gains over the timeframe (as in the real samples: an old output
+    shows 0s), so they grow by what the output gained in that window; ``at`` is the score."""
+    checked = 0
+    for doi in _grow_dois():
+        base = counts_body("doi", doi)
+        if base is None:
+            continue
+        on = {d: counts_body("doi", doi, day=d) for d in (DAY + 1, DAY, DAY - 6, DAY - 29)}
+        now = on[DAY + 1]
+        assert now is not None and now["history"]["at"] == now["score"]
+        assert list(now["history"]) == list(base["history"])
+        for tf, back in (("1d", DAY), ("1w", DAY - 6), ("1m", DAY - 29)):
+            then = on[back]
+            assert then is not None
+            gained = now["score"] - then["score"]
+            assert now["history"][tf] == pytest.approx(base["history"][tf] + gained, abs=1e-6), (doi, tf)
+        values = [now["history"][tf] for tf in HISTORY_TIMEFRAMES]
+        assert values == sorted(values)  # 1d <= 2d <= ... <= 1y <= at
+        fetched = fetch_body("doi", doi, day=DAY + 1)
+        assert fetched is not None
+        history = fetched["altmetric_score"]["score_history"]
+        assert {tf: history[tf] for tf in now["history"]} == now["history"]
+        checked += now["score"] > base["score"]
+    assert checked > 10
+
+
+def test_evolve_outputs_that_do_not_move_keep_their_bytes() -> None:
+    still = [d for d in _grow_dois() if (b := counts_body("doi", d)) is not None
+             and counts_body("doi", d, day=DAY + 30) == b]
+    assert len(still) > 3
+    for doi in still:
+        # No zero counts appear (the real API leaves them out), in Counts or Fetch.
+        assert _compact(counts_body("doi", doi, day=DAY)) == _compact(counts_body("doi", doi))
+        assert fetch_body("doi", doi, day=DAY) == fetch_body("doi", doi)
+
+
+async def _whole_listing(
+    s: aiohttp.ClientSession, server: FakeServer, timeframe: str, **params: str
+) -> tuple[int, list[dict[str, Any]]]:
+    """(query.total, every result) of a Citations query, paged as the docs say; the page after
+    the last answers 404."""
+    results: list[dict[str, Any]] = []
+    page, total = 0, 1
+    while page * 99 < total:
+        page += 1
+        st, raw, _ = await get(s, api(server, f"/citations/{timeframe}", num_results=99, page=page, **params))
+        assert st == 200
+        body = json.loads(raw)
+        total = body["query"]["total"]
+        results += body["results"]
+    st, raw, _ = await get(s, api(server, f"/citations/{timeframe}", num_results=99, page=page + 1, **params))
+    assert st == 404 and raw == b"Not Found"
+    return total, results
 
 
 @pytest.mark.asyncio
 async def test_evolve_changes_the_citations_listing_daily() -> None:
-    from harvester.fakeapi import citation_listing
-
-    day = 20_777
-    clock = FakeClock(day * 86_400.0)
+    clock = _day_clock(DAY)
+    listed: list[list[str]] = []
     async with serve(FakeConfig(evolve=True, clock=clock)) as (server, s):
-        listed = []
-        for _ in range(2):
-            st, raw, _ = await get(s, api(server, "/citations/1d", num_results=99))
-            page = json.loads(raw)
-            expected = citation_listing("1d", {}, day=int(clock.now // 86_400))
-            assert page["query"]["total"] == len(expected)
-            assert [r["doi"] for r in page["results"]] == expected[:99]
-            assert [r["score"] for r in page["results"]] == sorted((r["score"] for r in page["results"]), reverse=True)
-            listed.append(set(expected))
+        for day in (DAY, DAY + 1):
+            for timeframe, filters in (("1d", {}), ("1w", {"doi_prefix": "10.1038"})):
+                expected = citation_listing(timeframe, filters, day=day)
+                total, results = await _whole_listing(s, server, timeframe, **filters)
+                assert total == len(expected) == len(results)
+                assert [r["doi"] for r in results] == expected
+                assert all(r == counts_body("doi", r["doi"], day=day) for r in results)
+                scores = [r["score"] for r in results]
+                assert scores == sorted(scores, reverse=True)  # ranked by that day's score
+                if timeframe == "1d":
+                    listed.append(expected)
+                    assert any(f".d{day}." in d for d in expected)  # some are new that day
             clock.now += 86_400
-    both = listed[0] & listed[1]
-    assert 0 < len(both) < min(len(listed[0]), len(listed[1]))
+    first, second = set(listed[0]), set(listed[1])
+    both = first & second
+    # Most of a listing stays from one day to the next, some leaves, some is new.
+    assert 0.4 * len(first) < len(both) < min(len(first), len(second))
+    # Off (day None), the listing is the one of a server without evolve: the whole base listing.
+    base = set(citation_listing("1d", {}))
+    assert both <= base and not any(".d" in d.rpartition("/")[2] for d in base)
+
+
+@pytest.mark.asyncio
+async def test_an_altmetric_id_names_the_output_it_was_given_to() -> None:
+    clock = _day_clock(DAY)
+    async with serve(FakeConfig(evolve=True, clock=clock)) as (server, s):
+        asked: list[tuple[str, str]] = []
+        # Outputs first seen by DOI, and by PMID without a DOI (refreshed by id by the harvester).
+        for i in range(40):
+            st, raw, _ = await get(s, api(server, f"/doi/10.5555/byid.{i}"))
+            if st == 200:
+                asked.append(("doi", f"10.5555/byid.{i}"))
+            st, raw, _ = await get(s, api(server, f"/pmid/{32_000_000 + i}"))
+            if st == 200 and "doi" not in json.loads(raw):
+                asked.append(("pmid", str(32_000_000 + i)))
+        asked.append(("doi", "10.1038/news.2011.490"))  # a sample, served verbatim
+        asked.append(("doi", "10.1038/bogus-byid"))  # answered with another output
+        assert sum(t == "pmid" for t, _ in asked) >= 3
+        for _ in range(2):  # today, and the next day as the output grew
+            for id_type, ident in asked:
+                st, by_asked, _ = await get(s, api(server, f"/{id_type}/{ident}"))
+                aid = json.loads(by_asked)["altmetric_id"]
+                st2, by_id, _ = await get(s, api(server, f"/id/{aid}"))
+                assert st == st2 == 200 and by_id == by_asked, (id_type, ident)
+                assert json.loads(by_id) == counts_body("id", str(aid), day=int(clock.now // 86_400))
+                st, fetch_asked, _ = await get(s, api(server, f"/fetch/{id_type}/{ident}"))
+                st2, fetch_by_id, _ = await get(s, api(server, f"/fetch/id/{aid}"))
+                assert st == st2 == 200 and fetch_by_id == fetch_asked, (id_type, ident)
+                assert json.loads(fetch_by_id)["altmetric_id"] == aid
+            clock.now += 86_400
+        # An altmetric id the fake never gave out still names an output of its own.
+        st, raw, _ = await get(s, api(server, "/id/4242"))
+        assert st == 404 or json.loads(raw)["altmetric_id"] == 4242
