@@ -15,10 +15,14 @@ from sqlalchemy import Engine, text
 from harvester.cli import cli
 from harvester.db import open_database
 from harvester.fakeapi import FakeConfig, FakeServer, serve_in_thread
+from tests import pg
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT.parent / "shared" / "altmetric-samples"
 KEY = "sk-test-5f0d2c1e9b7a4e33"  # a full-access key of the fake API in tests; grepped for leaks
+
+# A throwaway PostgreSQL 15 server for the session (started on first use) and a fresh database per test.
+pg_cluster, pg_url = pg.pg_cluster, pg.pg_url
 
 
 def sample(name: str) -> dict[str, Any]:

@@ -1,9 +1,10 @@
 """A throwaway PostgreSQL 15 server for the tests, from the machine's own binaries.
 
 One cluster per test session (initdb takes a few seconds), one fresh database
-per test. PostgreSQL refuses to run as root, so as root (CI) the server runs as
-the `postgres` user. There is no fallback: without the binaries the PostgreSQL
-tests fail, because CI runs on a machine like this one.
+per test (`pg_url`) or per module (`Cluster.database`). PostgreSQL refuses to run
+as root, so as root (CI) the server runs as the `postgres` user. There is no
+fallback: without the binaries the PostgreSQL tests fail, because CI runs on a
+machine like this one. tests/conftest.py exposes the fixtures.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,23 +28,31 @@ class Cluster:
     def __init__(self) -> None:
         if not (BIN / "initdb").exists():
             pytest.fail(f"PostgreSQL binaries not found in {BIN} (install postgresql-15, or set HARVESTER_PG_BIN)")
-        self.root = Path(tempfile.mkdtemp(prefix="harvester-pg-"))
-        self.data = self.root / "data"
         self.as_root = os.geteuid() == 0
+        # As root, in /tmp: the postgres user must reach the folder, and the socket path must stay short.
+        self.root = Path(tempfile.mkdtemp(prefix="harvester-pg-", dir="/tmp" if self.as_root else None))
+        self.data = self.root / "data"
         if self.as_root:
             shutil.chown(self.root, "postgres", "postgres")
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
-        self._run(str(BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale=C")
-        options = f"-F -p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
-        self._run(str(BIN / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.root / "log"), "-w", "start")
+        try:
+            self._run(str(BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale=C")
+            # -F: fsync off. --locale=C: text sorts bytewise, as in SQLite, so ordered rows compare equal.
+            options = f"-F -p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
+            self._run(str(BIN / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.root / "log"), "-w", "start")
+        except BaseException:
+            self.stop(check=False)
+            raise
 
-    def _run(self, *args: str) -> None:
+    def _run(self, *args: str, check: bool = True) -> None:
         command = ["runuser", "-u", "postgres", "--", *args] if self.as_root else list(args)
         result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-        if result.returncode != 0:
-            pytest.fail(f"{' '.join(args[:1])} failed: {result.stdout}{result.stderr}")
+        if check and result.returncode != 0:
+            log = self.root / "log"
+            server_log = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            pytest.fail(f"{Path(args[0]).name} failed: {result.stdout}{result.stderr}{server_log}")
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
@@ -53,15 +63,27 @@ class Cluster:
         with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", autocommit=True) as conn:
             conn.execute(sql)
 
-    def stop(self) -> None:
+    @contextmanager
+    def database(self) -> Iterator[str]:
+        """A fresh, empty database: its URL, dropped afterwards (connections left open or not)."""
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        self.admin(f"CREATE DATABASE {name}")
         try:
-            self._run(str(BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast", "stop")
+            yield self.url(name)
+        finally:
+            self.admin(f"DROP DATABASE {name} WITH (FORCE)")
+
+    def stop(self, check: bool = True) -> None:
+        try:
+            if (self.data / "postmaster.pid").exists():
+                self._run(str(BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop", check=check)
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[Cluster]:
+    """The session's server, stopped at the end of the session whatever the tests did."""
     cluster = Cluster()
     try:
         yield cluster
@@ -71,8 +93,6 @@ def pg_cluster() -> Iterator[Cluster]:
 
 @pytest.fixture
 def pg_url(pg_cluster: Cluster) -> Iterator[str]:
-    """A fresh, empty database on the session's server."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    pg_cluster.admin(f"CREATE DATABASE {name}")
-    yield pg_cluster.url(name)
-    pg_cluster.admin(f"DROP DATABASE {name} WITH (FORCE)")
+    """A fresh, empty database on the session's server: postgresql+psycopg://postgres@127.0.0.1:PORT/NAME."""
+    with pg_cluster.database() as url:
+        yield url

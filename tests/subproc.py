@@ -53,14 +53,14 @@ def query(db: Path | str, sql: str) -> list[tuple[Any, ...]]:
         engine.dispose()
 
 
-def final_count(db: Path) -> int:
+def final_count(db: Path | str) -> int:
     try:
         return int(query(db, "select count(*) from job_items where status != 'pending'")[0][0])
     except Exception:
         return 0  # the job is not created yet
 
 
-def wait_until(db: Path, final: int, proc: subprocess.Popen[str], timeout: float = 120) -> None:
+def wait_until(db: Path | str, final: int, proc: subprocess.Popen[str], timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while final_count(db) < final:
         assert proc.poll() is None, f"the harvester ended early: {proc.communicate()}"
@@ -69,14 +69,18 @@ def wait_until(db: Path, final: int, proc: subprocess.Popen[str], timeout: float
 
 
 def snapshot(db: Path | str) -> dict[str, list[tuple[Any, ...]]]:
-    """Every data table and the items' outcomes, ordered by key, without timestamps or attempt counts."""
+    """Every data table and the items' outcomes, ordered by key, without timestamps or attempt counts.
+
+    `db` is a SQLite file or a database URL, so two engines' harvests compare row by row.
+    """
     out = {}
     for name in DATA_TABLES:
         table = schema.metadata.tables[name]
         columns = [c.name for c in table.columns if not isinstance(c.type, DateTime)]
         key = ", ".join(c.name for c in table.primary_key.columns)
         out[name] = query(db, f"select {', '.join(columns)} from {name} order by {key}")
-    out["job_items"] = query(
-        db, "select identifier, status, http_status, altmetric_id, note from job_items order by identifier"
+    # Sorted here, on every column: an id in several jobs ties on `identifier`, and engines order ties differently.
+    out["job_items"] = sorted(
+        query(db, "select identifier, status, http_status, altmetric_id, note from job_items"), key=lambda r: (r[0], repr(r))
     )
     return out
