@@ -21,7 +21,7 @@ from sqlalchemy import Engine
 
 from harvester import __version__, jobs, pipeline
 from harvester import nightly as nightly_module
-from harvester.config import MAX_NUM_RESULTS, TIMEFRAMES, Config, citation_filters, load_config
+from harvester.config import MAX_NUM_RESULTS, TIMEFRAMES, Config, citation_filters, filters_text, load_config
 from harvester.db import current_revision, head_revision, open_database, sqlite_path
 from harvester.errors import HarvesterError
 from harvester.ids import ID_TYPES
@@ -343,7 +343,7 @@ def _what(info: dict[str, Any]) -> str:
     """What a job harvests, in a few words."""
     p = info["params"]
     if info["endpoint"] == "citations":
-        filters = "&".join(f"{k}={v}" for k, v in (p.get("filters") or {}).items())
+        filters = filters_text(p.get("filters"))
         return f"citations {p['timeframe']}{' ' + filters if filters else ''}, one page an item" + (
             f", then job {p['then_job']}" if p.get("then_job") else ""
         )

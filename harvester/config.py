@@ -269,6 +269,11 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+def filters_text(filters: Mapping[str, str] | None) -> str:
+    """Canonical filters as stored in citation_activity.filters and nightly_runs.filters: 'a=1&b=2', '' for none."""
+    return "&".join(f"{k}={v}" for k, v in (filters or {}).items())
+
+
 def citation_filters(filters: Mapping[str, str | None]) -> dict[str, str]:
     """The filters a query sends, in alphabetical order (so equal queries compare equal); `issn` becomes `issns`."""
     given = {("issns" if k == "issn" else k): v for k, v in filters.items() if v}

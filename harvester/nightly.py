@@ -26,7 +26,7 @@ from sqlalchemy import Connection, Date, DateTime, Engine, Text, case, cast, del
 from sqlalchemy.exc import IntegrityError
 
 from harvester import jobs, pipeline, schema
-from harvester.config import Config, citation_filters, parse_duration
+from harvester.config import Config, citation_filters, filters_text, parse_duration
 from harvester.errors import JobBusyError, JobError
 from harvester.pipeline import ProgressCallback, RunOutcome
 from harvester.store import upsert
@@ -320,7 +320,7 @@ def _finish(engine: Engine, job: jobs.Job, night: date, runner: str, discovery: 
             [
                 {
                     "job_id": job.id, "night": night, "timeframe": p["timeframe"],
-                    "filters": "&".join(f"{k}={v}" for k, v in p["filters"].items()), "endpoint": p["endpoint"],
+                    "filters": filters_text(p["filters"]), "endpoint": p["endpoint"],
                     "discovery_job_id": discovery, "refresh_job_id": refresh, "discovered": discovered,
                     "new_outputs": new, "refreshed": refreshed, "not_found": report.not_found,
                     "failed": report.failed, "started_at": started, "finished_at": now,

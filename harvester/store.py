@@ -27,6 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from harvester import jobs, schema
+from harvester.config import filters_text
 from harvester.errors import DatabaseError, HarvesterError
 from harvester.parse import ParseError, Records, decode, parse_citations, parse_counts, parse_fetch
 
@@ -239,7 +240,7 @@ class _CitationPages:
         self.job_id = job_id
         self.now = now
         self.timeframe: str = params["timeframe"]
-        self.filters = "&".join(f"{k}={v}" for k, v in (params.get("filters") or {}).items())
+        self.filters = filters_text(params.get("filters"))
         self.num: int = params["num_results"]
         self.max_pages: int | None = params.get("pages")
         self.then_job: int | None = params.get("then_job")
