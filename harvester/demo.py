@@ -11,6 +11,7 @@ from harvester import jobs, pipeline
 from harvester.config import Config
 from harvester.db import open_database
 from harvester.fakeapi import FakeConfig, serve_in_thread
+from harvester.log import hide_password
 from harvester.progress import Reporter
 
 # Real sample DOIs first (the fake serves their recorded bodies), then synthetic ones,
@@ -64,7 +65,7 @@ def summary(engine: Engine, url: str) -> str:
         sources = conn.execute(
             text("select source, sum(unique_users_count) from source_counts group by source order by 2 desc limit 5")
         ).all()
-    lines = [f"\n{outputs:,} outputs in {url}", "Top 5 by Altmetric score:"]
+    lines = [f"\n{outputs:,} outputs in {hide_password(url)}", "Top 5 by Altmetric score:"]
     for doi, score, posts, title in top:
         lines.append(f"  {score:8.1f}  {posts or 0:5d} posts  {doi}  {(title or '')[:50]}")
     lines.append("Accounts per source: " + ", ".join(f"{s} {n:,}" for s, n in sources))

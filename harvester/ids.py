@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import re
 import sys
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
+
+from stdnum import isbn
+from stdnum.exceptions import InvalidChecksum, InvalidComponent, ValidationError
 
 from harvester.errors import InputError
 
@@ -33,8 +37,18 @@ ID_TYPES = (
 )
 
 _DOI = re.compile(r"10\.\d{3,9}(?:\.\d+)*/\S+")
-_DOI_PREFIX = re.compile(r"(?i)^(?:doi:\s*|https?://(?:dx\.)?doi\.org/)")
-_DOI_URL = re.compile(r"(?i)^https?://")
+# How reference managers, spreadsheets and web pages label a DOI: "doi:", "DOI: ", "DOI "
+# (no colon), "info:doi/" (OpenURL), "urn:doi:".
+_DOI_LABEL = re.compile(r"(?i)^(?:info:doi/|urn:doi:|doi\s*:\s*|doi\s+)")
+# A doi.org link, with or without its scheme; other hosts are not taken apart.
+_DOI_LINK = re.compile(r"(?i)^(?:https?://)?(?:www\.|dx\.)?doi\.org/")
+_URL = re.compile(r"(?i)^[a-z][a-z0-9+.-]*://")
+# Quotes and brackets a DOI is wrapped in; a DOI starts with "10." so none of these is its own.
+_WRAP_OPEN = "\"'“”‘’„‚«»‹›<([{"
+_QUOTES = "\"'“”‘’„‚«»‹›"
+_CLOSING = {")": "(", "]": "[", "}": "{", ">": "<"}
+# Unicode hyphens from PDFs (Wiley prints DOIs with U+2010); registration agencies only issue ASCII.
+_HYPHENS = str.maketrans({"\u2010": "-", "\u2011": "-"})
 _ARXIV_PREFIX = re.compile(r"(?i)^(?:arxiv:\s*|https?://arxiv\.org/(?:abs|pdf)/)")
 _ARXIV_NEW = re.compile(r"\d{4}\.\d{4,5}")
 _ARXIV_OLD = re.compile(r"[a-zA-Z][a-zA-Z\-]*(?:\.[A-Z]{2})?/\d{7}")
@@ -42,7 +56,8 @@ _ARXIV_VERSION = re.compile(r"v\d+$")
 _HANDLE_PREFIX = re.compile(r"(?i)^(?:hdl:\s*|https?://hdl\.handle\.net/)")
 _HANDLE = re.compile(r"\d+(?:\.\d+)*/\S+")
 _PMID_PREFIX = re.compile(r"(?i)^pmid:\s*")
-_ISBN_PREFIX = re.compile(r"(?i)^isbn(?:-1[03])?:?\s*")
+_ISBN_PREFIX = re.compile(r"(?i)^(?:urn:isbn:|isbn(?:-1[03])?:?\s*)")
+_ISBN_SEPARATORS = re.compile(r"[\s\-\u2010\u2011\u2012\u2013]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -83,10 +98,7 @@ def normalize(text: str, id_type: str) -> tuple[str, str]:
             raise InvalidId("not an arXiv id (YYMM.NNNNN or archive/NNNNNNN)")
         return value, value
     if id_type == "isbn":
-        value = re.sub(r"[\s-]", "", _ISBN_PREFIX.sub("", value)).upper()
-        if not _isbn_ok(value):
-            raise InvalidId("not a valid ISBN-10 or ISBN-13 (length or check digit)")
-        return value, value
+        return _isbn(value)
     if id_type == "handle":
         value = _HANDLE_PREFIX.sub("", value)
         if not _HANDLE.fullmatch(value):
@@ -104,29 +116,74 @@ def normalize(text: str, id_type: str) -> tuple[str, str]:
 
 
 def _doi(value: str) -> tuple[str, str]:
-    if _DOI_URL.match(value) and not _DOI_PREFIX.match(value):
+    # Invisible format characters (zero-width spaces, soft hyphens, direction marks) come along
+    # when a DOI is copied from a web page; none can be part of a DOI.
+    value = "".join(c for c in value if unicodedata.category(c) != "Cf").translate(_HYPHENS)
+    while True:  # e.g. “DOI: <https://doi.org/10.1000/x>” peels in three steps
+        peeled = _DOI_LABEL.sub("", value.strip().lstrip(_WRAP_OPEN).strip())
+        if peeled == value:
+            break
+        value = peeled
+    if _DOI_LINK.match(value):
+        value = _doi_from_link(value)
+    elif _URL.match(value):
         raise InvalidId("a URL that is not a doi.org link")
-    stripped = _DOI_PREFIX.sub("", value)
-    if stripped != value and _DOI_URL.match(value):
-        # doi.org links are percent-encoded; bare DOIs are taken literally (a DOI may hold '%').
-        stripped = unquote(stripped)
-    if not _DOI.fullmatch(stripped):
-        if re.search(r"\s", stripped):
+    value = _strip_trailing(value)
+    if not _DOI.fullmatch(value):
+        if re.search(r"\s", value):
             raise InvalidId("a DOI cannot contain whitespace")
         raise InvalidId("not a DOI (10.NNNN/suffix)")
     # DOIs are case-insensitive (the DOI handbook); the API and our tables use lower case.
-    return stripped.lower(), stripped
+    return value.lower(), value
 
 
-def _isbn_ok(value: str) -> bool:
-    if len(value) == 10 and value[:9].isdigit() and (value[9].isdigit() or value[9] == "X"):
-        total = sum((10 - i) * int(c) for i, c in enumerate(value[:9]))
-        total += 10 if value[9] == "X" else int(value[9])
-        return total % 11 == 0
-    if len(value) == 13 and value.isdigit():
-        total = sum(int(c) * (1 if i % 2 == 0 else 3) for i, c in enumerate(value))
-        return total % 10 == 0
-    return False
+def _doi_from_link(link: str) -> str:
+    """The DOI of a doi.org link: its path, decoded; a query or fragment is not part of it.
+
+    A DOI's own '?' or '#' is percent-encoded in a link, so a literal one starts a
+    tracking query (?utm_source=...) or a fragment. A bare trailing '#' is kept:
+    SICI DOIs end in a check character that can be '#', and an empty fragment means nothing.
+    """
+    if not _URL.match(link):
+        link = "https://" + link
+    parts = urlsplit(link)
+    path = parts.path + ("#" if link.endswith("#") and not parts.query else "")
+    return unquote(path[1:])
+
+
+def _strip_trailing(doi: str) -> str:
+    """Drop what a sentence or a list put after a DOI, as Zotero's cleanDOI does.
+
+    Trailing .,;: and quotes go; a closing bracket goes only when the DOI does not
+    open it, so 10.1016/S0140-6736(20)30183-5 and SICI DOIs ending in '>' stay whole.
+    """
+    while doi:
+        last = doi[-1]
+        if last in ".,;:" or last in _QUOTES:
+            doi = doi[:-1]
+        elif last in _CLOSING and doi.count(last) > doi.count(_CLOSING[last]):
+            doi = doi[:-1]
+        else:
+            break
+    return doi
+
+
+def _isbn(value: str) -> tuple[str, str]:
+    compact = _ISBN_SEPARATORS.sub("", _ISBN_PREFIX.sub("", value)).upper()
+    # stdnum would also take 9 digits as an old SBN; in a list that is far more often an
+    # ISBN that lost a digit, which its check digit cannot always catch.
+    if len(compact) not in (10, 13):
+        raise InvalidId("an ISBN has 10 or 13 digits")
+    try:
+        # stdnum: check digits, the 978/979 prefix, and ISBN-10 -> ISBN-13, so one book is one id.
+        key = isbn.validate(compact, convert=True)
+    except InvalidChecksum:
+        raise InvalidId("not a valid ISBN (wrong check digit)") from None
+    except InvalidComponent:
+        raise InvalidId("not a valid ISBN (an ISBN-13 starts with 978 or 979)") from None
+    except ValidationError:
+        raise InvalidId("not a valid ISBN (digits, and X only as an ISBN-10's check digit)") from None
+    return key, compact
 
 
 def read_ids(sources: Iterable[str], id_type: str, stdin: BinaryIO | None = None) -> Iterator[IdLine]:

@@ -9,9 +9,15 @@ from __future__ import annotations
 import logging
 import re
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 _secrets: set[str] = set()
 # Any key=... query parameter, whatever its value, in case a URL slips through.
 _KEY_PARAM = re.compile(r"(?i)([?&]key=)[^&\s'\")\]]+")
+# The password of any URL with one (postgresql+psycopg://user:secret@host/db) in free text;
+# userinfo holds no '/', so host:port/path@... is left alone.
+_URL_PASSWORD = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^:/@\s'\"]*:)[^@/\s'\"]+@")
 
 
 def register_secret(value: str | None) -> None:
@@ -21,10 +27,20 @@ def register_secret(value: str | None) -> None:
 
 
 def redact(text: str) -> str:
-    """Replace every registered secret and every key= URL parameter with ***."""
+    """Replace every registered secret, key= URL parameter and URL password with ***."""
     for secret in _secrets:
         text = text.replace(secret, "***")
-    return _KEY_PARAM.sub(r"\1***", text)
+    return _URL_PASSWORD.sub(r"\1***@", _KEY_PARAM.sub(r"\1***", text))
+
+
+def hide_password(url: str) -> str:
+    """A database URL fit to show: its password, if any, as ***; otherwise unchanged."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return redact(url)  # not parseable, so only the pattern can find a password
+    # Left as typed when there is nothing to hide, so a printed command still runs as given.
+    return parsed.render_as_string(hide_password=True) if parsed.password is not None else url
 
 
 class RedactingFilter(logging.Filter):

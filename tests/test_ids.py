@@ -56,8 +56,9 @@ def test_bad_dois(text: str, reason: str) -> None:
         ("arxiv", "https://arxiv.org/abs/2301.01234v1", "2301.01234"),
         ("arxiv", "math.AG/0211159", "math.AG/0211159"),
         ("isbn", "978-1-4666-8271-9", "9781466682719"),
-        ("isbn", "0-306-40615-2", "0306406152"),
-        ("isbn", "ISBN 0-8044-2957-x", "080442957X"),
+        ("isbn", "0-306-40615-2", "9780306406157"),  # ISBN-10s become the same book's ISBN-13
+        ("isbn", "ISBN 0-8044-2957-x", "9780804429573"),
+        ("isbn", "979-10-90636-07-1", "9791090636071"),
         ("handle", "hdl:10013/epic.43071", "10013/epic.43071"),
         ("handle", "https://hdl.handle.net/2027/uc1.b3485937", "2027/uc1.b3485937"),
         ("id", "241939", "241939"),
@@ -70,11 +71,136 @@ def test_other_id_types(id_type: str, text: str, key: str) -> None:
 
 @pytest.mark.parametrize(
     ("id_type", "text"),
-    [("pmid", "12ab"), ("arxiv", "1108.24"), ("isbn", "978-1-4666-8271-0"), ("handle", "nohandle"), ("id", "x1")],
+    [
+        ("pmid", "12ab"),
+        ("arxiv", "1108.24"),
+        ("isbn", "978-1-4666-8271-0"),
+        ("isbn", "030640615"),  # 9 digits: an old SBN, or an ISBN that lost a digit
+        ("isbn", "977-0-306-40615-2"),  # an EAN-13, not a book
+        ("handle", "nohandle"),
+        ("id", "x1"),
+    ],
 )
 def test_other_id_types_rejected(id_type: str, text: str) -> None:
     with pytest.raises(InvalidId):
         normalize(text, id_type)
+
+
+# One DOI in every form a reference manager, a spreadsheet or a web page writes it (issue 10).
+ONE_DOI_FORMS = [
+    "10.1000/xyz",
+    "doi:10.1000/xyz",
+    "DOI: 10.1000/xyz",
+    "DOI 10.1000/xyz",
+    "doi 10.1000/xyz",
+    "info:doi/10.1000/xyz",
+    "urn:doi:10.1000/xyz",
+    "https://doi.org/10.1000/xyz",
+    "http://dx.doi.org/10.1000/xyz",
+    "doi.org/10.1000/xyz",
+    "www.doi.org/10.1000/xyz",
+    "dx.doi.org/10.1000/xyz",
+    "https://www.doi.org/10.1000/XYZ",
+    "https://doi.org/10.1000%2Fxyz",
+    "https://doi.org/10.1000/xyz?utm_source=twitter&utm_medium=social",
+    "https://doi.org/10.1000/xyz#abstract",
+    "\u201c10.1000/xyz\u201d",
+    "\u201810.1000/xyz\u2019",
+    '"10.1000/xyz"',
+    "<10.1000/xyz>",
+    "<https://doi.org/10.1000/xyz>",
+    "(10.1000/xyz)",
+    "10.1000/xyz.",
+    "10.1000/xyz,",
+    "10.1000/xyz;",
+    "10.1000/xyz:",
+    "10.1000/xyz)",
+    "10.1000/xyz].",
+    "(doi:10.1000/xyz).",
+    "DOI: https://doi.org/10.1000/xyz.",
+    "\u200b10.1000/xyz\u00ad",  # invisible characters copied from a web page
+]
+
+
+@pytest.mark.parametrize("text", ONE_DOI_FORMS)
+def test_every_common_doi_form_is_the_one_doi(text: str) -> None:
+    assert normalize(text, "doi")[0] == "10.1000/xyz"
+
+
+@pytest.mark.parametrize(
+    ("text", "exact"),
+    [
+        # Balanced brackets are the DOI's own, at the end too (Lancet, SICI DOIs).
+        ("10.1016/S0140-6736(20)30183-5", "10.1016/S0140-6736(20)30183-5"),
+        ("10.1016/S0140-6736(20)30183-5).", "10.1016/S0140-6736(20)30183-5"),
+        ("https://doi.org/10.1016/S0140-6736(20)30183-5", "10.1016/S0140-6736(20)30183-5"),
+        ("10.1002/(SICI)1097-4571(199806)49:8<693::AID-ASI4>3.0.CO;2-0", "10.1002/(SICI)1097-4571(199806)49:8<693::AID-ASI4>3.0.CO;2-0"),
+        ("10.1000/a(b)", "10.1000/a(b)"),
+        ("10.1000/a[b]", "10.1000/a[b]"),
+        ("10.1000/x#y?z[1];<2>", "10.1000/x#y?z[1];<2>"),
+        # A SICI check character can be '#'; in a link an empty fragment is no fragment.
+        ("10.1002/(SICI)1097-0177(200006)218:2<235::AID-DVDY2>3.0.CO;2-#", "10.1002/(SICI)1097-0177(200006)218:2<235::AID-DVDY2>3.0.CO;2-#"),
+        ("https://doi.org/10.1002/(SICI)1097-0177(200006)218:2<235::AID-DVDY2>3.0.CO;2-#", "10.1002/(SICI)1097-0177(200006)218:2<235::AID-DVDY2>3.0.CO;2-#"),
+        ("https://doi.org/10.1000/a%3Fb%23c", "10.1000/a?b#c"),  # an encoded '?' or '#' is the DOI's
+        ("10.1111/j.1365\u20102648.2010.05312.x", "10.1111/j.1365-2648.2010.05312.x"),  # U+2010 from a PDF
+    ],
+)
+def test_trailing_characters_that_belong_to_the_doi_are_kept(text: str, exact: str) -> None:
+    assert normalize(text, "doi") == (exact.lower(), exact)
+
+
+def test_a_list_of_one_doi_in_every_form_gives_one_id(tmp_path: Path) -> None:
+    f = tmp_path / "ids.txt"
+    f.write_text("\n".join(ONE_DOI_FORMS) + "\n", encoding="utf-8")
+    lines = list(read_ids([str(f)], "doi"))
+    assert [l.reason for l in lines if l.reason] == []
+    assert {l.key for l in lines} == {"10.1000/xyz"}
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("doi", "not a DOI"),
+        ("doi: pending", "not a DOI"),
+        ("DOI 10.1000", "not a DOI"),
+        ("https://www.nature.com/articles/nature12373", "not a doi.org link"),
+        ("ftp://doi.example/10.1000/xyz", "not a doi.org link"),
+        ("https://doi.org/", "not a DOI"),
+        ("https://doi.org/?utm_source=x", "not a DOI"),
+        ("10.1000/xyz and more", "whitespace"),
+        ("\u201c\u201d", "not a DOI"),
+        ("(", "not a DOI"),
+    ],
+)
+def test_non_dois_are_still_rejected(text: str, reason: str) -> None:
+    with pytest.raises(InvalidId, match=reason):
+        normalize(text, "doi")
+
+
+def test_a_books_isbn_10_and_isbn_13_are_one_id(tmp_path: Path) -> None:
+    f = tmp_path / "isbns.txt"
+    f.write_text("0-306-40615-2\n0306406152\n978-0-306-40615-7\n9780306406157\nISBN 978 0 306 40615 7\nurn:isbn:0306406152\n")
+    lines = list(read_ids([str(f)], "isbn"))
+    assert [l.reason for l in lines if l.reason] == []
+    assert {l.key for l in lines} == {"9780306406157"}
+
+
+def test_create_job_gives_one_item_for_one_doi_in_every_form(engine: Engine, tmp_path: Path) -> None:
+    f = tmp_path / "ids.txt"
+    f.write_text("\n".join([*ONE_DOI_FORMS, "not a doi at all"]) + "\n", encoding="utf-8")
+    job = create_job(engine, [str(f)], "doi", "counts")
+    assert (job.total_items, job.duplicate_lines, job.rejected_lines) == (1, len(ONE_DOI_FORMS) - 1, 1)
+    assert rows(engine, "select identifier, input from job_items") == [{"identifier": "10.1000/xyz", "input": "10.1000/xyz"}]
+    assert rows(engine, "select line, reason from job_rejects") == [{"line": "not a doi at all", "reason": "a DOI cannot contain whitespace"}]
+
+
+def test_create_job_gives_one_item_for_a_books_isbns(engine: Engine, tmp_path: Path) -> None:
+    f = tmp_path / "isbns.txt"
+    f.write_text("0-306-40615-2\n978-0-306-40615-7\n9780306406157\n0306406152\n978-0-306-40615-8\n")
+    job = create_job(engine, [str(f)], "isbn", "counts")
+    assert (job.total_items, job.duplicate_lines, job.rejected_lines) == (1, 3, 1)
+    assert rows(engine, "select identifier, input from job_items") == [{"identifier": "9780306406157", "input": "0306406152"}]
+    assert rows(engine, "select reason from job_rejects") == [{"reason": "not a valid ISBN (wrong check digit)"}]
 
 
 def test_read_ids_bom_crlf_blank_comments_and_bad_bytes(tmp_path: Path) -> None:
