@@ -19,13 +19,13 @@ from typing import Any, TypeVar
 import click
 from sqlalchemy import Engine
 
-from harvester import __version__, jobs, pipeline
+from harvester import __version__, jobs, leases, pipeline
 from harvester import nightly as nightly_module
 from harvester.config import MAX_NUM_RESULTS, TIMEFRAMES, Config, citation_filters, filters_text, load_config
 from harvester.db import current_revision, head_revision, open_database, sqlite_path
 from harvester.errors import HarvesterError
 from harvester.ids import ID_TYPES
-from harvester.log import redact, register_secret, setup_logging
+from harvester.log import hide_password, redact, register_secret, setup_logging
 from harvester.progress import Reporter, describe, format_eta
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,8 @@ class State:
         if self.config_path:
             parts += ["--config", self.config_path]
         if self.database:
-            parts += ["--database", self.database]
+            # A password shown as *** makes the line need an edit, but it ends up in logs and terminals.
+            parts += ["--database", hide_password(self.database)]
         return " ".join(shlex.quote(p) for p in [*parts, "resume", str(job_id)])
 
 
@@ -149,14 +150,14 @@ def db_current(state: State) -> None:
     click.echo(f"current: {current_revision(engine) or '(empty)'}\nhead:    {head_revision()}")
 
 
-def _run_and_report(state: State, engine: Engine, job_id: int, progress: bool, config: Config | None = None) -> None:
+def _run_and_report(state: State, engine: Engine, job_id: int, progress: bool, config: Config | None = None, command: str = "harvest") -> None:
     """Run a job, and the job it waits for or the follow-up it feeds (a citations job with --then)."""
     config = config or state.config()
     codes = []
     for job in jobs.chain(engine, jobs.get_job(engine, job_id)):
         if job.status == "finished":
             continue
-        outcome = _run_step(state, engine, job.id, progress, config)
+        outcome = _run_step(state, engine, job.id, progress, config, command)
         _print_outcome(state, outcome)
         if outcome.status != "finished":
             sys.exit(outcome.exit_code)
@@ -164,10 +165,10 @@ def _run_and_report(state: State, engine: Engine, job_id: int, progress: bool, c
     sys.exit(max(codes, default=0))
 
 
-def _run_step(state: State, engine: Engine, job_id: int, progress: bool, config: Config) -> pipeline.RunOutcome:
+def _run_step(state: State, engine: Engine, job_id: int, progress: bool, config: Config, command: str) -> pipeline.RunOutcome:
     reporter = Reporter.for_stream(job_id, progress)
     try:
-        return pipeline.run(engine, job_id, config, reporter)
+        return pipeline.run(engine, job_id, config, reporter, command=command)
     except KeyboardInterrupt:
         reporter.close()
         click.echo(f"Interrupted. Resume with: {state.resume_command(job_id)}", err=True)
@@ -176,7 +177,7 @@ def _run_step(state: State, engine: Engine, job_id: int, progress: bool, config:
         reporter.close()
 
 
-def _print_outcome(state: State, outcome: pipeline.RunOutcome) -> None:
+def _print_outcome(state: State, outcome: pipeline.RunOutcome, resume: bool = True) -> None:
     c = outcome.counts
     click.echo(
         f"job {outcome.job_id} {outcome.status}: {describe(c)} · pending {c['pending']:,} "
@@ -185,7 +186,7 @@ def _print_outcome(state: State, outcome: pipeline.RunOutcome) -> None:
     )
     if outcome.message:
         click.echo(f"Error: {redact(outcome.message)}", err=True)
-    if outcome.status != "finished":
+    if outcome.status not in ("finished", "running") and resume:
         click.echo(f"Resume with: {state.resume_command(outcome.job_id)}", err=True)
     elif c["failed"]:
         click.echo(f"{c['failed']:,} items failed; see `harvester status {outcome.job_id}`, retry with `harvester retry-failed {outcome.job_id}`", err=True)
@@ -202,6 +203,7 @@ def _print_outcome(state: State, outcome: pipeline.RunOutcome) -> None:
 @click.option("--include-sections", metavar="LIST", help="Fetch: only these sections (counts,citation,altmetric_score,demographics,posts).")
 @click.option("--post-types", type=click.Choice(["original_tweets"]), help="Fetch: leave retweets out.")
 @click.option("--no-progress", is_flag=True, help="No progress bar or progress lines.")
+@click.option("--enqueue-only", is_flag=True, help="Create the job, print its id on stdout and request nothing (for `harvester worker`).")
 @pass_state
 @handle_errors
 def harvest(
@@ -216,11 +218,14 @@ def harvest(
     include_sections: str | None,
     post_types: str | None,
     no_progress: bool,
+    enqueue_only: bool,
 ) -> None:
     """Create a job from id files ('-' for stdin) and run it.
 
-    One id a line; DOIs may carry doi: or https://doi.org/ prefixes. Invalid
-    lines are recorded in job_rejects and skipped; duplicates are collapsed.
+    One id a line; DOIs in any common form (doi:, DOI 10..., info:doi/,
+    urn:doi:, doi.org links, quoted or followed by punctuation) and ISBN-10s
+    and ISBN-13s of one book collapse into one id. Invalid lines are recorded
+    in job_rejects and skipped; duplicates are collapsed.
 
     \b
     Examples:
@@ -250,6 +255,10 @@ def harvest(
     )
     if job.rejected_lines:
         click.echo(f"  rejected lines are in job_rejects (job_id = {job.id})", err=True)
+    if enqueue_only:
+        click.echo(job.id)
+        click.echo(f"work it with: harvester worker {job.id}  (on any machine with this database), or {state.resume_command(job.id)}", err=True)
+        return
     _run_and_report(state, engine, job.id, not no_progress, config)
 
 
@@ -261,20 +270,24 @@ def harvest(
 def resume(state: State, job_id: int | None, no_progress: bool) -> None:
     """Resume a job (default: the newest unfinished one).
 
-    Items already stored are not requested again.
+    Items already stored are not requested again. If other workers are on the
+    job, this process joins them as one more worker.
     """
     engine = state.engine(must_exist=True)
     job = jobs.get_job(engine, job_id) if job_id is not None else jobs.newest_unfinished(engine)
     nightly_id = job.id if job.endpoint == "nightly" else job.params.get("nightly")
     if nightly_id is not None and jobs.get_job(engine, nightly_id).status != "finished":
-        # A nightly's steps are resumed by the nightly, which holds them (and refuses while another runs).
-        _nightly(state, engine, not no_progress, as_json=False, resume_only=True)
+        nightly_job = jobs.get_job(engine, nightly_id)
+        if job.endpoint == "nightly" or not jobs.runner_alive(engine, nightly_job):
+            # A nightly whose process is gone is finished by `resume`, steps in order (and refused while another runs).
+            _nightly(state, engine, not no_progress, as_json=False, resume_only=True)
+        # Its process is alive: this one joins the step as one more worker.
     if all(j.status == "finished" for j in jobs.chain(engine, job)):
         click.echo(f"job {job.id} is already finished", err=True)
         return
     # The job keeps the concurrency it was started with on the command line.
     config = state.config(**{"limits.concurrency": job.params.get("concurrency")})
-    _run_and_report(state, engine, job.id, not no_progress, config)
+    _run_and_report(state, engine, job.id, not no_progress, config, command="resume")
 
 
 def _job_dict(engine: Engine, job: jobs.Job, details: bool) -> dict[str, Any]:
@@ -297,6 +310,10 @@ def _job_dict(engine: Engine, job: jobs.Job, details: bool) -> dict[str, Any]:
         "params": job.params,
     }
     if details:
+        out["workers"] = [
+            {k: w[k] for k in ("runner", "host", "pid", "command", "started_at", "heartbeat_at", "items_done", "items_per_second", "leases")}
+            for w in leases.live_workers(engine, job.id)
+        ]
         rate = jobs.recent_rate(engine, job.id)
         out["rate_per_second"] = round(rate, 1)
         out["eta_seconds"] = round(counts["pending"] / rate) if rate > 0 else None
@@ -323,7 +340,8 @@ def status(state: State, job_id: int | None, as_json: bool) -> None:
         job_id = all_jobs[-1].id
     info = _job_dict(engine, jobs.get_job(engine, job_id), details=True)
     if as_json:
-        click.echo(_json(info))
+        # Errors are redacted when stored; this also covers rows written before that, or elsewhere.
+        click.echo(redact(_json(info)))
         return
     c = info["items"]
     click.echo(f"job {info['id']}{' (' + info['name'] + ')' if info['name'] else ''}: {info['status']}, {_what(info)}")
@@ -334,9 +352,14 @@ def status(state: State, job_id: int | None, as_json: bool) -> None:
     if info["resume_after"]:
         click.echo(f"  paused until {info['resume_after']:%Y-%m-%d %H:%M} UTC")
     if info["last_error"]:
-        click.echo(f"  stopped by: {info['last_error']}")
+        click.echo(f"  stopped by: {redact(info['last_error'])}")
+    for w in info["workers"]:
+        click.echo(
+            f"  worker {w['host']} pid {w['pid']} ({w['command']}): {w['items_done']:,} items, "
+            f"{w['items_per_second']:,} items/s, {w['leases']:,} leased"
+        )
     for e in info["last_errors"]:
-        click.echo(f"  {e['status']} {e['identifier']}: {e['last_error']}")
+        click.echo(f"  {e['status']} {e['identifier']}: {redact(e['last_error'])}")
 
 
 def _what(info: dict[str, Any]) -> str:
@@ -361,7 +384,7 @@ def jobs_command(state: State, as_json: bool) -> None:
     engine = state.engine(must_exist=True)
     infos = [_job_dict(engine, j, details=False) for j in jobs.list_jobs(engine)]
     if as_json:
-        click.echo(_json(infos))
+        click.echo(redact(_json(infos)))
         return
     if not infos:
         click.echo("no jobs yet", err=True)
@@ -492,6 +515,73 @@ def _print_report(report: nightly_module.Report) -> None:
         )
 
 
+@cli.command()
+@click.argument("job_ids", nargs=-1, type=int, metavar="[JOB...]")
+@click.option("--concurrency", type=click.IntRange(1, 512), help="Requests in flight (default from [limits]).")
+@click.option("--wait", is_flag=True, help="Keep running and look for new jobs every few seconds (a service).")
+@click.option("--json", "as_json", is_flag=True, help="What it did, as JSON on stdout.")
+@click.option("--no-progress", is_flag=True, help="No progress bar or progress lines.")
+@pass_state
+@handle_errors
+def worker(state: State, job_ids: tuple[int, ...], concurrency: int | None, wait: bool, as_json: bool, no_progress: bool) -> None:
+    """Work jobs as one more worker process (default: every unfinished job, oldest first).
+
+    Any number of workers, on any number of machines sharing one database
+    (PostgreSQL), can work the same jobs: each item is leased to one worker
+    ([workers] lease), and all of them together stay within the key's limits.
+    Exits 0 when no item of those jobs is pending or leased (3 if some
+    failed), 75 when what is left is paused (a spent quota).
+
+    \b
+    Examples:
+      harvester --database postgresql+psycopg://harvester@db/altmetric worker --wait
+      harvester worker 12 13 --concurrency 64
+    """
+    from harvester import worker as worker_module
+
+    config = state.config(**{"limits.concurrency": concurrency})
+    engine = state.engine(must_exist=True)
+    progress = lambda job_id: Reporter.for_stream(job_id, not no_progress)  # noqa: E731
+    outcome = pipeline.with_signals(
+        lambda stop: worker_module.work(engine, config, list(job_ids) or None, stop, progress, wait)
+    )
+    for run in outcome.runs:
+        if run.processed or run.status != "finished":
+            _print_outcome(state, run, resume=False)
+    if outcome.message:
+        click.echo(f"Error: {redact(outcome.message)}", err=True)
+    if as_json:
+        click.echo(_json({"exit_code": outcome.exit_code, "jobs": [_job_dict(engine, jobs.get_job(engine, j), details=False) for j in outcome.jobs]}))
+    elif outcome.exit_code == 0 and not outcome.jobs:
+        click.echo("no unfinished jobs", err=True)
+    sys.exit(outcome.exit_code)
+
+
+@cli.command()
+@click.option("--endpoint", type=click.Choice(["counts", "fetch", "citations"]), help="Only this endpoint's bodies (default: every body, in the order they were fetched).")
+@click.option("--job", "job_id", type=int, metavar="N", help="Only the bodies job N fetched (still in the archive).")
+@pass_state
+@handle_errors
+def reparse(state: State, endpoint: str | None, job_id: int | None) -> None:
+    """Rebuild the data tables from the raw archive, with zero API requests.
+
+    Every archived 200 body ([archive] in the config) is parsed again and
+    stored as the harvest stored it, as of the time it was fetched: after a
+    parser fix or a schema change, the database catches up without quota.
+    Prints one summary line on stderr.
+
+    \b
+    Examples:
+      harvester reparse
+      harvester reparse --endpoint fetch --job 12
+    """
+    from harvester import reparse as reparse_module
+
+    outcome = reparse_module.reparse(state.engine(must_exist=True), endpoint, job_id)
+    if state.verbosity >= 0:
+        click.echo(outcome.summary(), err=True)
+
+
 @cli.command("mock-api")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8787, show_default=True, type=int, help="Port to listen on.")
@@ -511,6 +601,8 @@ def _print_report(report: nightly_module.Report) -> None:
 @click.option("--slow-seconds", type=float, default=2.0, show_default=True, help="Delay of a slow response.")
 @click.option("--latency", type=float, default=0.0, show_default=True, help="Seconds added to every response.")
 @click.option("--evolve", is_flag=True, help="Attention grows day by day (UTC), as nightly harvests see it.")
+@click.option("--pause-after", type=click.IntRange(0, None), help="After this many requests, pause: 429 with Retry-After to everyone.")
+@click.option("--pause-seconds", type=float, default=5.0, show_default=True, help="How long the --pause-after pause lasts.")
 @handle_errors
 def mock_api(host: str, port: int, keys: tuple[str, ...], counts_only_keys: tuple[str, ...], **options: Any) -> None:
     """Run the bundled fake Altmetric API (for tests and trials, never production).

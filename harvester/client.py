@@ -61,6 +61,11 @@ class ApiClient:
             connector=aiohttp.TCPConnector(limit=self._concurrency, ttl_dns_cache=300),
             # We classify every status ourselves (DESIGN.md section 6), so no raise_for_status.
         )
+        # aiohttp silently sends a GET again when a kept-alive connection turns out to be
+        # closed. That second request would bypass the rate limiter, and its outcome the
+        # retry policy: every attempt must be ours. There is no public switch (aiohttp
+        # 3.9-3.14); tests/test_client.py fails if this attribute stops meaning that.
+        self._session._retry_connection = False
         return self
 
     async def __aexit__(

@@ -86,12 +86,32 @@ class NightlyConfig:
 
 
 @dataclass(frozen=True)
+class WorkersConfig:
+    # An item claimed by a worker is its own for this long, renewed while the work goes
+    # on; a worker frozen or cut off longer loses it to the others.
+    lease: str = "5m"
+
+
+ARCHIVE_KEEP = ("latest", "all")
+
+
+@dataclass(frozen=True)
+class ArchiveConfig:
+    # Every 200 body, compressed, so that `harvester reparse` can rebuild the tables without the API.
+    enabled: bool = True
+    # "latest": one body per endpoint and id (the newest); "all": one per endpoint, id and UTC day.
+    keep: str = "latest"
+
+
+@dataclass(frozen=True)
 class Config:
     api: ApiConfig = ApiConfig()
     limits: LimitsConfig = LimitsConfig()
     database: DatabaseConfig = DatabaseConfig()
     fetch: FetchConfig = FetchConfig()
     nightly: NightlyConfig = NightlyConfig()
+    workers: WorkersConfig = WorkersConfig()
+    archive: ArchiveConfig = ArchiveConfig()
     source: str | None = None  # the TOML file read, for messages
 
     def fetch_options(self) -> dict[str, Any]:
@@ -109,6 +129,8 @@ SECTIONS: dict[str, type] = {
     "database": DatabaseConfig,
     "fetch": FetchConfig,
     "nightly": NightlyConfig,
+    "workers": WorkersConfig,
+    "archive": ArchiveConfig,
 }
 
 ENV_VARS = {
@@ -180,7 +202,12 @@ def _coerce(value: Any, hint: Any, name: str, where: str, from_text: bool) -> An
     if value is None and optional:
         return None
     try:
-        if hint is float:
+        if hint is bool:
+            if from_text and isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+                return value.strip().lower() in ("true", "1")
+            if isinstance(value, bool):
+                return value
+        elif hint is float:
             if from_text and isinstance(value, str):
                 return float(value)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -228,6 +255,13 @@ def _validate(config: Config) -> None:
     if limits.max_per_second is not None and limits.max_per_second <= 0:
         raise ConfigError(f"{where}: limits.max_per_second must be > 0")
     _validate_nightly(config.nightly, where)
+    if config.archive.keep not in ARCHIVE_KEEP:
+        raise ConfigError(f"{where}: archive.keep must be one of {', '.join(ARCHIVE_KEEP)}, not {config.archive.keep!r}")
+    try:
+        if parse_duration(config.workers.lease).total_seconds() < 1:
+            raise ValueError("must be at least 1s")
+    except ValueError as e:
+        raise ConfigError(f"{where}: workers.lease: {e}") from None
 
 
 def _validate_nightly(n: NightlyConfig, where: str) -> None:

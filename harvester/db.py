@@ -11,13 +11,16 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
 from harvester.errors import DatabaseError
 
 logger = logging.getLogger(__name__)
+
+IDLE_IN_TRANSACTION_MS = 30_000
+_MIGRATION_LOCK = 0x616C746D  # pg_advisory_xact_lock key of schema upgrades ('altm')
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -31,8 +34,12 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database).expanduser()
 
 
-def make_engine(url: str) -> Engine:
-    """Create the engine; for SQLite set the pragmas that make one writer + readers safe."""
+def make_engine(url: str, immediate: bool = False) -> Engine:
+    """Create the engine; for SQLite set the pragmas that make one writer + readers safe.
+
+    `immediate`: SQLite transactions take the write lock when they begin (BEGIN
+    IMMEDIATE), for a writer whose transactions read before they write.
+    """
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -41,13 +48,28 @@ def make_engine(url: str) -> Engine:
         parent = Path(parsed.database).expanduser().resolve().parent
         if not parent.is_dir():
             raise DatabaseError(f"cannot create database {parsed.database}: folder {parent} does not exist")
+    connect_args: dict[str, Any] = {}
+    if parsed.get_backend_name() == "postgresql":
+        # A worker frozen (SIGSTOP, a suspended laptop) in the middle of a transaction would hold its
+        # row locks (the key's budget row) and wedge every other worker: the server ends such a
+        # session instead. No transaction of ours idles between statements for nearly that long.
+        connect_args["options"] = f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"
     try:
-        engine = create_engine(parsed, future=True)
+        # pre_ping: a connection the server closed meanwhile (that timeout, a restart) is replaced, not used.
+        engine = create_engine(parsed, future=True, connect_args=connect_args, pool_pre_ping=bool(connect_args))
     except (ArgumentError, ImportError) as e:
         raise DatabaseError(f"cannot open database {parsed.render_as_string(hide_password=True)}: {e}") from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+        if immediate:
+            # SQLAlchemy's recipe: let pysqlite not begin transactions itself, and begin them here.
+            event.listen(engine, "connect", _driver_autocommit)
+            event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
     return engine
+
+
+def _driver_autocommit(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -84,19 +106,38 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def upgrade(engine: Engine) -> None:
-    """Bring the schema to head; a no-op (one query) when it is there already."""
+    """Bring the schema to head; a no-op (one query) when it is there already.
+
+    Processes started together on a new database (workers under systemd) may
+    all find it behind: on PostgreSQL one migrates under an advisory lock and
+    the others find it done; SQLite has no such lock, so a failed migration
+    whose database is at head anyway was another process's success.
+    """
     try:
         if current_revision(engine) == head_revision():
             return
         logger.info("upgrading the database schema to %s", head_revision())
         with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
+                if MigrationContext.configure(conn).get_current_revision() == head_revision():
+                    return
             cfg = alembic_config(engine)
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
-    except OperationalError as e:
-        raise DatabaseError(f"cannot open or migrate the database: {e.orig}") from None
     except SQLAlchemyError as e:
+        if _revision_or_none(engine) == head_revision():
+            return
+        if isinstance(e, OperationalError):
+            raise DatabaseError(f"cannot open or migrate the database: {e.orig}") from None
         raise DatabaseError(f"cannot migrate the database: {e}") from None
+
+
+def _revision_or_none(engine: Engine) -> str | None:
+    try:
+        return current_revision(engine)
+    except SQLAlchemyError:
+        return None
 
 
 def open_database(url: str) -> Engine:

@@ -10,18 +10,21 @@ import json
 import logging
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO
 
-from sqlalchemy import Connection, Engine, Table, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, Table, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from harvester import schema
 from harvester.errors import ConfigError, JobBusyError, JobError
 from harvester.ids import IdLine, read_ids
+from harvester.log import redact
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +32,6 @@ STATUSES = ("pending", "done", "not_found", "failed")
 FINAL = ("done", "not_found", "failed")
 # How long a run may go without a heartbeat before another process may take its job over.
 STALE_AFTER = timedelta(seconds=60)
-LEASE = timedelta(minutes=30)
 _CHUNK = 2000
 
 
@@ -44,10 +46,29 @@ def utcnow() -> datetime:
     moment (the clock then runs on from there): how schedules such as two
     nights in a row are tested. Never set it in production.
     """
+    return datetime.now(UTC).replace(tzinfo=None) + clock_offset()
+
+
+def clock_offset() -> timedelta:
+    """How far the harvester's clock is set from the real one (HARVESTER_NOW; zero in production)."""
     global _offset
     if _offset is None:
         _offset = _clock_offset()
-    return datetime.now(UTC).replace(tzinfo=None) + _offset
+    return _offset
+
+
+def db_now(conn: Connection) -> datetime:
+    """Now by the database server's clock (naive UTC), plus the harvester's clock offset.
+
+    Leases, heartbeats and the shared rate budget are compared across processes
+    and machines: one clock, the server's, keeps a host with a skewed clock from
+    taking what another still holds. SQLite has no server: its clock is this host's.
+    """
+    if conn.dialect.name == "postgresql":
+        server: datetime = conn.execute(text("SELECT clock_timestamp() AT TIME ZONE 'UTC'")).scalar_one()
+    else:
+        server = datetime.now(UTC).replace(tzinfo=None)
+    return server + clock_offset()
 
 
 def _clock_offset() -> timedelta:
@@ -123,41 +144,8 @@ def create_job(
     lines = read_ids(sources, id_type, stdin)
     with engine.begin() as conn:
         job_id = new_job(conn, endpoint, id_type, name, params or {}, sources, now)
-        valid = rejected = 0
-        insert_items = insert_for(conn, schema.job_items).on_conflict_do_nothing()
-        for chunk in _chunks(lines, _CHUNK):
-            items = [
-                {
-                    "job_id": job_id,
-                    "id_type": id_type,
-                    "identifier": line.key,
-                    "input": line.exact,
-                    "line_no": line.line_no,
-                    "status": "pending",
-                    "attempts": 0,
-                    "updated_at": now,
-                }
-                for line in chunk
-                if line.key is not None
-            ]
-            rejects = [
-                {
-                    "job_id": job_id,
-                    "line_no": line.line_no,
-                    "source": line.source,
-                    "source_line": line.source_line,
-                    "line": line.text[:1000],
-                    "reason": line.reason,
-                }
-                for line in chunk
-                if line.key is None
-            ]
-            if items:
-                conn.execute(insert_items, items)
-            if rejects:
-                conn.execute(insert(schema.job_rejects), rejects)
-            valid += len(items)
-            rejected += len(rejects)
+        load = _copy_lines if conn.dialect.name == "postgresql" else _insert_lines
+        valid, rejected = load(conn, job_id, id_type, lines, now)
         total = conn.execute(
             select(func.count()).select_from(schema.job_items).where(schema.job_items.c.job_id == job_id)
         ).scalar_one()
@@ -167,6 +155,78 @@ def create_job(
             .values(total_items=total, rejected_lines=rejected, duplicate_lines=valid - total)
         )
     return get_job(engine, job_id)
+
+
+_ITEM_COLUMNS = "job_id, id_type, identifier, input, line_no, status, attempts, updated_at"
+_REJECT_COLUMNS = "job_id, line_no, source, source_line, line, reason"
+_BULK_CHUNK = 20_000
+
+
+def _insert_lines(conn: Connection, job_id: int, id_type: str, lines: Iterable[IdLine], now: datetime) -> tuple[int, int]:
+    """Load a job's lines with the driver's executemany of one prepared INSERT; returns (valid, rejected).
+
+    Plain tuples through exec_driver_sql: SQLAlchemy's per-row dict binding and type processing
+    cost more than SQLite's own work here.
+    """
+    # Stored as the DateTime column stores it, since this bypasses the column's type.
+    at = schema.job_items.c.updated_at.type.bind_processor(conn.dialect)
+    stamp = at(now) if at else now
+    insert_items = f"INSERT INTO job_items ({_ITEM_COLUMNS}) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?) ON CONFLICT DO NOTHING"
+    insert_rejects = f"INSERT INTO job_rejects ({_REJECT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
+    valid = rejected = 0
+    for chunk in _chunks(lines, _BULK_CHUNK):
+        items = [(job_id, id_type, line.key, line.exact, line.line_no, stamp) for line in chunk if line.key is not None]
+        rejects = [
+            (job_id, line.line_no, line.source, line.source_line, line.text[:1000], line.reason) for line in chunk if line.key is None
+        ]
+        if items:
+            conn.exec_driver_sql(insert_items, items)
+        if rejects:
+            conn.exec_driver_sql(insert_rejects, rejects)
+        valid += len(items)
+        rejected += len(rejects)
+    return valid, rejected
+
+
+def _copy_lines(conn: Connection, job_id: int, id_type: str, lines: Iterable[IdLine], now: datetime) -> tuple[int, int]:
+    """Load a job's lines on PostgreSQL: COPY into a temporary table, then INSERT ... SELECT; returns (valid, rejected).
+
+    COPY streams the file in one round trip (psycopg escapes each value for COPY's
+    text format). Items and rejects share the one table, since a connection runs one
+    COPY at a time and the lines are read once. The INSERT takes the lines in input order,
+    so of two lines with one key the first is kept, as when they are inserted one by one.
+    """
+    conn.exec_driver_sql(
+        "CREATE TEMPORARY TABLE job_load (line_no bigint, identifier text, input text, source text, source_line bigint,"
+        " line text, reason text) ON COMMIT DROP"
+    )
+    valid = rejected = 0
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    with driver.cursor() as cursor, cursor.copy("COPY job_load FROM STDIN") as copy:
+        for line in lines:
+            if line.key is not None:
+                copy.write_row((line.line_no, line.key, line.exact, None, None, None, None))
+                valid += 1
+            else:
+                copy.write_row((line.line_no, None, None, line.source, line.source_line, line.text[:1000], line.reason))
+                rejected += 1
+    values = {"job_id": job_id, "id_type": id_type, "now": now}
+    conn.execute(
+        text(
+            f"INSERT INTO job_items ({_ITEM_COLUMNS}) SELECT :job_id, :id_type, identifier, input, line_no, 'pending', 0, :now"
+            " FROM job_load WHERE identifier IS NOT NULL ORDER BY line_no ON CONFLICT DO NOTHING"
+        ),
+        values,
+    )
+    conn.execute(
+        text(
+            f"INSERT INTO job_rejects ({_REJECT_COLUMNS}) SELECT :job_id, line_no, source, source_line, line, reason"
+            " FROM job_load WHERE identifier IS NULL"
+        ),
+        values,
+    )
+    return valid, rejected
 
 
 def new_job(
@@ -284,7 +344,41 @@ def chain(engine: Engine, job: Job) -> list[Job]:
 def beat(engine: Engine, runner: str) -> None:
     """Refresh the heartbeat of every job this runner holds (a nightly and its current step)."""
     with engine.begin() as conn:
-        conn.execute(update(schema.jobs).where(schema.jobs.c.runner == runner).values(heartbeat_at=utcnow()))
+        conn.execute(update(schema.jobs).where(schema.jobs.c.runner == runner).values(heartbeat_at=db_now(conn)))
+
+
+@contextmanager
+def beating(engine: Engine, runner: str, every: float = 15.0) -> Iterator[None]:
+    """Keep `runner`'s heartbeat fresh while the block runs (SQL that can take minutes), and beat once at its end.
+
+    The beats run in a daemon thread, each on its own connection from the
+    engine's pool: the block's transaction holds another, and a beat must
+    commit on its own. A beat that fails (SQLite lets one writer in at a time,
+    so it waits while the block writes) is logged and tried again at the next
+    tick. Open it outside the block's transaction (`with beating(...),
+    engine.begin() as conn:`), so that the last beat comes after that
+    transaction has ended rather than waiting for it.
+    """
+    stop = threading.Event()
+
+    def beat_once() -> None:
+        try:
+            beat(engine, runner)
+        except Exception as e:  # a missed beat must not fail the work it accompanies; the next one may pass
+            logger.debug("heartbeat of %s failed: %s", runner, e)
+
+    def run() -> None:
+        while not stop.wait(every):
+            beat_once()
+
+    thread = threading.Thread(target=run, name=f"heartbeat {runner}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+    beat_once()
 
 
 def _chunks(lines: Iterable[IdLine], size: int) -> Iterator[list[IdLine]]:
@@ -358,6 +452,40 @@ def _runner_is_dead(runner: str, heartbeat_at: datetime | None, now: datetime) -
     return False
 
 
+def started(runner: str, now: datetime) -> dict[str, Any]:
+    """A job row's columns when a process starts working on it."""
+    return {
+        "runner": runner,
+        "heartbeat_at": now,
+        "status": "running",
+        "started_at": func.coalesce(schema.jobs.c.started_at, now),
+        "finished_at": None,
+        "last_error": None,
+        "resume_after": None,
+    }
+
+
+def ended(status: str, now: datetime, error: str | None, resume_after: datetime | None) -> dict[str, Any]:
+    """A job row's columns when its (last) process stops working on it."""
+    return {
+        "status": status,
+        "runner": None,
+        "heartbeat_at": now,
+        "last_error": redact(error) if error is not None else None,
+        "resume_after": resume_after,
+        "finished_at": now if status == "finished" else None,
+    }
+
+
+def runner_alive(engine: Engine, job: Job) -> bool:
+    """Is the process named in the job's runner column alive (fresh heartbeat, by the database's clock)?"""
+    if job.runner is None:
+        return False
+    with engine.connect() as conn:
+        now = db_now(conn)
+    return not _runner_is_dead(job.runner, job.heartbeat_at, now)
+
+
 def take_over(engine: Engine, job_id: int, runner: str) -> Job:
     """Become the job's only runner and release the leases a dead runner left behind.
 
@@ -365,25 +493,14 @@ def take_over(engine: Engine, job_id: int, runner: str) -> Job:
     cannot both win.
     """
     job = get_job(engine, job_id)
-    now = utcnow()
+    with engine.connect() as conn:
+        now = db_now(conn)
     if job.runner and job.runner != runner and not _runner_is_dead(job.runner, job.heartbeat_at, now):
         age = (now - job.heartbeat_at).total_seconds() if job.heartbeat_at else 0
         raise JobBusyError(f"job {job_id} is being run by {job.runner} (heartbeat {age:.0f}s ago); try again later")
     with engine.begin() as conn:
         cond = schema.jobs.c.runner.is_(None) if job.runner is None else schema.jobs.c.runner == job.runner
-        swapped = conn.execute(
-            update(schema.jobs)
-            .where(schema.jobs.c.id == job_id, cond)
-            .values(
-                runner=runner,
-                heartbeat_at=now,
-                status="running",
-                started_at=func.coalesce(schema.jobs.c.started_at, now),
-                finished_at=None,
-                last_error=None,
-                resume_after=None,
-            )
-        ).rowcount
+        swapped = conn.execute(update(schema.jobs).where(schema.jobs.c.id == job_id, cond).values(started(runner, now))).rowcount
         if swapped != 1:
             raise JobBusyError(f"job {job_id} was taken by another process just now; try again later")
         conn.execute(
@@ -394,52 +511,11 @@ def take_over(engine: Engine, job_id: int, runner: str) -> Job:
     return get_job(engine, job_id)
 
 
-def claim(engine: Engine, job_id: int, runner: str, after_line: int, limit: int) -> list[Item]:
-    """Lease the next pending items (in input order) to this runner."""
-    now = utcnow()
-    ji = schema.job_items.c
-    with engine.begin() as conn:
-        rows = conn.execute(
-            select(ji.id_type, ji.identifier, ji.line_no)
-            .where(
-                ji.job_id == job_id,
-                ji.status == "pending",
-                ji.line_no > after_line,
-                or_(ji.lease_until.is_(None), ji.lease_until < now),
-            )
-            .order_by(ji.line_no)
-            .limit(limit)
-        ).all()
-        if rows:
-            conn.execute(
-                update(schema.job_items)
-                .where(
-                    ji.job_id == job_id,
-                    ji.status == "pending",
-                    and_(ji.line_no >= rows[0].line_no, ji.line_no <= rows[-1].line_no),
-                    or_(ji.lease_until.is_(None), ji.lease_until < now),
-                )
-                .values(claimed_by=runner, lease_until=now + LEASE)
-            )
-    return [Item(r.id_type, r.identifier, r.line_no) for r in rows]
-
-
 def release(engine: Engine, job_id: int, runner: str, status: str, error: str | None = None, resume_after: datetime | None = None) -> None:
     """End a run: record the job's status and give up the runner slot and leases."""
-    now = utcnow()
     with engine.begin() as conn:
-        conn.execute(
-            update(schema.jobs)
-            .where(schema.jobs.c.id == job_id, schema.jobs.c.runner == runner)
-            .values(
-                status=status,
-                runner=None,
-                heartbeat_at=now,
-                last_error=error,
-                resume_after=resume_after,
-                finished_at=now if status == "finished" else None,
-            )
-        )
+        now = db_now(conn)
+        conn.execute(update(schema.jobs).where(schema.jobs.c.id == job_id, schema.jobs.c.runner == runner).values(ended(status, now, error, resume_after)))
         conn.execute(
             update(schema.job_items)
             .where(schema.job_items.c.job_id == job_id, schema.job_items.c.claimed_by == runner)

@@ -22,10 +22,29 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Date, DateTime, Engine, Text, case, cast, delete, func, insert, literal, select, text, true, union, update
+from sqlalchemy import (
+    Connection,
+    Date,
+    DateTime,
+    Engine,
+    Text,
+    case,
+    cast,
+    delete,
+    func,
+    insert,
+    literal,
+    literal_column,
+    select,
+    text,
+    true,
+    tuple_,
+    union,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
-from harvester import jobs, pipeline, schema
+from harvester import jobs, leases, pipeline, schema
 from harvester.config import Config, citation_filters, filters_text, parse_duration
 from harvester.errors import JobBusyError, JobError
 from harvester.pipeline import ProgressCallback, RunOutcome
@@ -74,14 +93,18 @@ def run(engine: Engine, config: Config, progress: ProgressFactory | None = None,
     """
     runner = jobs.new_runner_id()
     reports: list[Report] = []
-    while True:
-        job, created = acquire(engine, config, runner, create=not resume_only)
-        report = _run_one(engine, config, job, runner, progress)
-        reports.append(report)
-        # A leftover from an earlier night, now finished: tonight's work comes next. (Not after
-        # a nightly this run started, even if it ran past midnight.)
-        if created or resume_only or report.status != "finished" or report.night >= jobs.utcnow().date():
-            return reports
+    try:
+        while True:
+            job, created = acquire(engine, config, runner, create=not resume_only)
+            report = _run_one(engine, config, job, runner, progress)
+            reports.append(report)
+            # A leftover from an earlier night, now finished: tonight's work comes next. (Not after
+            # a nightly this run started, even if it ran past midnight.)
+            if created or resume_only or report.status != "finished" or report.night >= jobs.utcnow().date():
+                return reports
+    finally:
+        # Its steps ran as a worker under the nightly's runner: it leaves the workers table with it.
+        leases.unregister(engine, runner)
 
 
 def acquire(engine: Engine, config: Config, runner: str, create: bool = True) -> tuple[jobs.Job, bool]:
@@ -160,16 +183,19 @@ def _run_one(engine: Engine, config: Config, job: jobs.Job, runner: str, progres
         if outcome is not None and outcome.status != "finished":
             return _stopped(engine, job, night, runner, outcome)
     if not p.get("refresh_selected"):
-        with engine.begin() as conn:
+        # Minutes of SQL on a big database: without beats another process would take the nightly over.
+        with jobs.beating(engine, runner), engine.begin() as conn:
             due = add_due(conn, refresh, p)
             jobs.set_params(conn, job.id, refresh_selected=True, refresh_due=due)
     outcome = _step(engine, config, refresh, runner, progress)
     if outcome is not None and outcome.status != "finished":
         return _stopped(engine, job, night, runner, outcome)
-    report = _finish(engine, job, night, runner, discovery, refresh, p)
+    with jobs.beating(engine, runner):
+        report = _finish(engine, job, night, runner, discovery, refresh, p)
     keep = config.nightly.keep_done_items
     if keep != "never":
-        pruned = prune(engine, jobs.utcnow() - parse_duration(keep))
+        with jobs.beating(engine, runner):
+            pruned = prune(engine, jobs.utcnow() - parse_duration(keep))
         if pruned:
             logger.info("nightly: deleted %d done items of nightlies finished before keep_done_items (%s)", pruned, keep)
     return report
@@ -202,7 +228,7 @@ def _step(engine: Engine, config: Config, job_id: int, runner: str, progress: Pr
     logger.info("nightly: %s job %d", step.endpoint, job_id)
     callback = progress(job_id) if progress else None
     try:
-        return pipeline.run(engine, job_id, config, callback, runner)
+        return pipeline.run(engine, job_id, config, callback, runner, command="nightly")
     finally:
         close = getattr(callback, "close", None)
         if close is not None:
@@ -223,28 +249,42 @@ def add_due(conn: Connection, refresh_job: int, p: dict[str, Any]) -> int:
     before = jobs.count_items(conn, refresh_job)
     room = None if p["max_items"] is None else max(0, p["max_items"] - before)
     o = schema.outputs.c
-    last = func.max(ji.updated_at)
     not_found_before = now - parse_duration(p["not_found_refresh_after"])
+    id_type = case((o.doi.is_not(None), "doi"), else_="id")
     identifier = func.coalesce(o.doi, cast(o.altmetric_id, Text))
-    # An output that vanished upstream (its id now answers 404) waits like any other 404.
-    vanished = select(ji.identifier).where(ji.status == "not_found", ji.updated_at >= not_found_before)
+    # A literal, not a bound parameter: SQLite uses a partial index only for a query whose WHERE
+    # has the index's own term.
+    not_found = ji.status == literal_column("'not_found'")
+    # An output that vanished upstream (its id now answers 404) waits like any other 404. NOT
+    # EXISTS on the key the output is asked by (a 404 of PMID 12345 is not one of Altmetric id
+    # 12345): PostgreSQL anti-joins it (NOT IN, which must honour NULLs, it cannot), and both
+    # engines answer it from ix_job_items_not_found.
+    vanished = (
+        select(literal(1))
+        .select_from(schema.job_items)
+        .where(not_found, ji.id_type == id_type, ji.identifier == identifier, ji.updated_at >= not_found_before)
+    )
+    # Ids whose latest outcome, in any harvest, was a 404 older than not_found_refresh_after:
+    # only ids with such a 404 can be, so the GROUP BY covers their items, not every item of
+    # every harvest (the old 404s come from ix_job_items_not_found).
+    old_404 = select(ji.id_type, ji.identifier).where(not_found, ji.updated_at < not_found_before)
+    last = func.max(ji.updated_at)
     candidates = [
         # Outputs, oldest harvest first.
         select(
-            case((o.doi.is_not(None), "doi"), else_="id").label("id_type"),
+            id_type.label("id_type"),
             identifier.label("identifier"),
             func.row_number().over(order_by=(o.harvested_at, o.altmetric_id)).label("n"),
         )
-        .where(o.harvested_at < now - parse_duration(p["refresh_after"]), identifier.not_in(vanished))
+        .where(o.harvested_at < now - parse_duration(p["refresh_after"]), o.superseded_by.is_(None), ~vanished.exists())
         .order_by(o.harvested_at, o.altmetric_id),
-        # Ids whose latest outcome, in any harvest, was a 404 older than not_found_refresh_after.
         select(
             ji.id_type,
             ji.identifier,
             func.row_number().over(order_by=(last, ji.id_type, ji.identifier)).label("n"),
         )
         .join(schema.jobs, schema.jobs.c.id == ji.job_id)
-        .where(schema.jobs.c.endpoint.in_(("counts", "fetch")))
+        .where(schema.jobs.c.endpoint.in_(("counts", "fetch")), tuple_(ji.id_type, ji.identifier).in_(old_404))
         .group_by(ji.id_type, ji.identifier)
         .having(last < not_found_before)
         .having(func.max(ji.updated_at).filter(ji.status == "not_found") == last)

@@ -13,32 +13,38 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from harvester import jobs
+from harvester import jobs, leases
+from harvester.budget import SharedBudget
 from harvester.client import ApiClient, ConnectError, Response, TransportError, id_path
-from harvester.config import Config
+from harvester.config import Config, parse_duration
+from harvester.log import redact
 from harvester.errors import ApiAuthError, ApiUnreachableError, HarvesterError, JobError, QuotaExhausted
 from harvester.parse import ParseError, as_int, decode, lower_doi
 from harvester.ratelimit import CircuitBreaker, RateLimiter, next_utc_midnight
-from harvester.store import ItemResult, WriterProcess
+from harvester.store import ItemResult, WriterProcess, lists_every_post
 
 logger = logging.getLogger(__name__)
 
 BATCH_SIZE = 500  # results per transaction
 BATCH_WAIT = 0.5  # seconds before a partial batch is written anyway
 BATCH_BYTES = 8 << 20  # fetch bodies run to megabytes: bound the memory a batch holds
+CLAIM_SECONDS = 2.0  # a claim holds about this much of a worker's work
+MAX_CLAIM = 1000
 _DONE = object()
 
 ProgressCallback = Callable[[dict[str, int]], None]
+T = TypeVar("T")
 
 
 @dataclass
@@ -63,7 +69,9 @@ class RunOutcome:
 class _State:
     counts: dict[str, int]
     claimed: int = 0  # items this run claimed ...
-    processed: int = 0  # ... and of those, written
+    settled: int = 0  # ... and of those, written or dropped ...
+    processed: int = 0  # ... written by this worker ...
+    dropped: int = 0  # ... or dropped: its lease was lost
     requests: int = 0
     responses: int = 0  # any HTTP response at all: the host is reachable
     error: BaseException | None = None
@@ -101,9 +109,6 @@ def check_body(endpoint: str, raw: bytes) -> dict[str, Any]:
     return body
 
 
-HEARTBEAT = 15.0  # seconds; well inside jobs.STALE_AFTER, so a live run never looks dead
-
-
 def backoff(attempt: int, base: float, cap: float) -> float:
     """Capped exponential backoff with full jitter in the upper half."""
     delay: float = min(cap, base * 2.0 ** (attempt - 1))
@@ -124,6 +129,47 @@ def retry_after(response: Response) -> float | None:
         return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
+HEARTBEAT = 15.0  # seconds; well inside leases.STALE_AFTER, so a live worker never looks gone
+
+
+def boottime() -> float:
+    """Seconds on a clock that keeps counting while the machine sleeps (CLOCK_MONOTONIC stops):
+    a laptop suspended past its leases must notice it lost them."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME) if hasattr(time, "CLOCK_BOOTTIME") else time.monotonic()
+
+
+class LeaseKeeper:
+    """How long this worker may still trust its leases, by its own clock.
+
+    The database renews leases at every heartbeat; locally, each renewal (or the
+    first claim) is trusted for the lease minus a margin, counted from before
+    the statement was sent. Past that (the process was frozen, suspended or cut
+    off), every item it held is dropped, unrequested and unwritten: another
+    worker may have it by now. A new generation of claims then starts.
+    """
+
+    def __init__(self, lease: timedelta) -> None:
+        self.seconds = lease.total_seconds()
+        self.margin = min(max(0.5, 0.1 * self.seconds), self.seconds / 2)
+        self.valid_until: float | None = None  # boottime(); None while nothing is held
+        self.generation = 0
+        self.lock = asyncio.Lock()  # claims, renewals and the release after a lapse never interleave
+
+    def valid(self, generation: int) -> bool:
+        return generation == self.generation and self.valid_until is not None and boottime() < self.valid_until
+
+    def lapsed(self) -> bool:
+        return self.valid_until is not None and boottime() >= self.valid_until
+
+    def trusted_from(self, started: float, renewal: bool) -> None:
+        if renewal or self.valid_until is None:
+            self.valid_until = started + self.seconds - self.margin
+
+    def lapse(self) -> None:
+        self.generation += 1
+        self.valid_until = None
+
+
 async def run_job(
     engine: Engine,
     job_id: int,
@@ -131,10 +177,15 @@ async def run_job(
     progress: ProgressCallback | None = None,
     stop: asyncio.Event | None = None,
     runner: str | None = None,
+    drain: bool = True,
+    command: str = "harvest",
 ) -> RunOutcome:
-    """Run (or resume) a job until every item is final or something stops it.
+    """Work a job, as one of any number of workers, until no item is left for it or something stops it.
 
-    `runner`: the identity to run it under (a nightly runs its steps under its own).
+    `runner`: the identity to work it under (a nightly and the worker command keep
+    one for all their jobs). `drain`: wait until every item is final, including
+    those other workers hold (harvest, resume); without it, stop as soon as
+    nothing is left to claim (the worker command, which then looks at other jobs).
     """
     job = jobs.get_job(engine, job_id)
     if job.endpoint not in ("counts", "fetch", "citations"):
@@ -143,27 +194,38 @@ async def run_job(
         raise JobError(
             f"job {job_id} needs the {job.endpoint} endpoint, but [api] endpoints = {list(config.api.endpoints)} excludes it"
         )
+    if job.status == "paused" and job.resume_after is not None and job.resume_after > jobs.utcnow():
+        # Paused on a spent quota that has not reset yet: asking now would only draw 429s.
+        raise QuotaExhausted(job.resume_after)
     query = fetch_query(job.params.get("fetch") or {}) if job.endpoint == "fetch" else None
     runner = runner or jobs.new_runner_id()
-    jobs.take_over(engine, job_id, runner)
+    lease = parse_duration(config.workers.lease)
+    leases.reap(engine)
+    leases.register(engine, runner, command)
+    budget = SharedBudget(engine, config.api.key, config.limits, config.api.tier)
+    leases.join(engine, job_id, runner)
     started = time.monotonic()
     state = _State(counts=jobs.item_counts(engine, job_id))
     limits = config.limits
     concurrency = max(1, limits.concurrency)
-    limiter = RateLimiter(limits, config.api.tier)
+    limiter = RateLimiter(budget, config.api.tier)
+    keeper = LeaseKeeper(lease)
     breaker = CircuitBreaker(cooldown=min(5.0, limits.max_outage / 4), max_outage=limits.max_outage)
     work: asyncio.Queue[Any] = asyncio.Queue(maxsize=concurrency * 2)
     # Bounded, so that fetching waits for a slow writer instead of piling bodies up in
     # memory; a batch's worth, so that the next batch is ready when the writer is.
     results: asyncio.Queue[Any] = asyncio.Queue(maxsize=BATCH_SIZE)
-    # Claim about two minutes of work at a time: enough to keep the workers fed,
-    # little enough that a shared job's leases stay fair.
-    rate = limits.per_second if config.api.tier == "free" else (limits.max_per_second or 2000.0)
-    claim_size = int(max(concurrency * 2, min(1000, rate * 120)))
+    # Claim about CLAIM_SECONDS of work at a time, at the rate this worker has reached so far:
+    # enough to keep its requests fed, little enough that other workers find items to claim
+    # (a first claim of a thousand items left two more workers idle), and never more than a
+    # third of a lease's worth.
+    ceiling = limits.per_second if config.api.tier == "free" else (limits.max_per_second or math.inf)
 
-    # A Citations job grows as it runs (each page adds the pages its total
-    # implies), so its feeder looks again whenever a batch is written.
-    grows = job.endpoint == "citations"
+    def claim_size() -> int:
+        elapsed = time.monotonic() - started
+        rate = min(ceiling, state.settled / elapsed if elapsed > 1 else 0.0)
+        return int(min(MAX_CLAIM, max(concurrency * 2, rate * min(CLAIM_SECONDS, keeper.seconds / 3))))
+    beat_every = min(HEARTBEAT, keeper.seconds / 3)
     written = asyncio.Event()
 
     def fail(exc: BaseException) -> None:
@@ -171,23 +233,49 @@ async def run_job(
             state.error = exc
         state.abort.set()
 
+    async def check_lapse() -> None:
+        """Under keeper.lock: after a lapse, give every lease back before claiming or renewing again."""
+        if keeper.lapsed():
+            keeper.lapse()
+            logger.warning(
+                "this worker was held up longer than its lease (%s): it drops the items it held; other workers take them",
+                config.workers.lease,
+            )
+            await asyncio.to_thread(leases.release_all, engine, runner)
+
     async def feed() -> None:
         try:
-            after = 0
             while True:
-                # Read before claiming: if everything claimed was written by then, the claim saw every page added.
-                written_before = state.processed
-                items = await asyncio.to_thread(jobs.claim, engine, job_id, runner, after, claim_size)
-                if not items:
-                    if not grows or state.claimed == written_before:
-                        break
-                    written.clear()
-                    await written.wait()
+                # Cleared before the count is read: a batch written after this line wakes the wait below.
+                written.clear()
+                settled_before = state.settled
+                async with keeper.lock:
+                    await check_lapse()
+                    claimed_at = boottime()
+                    items = await asyncio.to_thread(leases.claim, engine, job_id, runner, claim_size(), lease)
+                    if items:
+                        keeper.trusted_from(claimed_at, renewal=False)
+                    generation = keeper.generation
+                if items:
+                    state.claimed += len(items)
+                    for item in items:
+                        await work.put((item, generation))
                     continue
-                state.claimed += len(items)
-                after = items[-1].line_no
-                for item in items:
-                    await work.put(item)
+                if state.claimed > settled_before:
+                    # Ours are still in flight; once written, a Citations page may have added pages.
+                    try:
+                        await asyncio.wait_for(written.wait(), beat_every)
+                    except asyncio.TimeoutError:
+                        pass
+                    continue
+                if not drain:
+                    break
+                # Nothing to claim and nothing of ours in flight: the rest is held by other workers.
+                # Their results, or their leases' end, settle it.
+                if await asyncio.to_thread(pending, engine, job_id) == 0:
+                    break
+                await asyncio.sleep(min(5.0, max(0.2, keeper.seconds / 10)))
+                await asyncio.to_thread(leases.reap, engine)
             for _ in range(concurrency):
                 await work.put(_DONE)
         except asyncio.CancelledError:
@@ -198,13 +286,19 @@ async def run_job(
     async def beat() -> None:
         # Limiter pauses and outages write nothing for minutes: the heartbeat must not depend on writes.
         while True:
-            await asyncio.sleep(HEARTBEAT)
+            await asyncio.sleep(beat_every)
             try:
-                await asyncio.to_thread(jobs.beat, engine, runner)
+                async with keeper.lock:
+                    await check_lapse()
+                    renewed_at = boottime()
+                    await asyncio.to_thread(leases.renew, engine, runner, job_id, lease, state.processed, state.requests)
+                    if keeper.valid_until is not None:
+                        keeper.trusted_from(renewed_at, renewal=True)
             except SQLAlchemyError as e:
                 logger.warning("could not record the heartbeat: %s", e)
 
-    async def fetch(item: jobs.Item) -> ItemResult:
+    async def fetch(item: jobs.Item, generation: int) -> ItemResult | None:
+        """The item's final outcome, or None when this worker lost its lease (then it asks nothing more)."""
         path, params = request_for(job, item, query)
         attempts = 0
         slow_429 = 1.0
@@ -213,6 +307,8 @@ async def run_job(
                 raise QuotaExhausted(next_utc_midnight(), "tweet-id")
             await breaker.admit()
             await limiter.acquire()
+            if not keeper.valid(generation):
+                return None
             state.requests += 1
             status: int | None = None
             try:
@@ -227,7 +323,7 @@ async def run_job(
             else:
                 state.responses += 1
                 status = response.status
-                limiter.observe(response.headers, job.endpoint)
+                await limiter.observe(response.headers, job.endpoint)
                 if status == 200:
                     try:
                         body = check_body(job.endpoint, response.body)
@@ -246,11 +342,11 @@ async def run_job(
                 elif status == 429:
                     breaker.record(True)  # an API that rate-limits is up
                     wait = retry_after(response)
-                    quota = limiter.quota_error(response.headers, job.endpoint, wait)
+                    quota = await limiter.quota_error(response.headers, job.endpoint, wait)
                     if quota is not None:
                         raise quota
                     # A 429 is the server asking for patience, not a failure: it never counts as an attempt.
-                    limiter.slow_down(wait if wait is not None else slow_429)
+                    await limiter.slow_down(wait if wait is not None else slow_429)
                     slow_429 = min(60.0, slow_429 * 2)
                     continue
                 elif 400 <= status < 500:
@@ -276,15 +372,26 @@ async def run_job(
 
     async def worker() -> None:
         while True:
-            item = await work.get()
-            if item is _DONE:
+            got = await work.get()
+            if got is _DONE:
                 return
-            try:
-                result = await fetch(item)
-            except HarvesterError as e:
-                fail(e)
-                return
-            await results.put(result)
+            item, generation = got
+            result = None
+            if keeper.valid(generation):
+                try:
+                    result = await fetch(item, generation)
+                except HarvesterError as e:
+                    fail(e)
+                    return
+            if result is None:  # its lease is lost: another worker has it, or will
+                state.dropped += 1
+                state.settled += 1
+                written.set()
+                continue
+            if result.error is not None:
+                # The writer process does not know the key: what the server echoed of it is hidden here.
+                result.error = redact(result.error)
+            await results.put((result, generation))
 
     async def write() -> None:
         last_progress = 0.0
@@ -292,7 +399,7 @@ async def run_job(
             batch: list[ItemResult] = []
             finished = False
             deadline = time.monotonic() + BATCH_WAIT
-            size = 0
+            size = taken = 0
             while len(batch) < BATCH_SIZE and size < BATCH_BYTES:
                 timeout = deadline - time.monotonic()
                 try:
@@ -302,18 +409,27 @@ async def run_job(
                 if got is _DONE:
                     finished = True
                     break
-                batch.append(got)
-                size += len(got.body or b"")
+                result, generation = got
+                taken += 1
+                if generation != keeper.generation:
+                    continue  # fetched under leases given up since: not ours to write
+                batch.append(result)
+                size += len(result.body or b"")
             if batch:
                 try:
                     outcome = await asyncio.to_thread(writer_process.write, batch)
                 except HarvesterError as e:
                     fail(e)
                     return
-                state.counts["pending"] -= len(batch)
+                lost = outcome.pop("lost", 0)
+                state.counts["pending"] -= len(batch) - lost
                 for status, n in outcome.items():
                     state.counts[status] += n
-                state.processed += len(batch)
+                state.processed += len(batch) - lost
+                state.dropped += lost
+            if taken:
+                state.dropped += taken - len(batch)
+                state.settled += taken
                 written.set()
             if progress and (finished or time.monotonic() - last_progress > 0.2):
                 progress(dict(state.counts))
@@ -348,24 +464,30 @@ async def run_job(
 
     if progress:
         progress(dict(state.counts))  # the baseline that rates and ETAs are measured from
-    all_posts = job.endpoint == "fetch" and not any(
-        (job.params.get("fetch") or {}).get(k) for k in ("include_sources", "exclude_sources", "include_sections")
+    all_posts = job.endpoint == "fetch" and lists_every_post(job.params.get("fetch"))
+    writer_process = WriterProcess(
+        engine.url.render_as_string(hide_password=False), job_id, job.endpoint, runner, all_posts, job.params, config.archive
     )
-    writer_process = WriterProcess(engine.url.render_as_string(hide_password=False), job_id, job.endpoint, runner, all_posts, job.params)
     writer_process.start()
     try:
         async with ApiClient(config.api, concurrency) as client:
             interrupted = await supervise()
     finally:
         await asyncio.to_thread(writer_process.close)
+        try:
+            await limiter.close()
+        except SQLAlchemyError as e:
+            logger.warning("could not return the unused part of the rate budget: %s", e)
+    if state.dropped:
+        logger.warning("%d items were dropped: this worker lost their leases (another worker has them)", state.dropped)
     return _finish(engine, job_id, runner, state, interrupted, time.monotonic() - started)
 
 
+def pending(engine: Engine, job_id: int) -> int:
+    return jobs.item_counts(engine, job_id)["pending"]
+
+
 def _finish(engine: Engine, job_id: int, runner: str, state: _State, interrupted: bool, elapsed: float) -> RunOutcome:
-    try:
-        counts = jobs.item_counts(engine, job_id)
-    except SQLAlchemyError:
-        counts = state.counts
     error = state.error
     resume_after = None
     if isinstance(error, QuotaExhausted):
@@ -376,19 +498,25 @@ def _finish(engine: Engine, job_id: int, runner: str, state: _State, interrupted
         status, code = "stopped", getattr(error, "exit_code", 1)
     elif interrupted:
         status, code = "interrupted", 130
-    elif counts["pending"]:
-        # Leased elsewhere or added meanwhile: not finished, but nothing failed either.
-        status, code = "interrupted", 1
     else:
-        status, code = "finished", 3 if counts["failed"] else 0
+        status, code = "finished", 0
     message = str(error) if error is not None else None
     try:
-        jobs.release(engine, job_id, runner, status, message, resume_after)
+        status = leases.leave(engine, job_id, runner, status, message, resume_after)
     except SQLAlchemyError as e:
-        # The database may be the very thing that failed (disk full). The job then
-        # still names this dead runner, which the next resume takes over.
+        # The database may be the very thing that failed (disk full). The item leases
+        # then end on their own, and the next resume or worker takes them.
         logger.warning("could not record the job's end: %s", e)
         status, code = "stopped", 1
+    try:
+        counts = jobs.item_counts(engine, job_id)
+    except SQLAlchemyError:
+        counts = state.counts
+    if code == 0:
+        if status == "finished":
+            code = 3 if counts["failed"] else 0
+        elif status == "interrupted":
+            code = 1  # items added meanwhile, or held by a worker that is gone: `resume` finishes them
     return RunOutcome(job_id, status, counts, code, message, elapsed, state.processed, state.requests)
 
 
@@ -398,14 +526,32 @@ def run(
     config: Config,
     progress: ProgressCallback | None = None,
     runner: str | None = None,
+    command: str = "harvest",
 ) -> RunOutcome:
-    """Run a job in a fresh event loop; SIGINT/SIGTERM stop it after a clean flush.
+    """Work a job until every item is final, in a fresh event loop; SIGINT/SIGTERM stop it after a clean flush.
+
+    Without `runner`, this process is a worker of its own for this run, and leaves `workers` at the end.
+    """
+    own = runner is None
+    runner = runner or jobs.new_runner_id()
+    try:
+        return with_signals(lambda stop: run_job(engine, job_id, config, progress, stop, runner, command=command))
+    finally:
+        if own:
+            try:
+                leases.unregister(engine, runner)
+            except SQLAlchemyError as e:
+                logger.warning("could not leave the workers table: %s", e)
+
+
+def with_signals(work: Callable[[asyncio.Event], Awaitable[T]]) -> T:
+    """Run `work(stop)` in a fresh event loop; the first SIGINT/SIGTERM sets `stop`.
 
     A second signal cancels at once: still safe, since only committed batches
     count and every other item is still pending.
     """
 
-    async def main() -> RunOutcome:
+    async def main() -> T:
         import signal
 
         loop = asyncio.get_running_loop()
@@ -425,7 +571,7 @@ def run(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
         try:
-            return await run_job(engine, job_id, config, progress, stop, runner)
+            return await work(stop)
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)

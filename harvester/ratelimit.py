@@ -1,16 +1,18 @@
 """Admission control around every request attempt (retries included).
 
-RateLimiter: token buckets per tier, tightened by what the server says.
-  Free tier: requests are shaped evenly at per_second with no burst, a little
-  under the configured rate (a server enforcing exactly that rate with a bucket
-  of one sees loopback or network jitter as bursts), inside an hourly bucket,
-  with a daily budget that pauses the job when spent. Commercial tier: no API
-  limit; only the optional max_per_second.
-  Server headers: a lower X-*RateLimit-Limit tightens the buckets; a
+RateLimiter: this process's draw on the key's shared budget (budget.py).
+  Free tier: each request takes a slot of the budget's schedule, evenly spaced
+  a little under the configured rate across every process that uses the key,
+  within the clock hour's and the UTC day's counts; a spent daily budget pauses
+  the job. Commercial tier: no API limit; only the optional max_per_second
+  (a schedule too, without the margin).
+  Server headers: a lower X-*RateLimit-Limit tightens the budget; a
   -Remaining of 0 pauses until the window resets (the hour) or pauses the job
   (the day, and Fetch's tweet-id quota).
-  After a 429 everyone waits (Retry-After) once; when 429s persist the rate is
-  halved, then grows back by a quarter every few seconds without one.
+  After a 429 every process waits (Retry-After); when 429s persist the shared
+  rate is halved, then grows back by a quarter every few seconds without one.
+  A pause is checked again right before a request goes out, so requests that
+  were already waiting for their slot are not sent into it.
 
 CircuitBreaker: when most recent attempts fail (5xx, resets, timeouts, bodies
   that are not JSON), stop sending for a cool-down, then let one probe through;
@@ -22,35 +24,28 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import time
-from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from collections.abc import Mapping
+from datetime import datetime, timedelta
 
-from aiolimiter import AsyncLimiter
-
-from harvester.config import LimitsConfig
+from harvester.budget import SharedBudget, State, hour_of, next_midnight, to_datetime
 from harvester.errors import ApiUnavailableError, QuotaExhausted
+from harvester.jobs import utcnow  # the harvester's clock: HARVESTER_NOW moves it in tests
 
 logger = logging.getLogger(__name__)
 
-# Shape the free tier this much under the configured rate: a 3% margin absorbs
-# a few milliseconds of jitter at 20/s and still sustains more than 95%.
-FREE_TIER_MARGIN = 0.97
 # Two 429s within this many seconds mean the rate itself is too high.
 PERSISTENT_429_WINDOW = 10.0
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
+# Seconds before its slot a request's process reads the budget row (for a pause) one last time.
+PREWAKE = 0.005
+# Headers that only confirm what the budget knows are written to it at most this often.
+OBSERVE_EVERY = 5.0
 
 
 def next_utc_midnight(now: datetime | None = None) -> datetime:
     now = now or utcnow()
     return datetime(now.year, now.month, now.day) + timedelta(days=1)
-
-
-def seconds_to_next_hour(now: float) -> float:
-    return 3600.0 - now % 3600.0
 
 
 class Pacer:
@@ -61,29 +56,24 @@ class Pacer:
     good: 20/s came out as 19.07/s. Here slot k is at start + k/rate; a late
     wake-up does not move the slots after it. A caller more than half an
     interval behind (after an idle spell or a long pause) starts a new schedule
-    instead of catching up with a burst.
+    instead of catching up with a burst. (The shared budget keeps the same
+    absolute schedule across processes; this one slows a commercial process
+    down after 429s, where there is no shared schedule to slow.)
     """
 
-    def __init__(self, rate: float, min_gap: float | None = None) -> None:
+    def __init__(self, rate: float) -> None:
         self.interval = 1.0 / rate
-        # Never two requests closer than this, late wake-ups or not: the server's own
-        # interval, so that a server bucket of one never sees two in one interval.
-        self.min_gap = self.interval if min_gap is None else min_gap
         self._next = 0.0
-        self._last = -1e9
         self._lock = asyncio.Lock()
 
     async def acquire(self) -> None:
         async with self._lock:
-            loop = asyncio.get_running_loop()
-            now = loop.time()
+            now = asyncio.get_running_loop().time()
             if self._next < now - self.interval / 2:
                 self._next = now
-            slot = max(self._next, self._last + self.min_gap)
-            if slot > now:
-                await asyncio.sleep(slot - now)
-            self._last = loop.time()
-            self._next = slot + self.interval
+            if self._next > now:
+                await asyncio.sleep(self._next - now)
+            self._next += self.interval
 
 
 def _header_int(headers: Mapping[str, str], name: str) -> int | None:
@@ -94,102 +84,208 @@ def _header_int(headers: Mapping[str, str], name: str) -> int | None:
 
 
 class RateLimiter:
-    """Create inside the running loop (aiolimiter binds to it)."""
+    """This process's admission of requests, drawn from the key's SharedBudget. Create it inside the running loop."""
 
-    def __init__(self, limits: LimitsConfig, tier: str, clock: Callable[[], float] = time.time) -> None:
-        self._clock = clock
-        self._second: Pacer | None = None
-        self._hour: AsyncLimiter | None = None
-        self._hour_limit: int | None = None
-        self._per_day: int | None = None
-        if tier == "free":
-            self._second = Pacer(limits.per_second * FREE_TIER_MARGIN, min_gap=1.0 / limits.per_second)
-            self._set_hourly(limits.per_hour)
-            self._per_day = limits.per_day
-        elif limits.max_per_second:
-            self._second = Pacer(limits.max_per_second)
-        self._ceiling = limits.per_second * FREE_TIER_MARGIN if tier == "free" else (limits.max_per_second or float("inf"))
-        self._day = utcnow().date()
-        self._used_today = 0
+    def __init__(self, budget: SharedBudget, tier: str) -> None:
+        self.budget = budget
+        self._free = tier == "free"
+        self._slots: collections.deque[float] = collections.deque()  # leased, in the database's clock
+        self._interval = budget.interval(1.0) if budget.rate else 0.0  # of the slots held
+        # Never two requests of this process closer than the server's interval, late wake-ups or not.
+        self._min_gap = budget.server_interval or self._interval
+        # How stale the budget row may be when a request goes out: fresh enough that
+        # a pause recorded by another process holds this one's next request.
+        self._fresh_for = 0.1 if not budget.rate else max(0.004, min(0.1, self._interval / 2))
+        self._lock = asyncio.Lock()
+        self._state = State(0.0, None, None, 1.0)
+        self._read_at = -math.inf  # time.monotonic() of the last read of the row
+        self._quota: QuotaExhausted | None = None
+        self._quota_after: QuotaExhausted | None = None  # spent after the slot being waited for
+        self._last_sent = -math.inf  # loop time
         self._sequence = 0  # requests sent, ever
         self._day_ends_at: int | None = None  # the request count at which the server's daily quota runs out
         self._tweet_quota_spent = False
-        self._paused_until = 0.0  # loop time
+        self._observed_at = -math.inf
+        self._known_limits: tuple[int | None, int | None] = (None, None)
         self._sent: collections.deque[float] = collections.deque(maxlen=4096)
         self._throttle: Pacer | None = None
-        self.throttle_rate: float | None = None  # requests/s while slowed down after 429s
+        self.throttle_rate: float | None = None  # requests/s of a commercial process slowed down after 429s
         self._throttle_changed = 0.0
         self._last_429 = -1e9
+        self.forfeited = 0  # slots given up because this process woke too late for them
+        self._unsent: list[float] = []
 
-    def _set_hourly(self, limit: int) -> None:
-        self._hour_limit = limit
-        self._hour = AsyncLimiter(limit, 3600)
+    @property
+    def scheduled(self) -> bool:
+        return self.budget.rate is not None
+
+    @property
+    def tweet_quota_spent(self) -> bool:
+        return self._tweet_quota_spent
 
     async def acquire(self) -> None:
         """Wait for a slot; raise QuotaExhausted when the day's budget is spent."""
         loop = asyncio.get_running_loop()
-        while (wait := self._paused_until - loop.time()) > 0:
-            await asyncio.sleep(wait)
-        today = utcnow().date()
-        if today != self._day:
-            self._day, self._used_today, self._day_ends_at = today, 0, None
-            self._tweet_quota_spent = False
-        if (self._per_day is not None and self._used_today >= self._per_day) or (
-            self._day_ends_at is not None and self._sequence >= self._day_ends_at
-        ):
-            raise QuotaExhausted(next_utc_midnight())
-        self._used_today += 1
+        while True:
+            if self._quota is not None:
+                raise self._quota
+            await self._wait_for_pause()
+            if not self.scheduled:
+                await self._refresh()
+                if self._paused():
+                    continue
+                if self._day_ends_at is not None and self._sequence >= self._day_ends_at:
+                    raise QuotaExhausted(next_utc_midnight())
+                if self._throttle is not None:
+                    self._recover(loop.time())
+                    if self._throttle is not None:
+                        await self._throttle.acquire()
+                break
+            async with self._lock:
+                slot, following = await self._take()
+                # Wake a little early to read the row, so that reading it does not make the request late.
+                delay = slot - self.budget.now() - PREWAKE
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await self._refresh()
+                delay = max(slot - self.budget.now(), self._last_sent + self._min_gap - loop.time())
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if self._quota is not None:
+                    raise self._quota
+                if self._paused():
+                    await self._give_back()  # every slot held falls in or before the pause: lease anew after it
+                    continue
+                late = self.budget.now() - slot
+                # The next slot is ours (or nobody's: the day's budget is spent), so sending late crowds no one.
+                ours_next = (following is None and self._quota_after is not None) or (
+                    following is not None and following - slot <= self._interval * 1.001
+                )
+                if self._free and not ours_next and late > self._interval - self._min_gap:
+                    # The next slot may be another process's: sent this late, the two would
+                    # come closer than the server allows. Give this one up instead.
+                    self.forfeited += 1
+                    self._unsent.append(slot)  # it counts for nobody: given back at close()
+                    continue
+                self._last_sent = loop.time()
+                if not self._slots:  # the last slot granted before the quota ran out
+                    self._quota, self._quota_after = self._quota_after, None
+                break
         self._sequence += 1
-        for bucket in (self._second, self._hour):
-            if bucket is not None:
-                await bucket.acquire()
-        if self._throttle is not None:
-            self._recover(loop.time())
-            if self._throttle is not None:
-                await self._throttle.acquire()
         self._sent.append(loop.time())
 
-    def observe(self, headers: Mapping[str, str], endpoint: str) -> None:
+    async def _take(self) -> tuple[float, float | None]:
+        """The next slot of this process, and the one after it (leased early, so we know whether it follows)."""
+        if not self._slots:
+            await self._lease()
+        slot = self._slots.popleft()
+        # The next slice is leased a slot ahead: its round trip then never makes a slot late.
+        if len(self._slots) <= 1:
+            try:
+                await self._lease()
+            except QuotaExhausted as e:
+                self._quota_after = e  # this slot is still good; the next acquire stops
+        return slot, self._slots[0] if self._slots else None
+
+    async def _lease(self) -> None:
+        slots, state = await asyncio.to_thread(self.budget.lease)
+        self._interval = self.budget.interval(state.factor)
+        self._slots.extend(slots)
+        self._state = state
+
+    async def _refresh(self) -> None:
+        if time.monotonic() - self._read_at < self._fresh_for:
+            return
+        self._read_at = time.monotonic()
+        self._apply(await asyncio.to_thread(self.budget.read))
+
+    def _apply(self, state: State) -> None:
+        self._state = state
+        quota = state.quota_error(self.budget.now())
+        # With _quota_after, the spent quota the row shows is the one this process's own lease
+        # found after its last slots: those were granted within the budget and still go out.
+        if quota is not None and self._quota_after is None:
+            self._quota = quota
+
+    def _paused(self) -> bool:
+        return self.budget.now() < self._state.paused_until
+
+    async def _wait_for_pause(self) -> None:
+        while (wait := self._state.paused_until - self.budget.now()) > 0:
+            await asyncio.sleep(wait)
+            self._read_at = -math.inf  # the pause may have been extended meanwhile
+            await self._refresh()
+
+    async def _give_back(self) -> None:
+        slots, self._slots = list(self._slots), collections.deque()
+        slots, self._unsent = self._unsent + slots, []
+        if slots:
+            await asyncio.to_thread(self.budget.give_back, slots, self._interval)
+
+    async def close(self) -> None:
+        """Return the slots leased but not used, so that they count for nobody."""
+        await self._give_back()
+
+    async def observe(self, headers: Mapping[str, str], endpoint: str) -> None:
         """Adapt to the rate-limit headers of a response (before its status is handled)."""
         hour_limit = _header_int(headers, "X-HourlyRateLimit-Limit")
-        if hour_limit is not None and 0 < hour_limit < (self._hour_limit or float("inf")):
-            logger.info("the API allows %d requests an hour: tightening to that", hour_limit)
-            self._set_hourly(hour_limit)
         day_limit = _header_int(headers, "X-DailyRateLimit-Limit")
-        if day_limit is not None and 0 < day_limit < (self._per_day or float("inf")):
-            logger.info("the API allows %d requests a day: tightening to that", day_limit)
-            self._per_day = day_limit
+        hour_left = _header_int(headers, "X-HourlyRateLimit-Remaining")
         day_left = _header_int(headers, "X-DailyRateLimit-Remaining")
-        if day_left is not None:
-            # The server counts requests as they arrive, ours in flight included: what
-            # is left is left after every request sent so far. The earliest end wins.
+        if day_left is not None and not self.scheduled:
+            # Without a schedule nothing counts the day in the budget: the server counts requests
+            # as they arrive, ours in flight included, so what is left is left after every request
+            # sent so far. The earliest end wins.
             ends_at = self._sequence + day_left
             self._day_ends_at = ends_at if self._day_ends_at is None else min(self._day_ends_at, ends_at)
-        if _header_int(headers, "X-HourlyRateLimit-Remaining") == 0:
-            wait = seconds_to_next_hour(self._clock())
-            if self._paused_until < asyncio.get_running_loop().time() + wait - 1:
-                logger.warning("the API's hourly limit is spent: waiting %.0f minutes for the next hour", wait / 60)
-            self.pause(wait)
         if endpoint == "fetch" and _header_int(headers, "X-TweetIDRateLimit-Remaining") == 0:
             self._tweet_quota_spent = True
+        if hour_left == 0:
+            until = hour_of(self.budget.now()) + 3600.0
+            if self._state.paused_until < until - 1:
+                logger.warning("the API's hourly limit is spent: waiting %.0f minutes for the next hour", (until - self.budget.now()) / 60)
+                self._apply(await asyncio.to_thread(self.budget.pause, until, "the hourly limit is spent"))
+        if day_left == 0:
+            reset = to_datetime(next_midnight(self.budget.now()))
+            await asyncio.to_thread(self.budget.spend_quota, reset, "daily")
+            self._quota = QuotaExhausted(reset)
+            return
+        limits = (hour_limit, day_limit)
+        now = time.monotonic()
+        if self.scheduled and (limits != self._known_limits or now - self._observed_at > OBSERVE_EVERY):
+            self._known_limits, self._observed_at = limits, now
+            await asyncio.to_thread(self.budget.observe, hour_limit, hour_left, day_limit, day_left)
 
-    def quota_error(self, headers: Mapping[str, str], endpoint: str, retry_after: float | None) -> QuotaExhausted | None:
-        """For a 429: the quota that is spent (daily, or Fetch's tweet ids), if any."""
+    async def quota_error(self, headers: Mapping[str, str], endpoint: str, retry_after: float | None) -> QuotaExhausted | None:
+        """For a 429: the quota that is spent (daily, or Fetch's tweet ids), if any; a spent daily quota holds every process."""
         day_left = _header_int(headers, "X-DailyRateLimit-Remaining")
         tweets_left = _header_int(headers, "X-TweetIDRateLimit-Remaining") if endpoint == "fetch" else None
         if day_left != 0 and tweets_left != 0:
             return None
         now = utcnow()
         resume_at = now + timedelta(seconds=retry_after) if retry_after else next_utc_midnight(now)
-        return QuotaExhausted(resume_at, "tweet-id" if day_left != 0 else "daily")
+        if day_left == 0:
+            await asyncio.to_thread(self.budget.spend_quota, resume_at, "daily")
+            return QuotaExhausted(resume_at, "daily")
+        return QuotaExhausted(resume_at, "tweet-id")
 
-    def slow_down(self, retry_after: float | None) -> None:
-        """After a 429: everyone waits; if 429s persist, halve the rate (at most once a second)."""
+    async def slow_down(self, retry_after: float | None) -> None:
+        """After a 429: every process waits; if 429s persist, halve the rate (at most once a second)."""
         loop_now = asyncio.get_running_loop().time()
-        self.pause(retry_after if retry_after is not None else 1.0)
+        wait = retry_after if retry_after is not None else 1.0
+        self._apply(await asyncio.to_thread(self.budget.pause, self.budget.now() + wait, "429"))
         persistent = loop_now - self._last_429 < PERSISTENT_429_WINDOW
         self._last_429 = loop_now
-        if not persistent or (self._throttle is not None and loop_now - self._throttle_changed < 1.0):
+        if not persistent:
+            return
+        if self.scheduled:
+            assert self.budget.rate is not None
+            factor = await asyncio.to_thread(self.budget.slow_down, min(1.0, 0.2 / self.budget.rate))
+            if factor is not None:
+                await self._give_back()  # slots at the old spacing: lease anew at the new one
+                logger.info("rate limited again: slowing every process on this key down to %.2f requests/s", self.budget.rate * factor)
+            return
+        if self._throttle is not None and loop_now - self._throttle_changed < 1.0:
             return
         sent = sum(1 for t in self._sent if t > loop_now - 2.0) / 2.0
         current = min(self.throttle_rate or sent, sent) if sent else (self.throttle_rate or 1.0)
@@ -201,7 +297,7 @@ class RateLimiter:
         if now - self._throttle_changed < 3.0:
             return
         rate = self.throttle_rate * 1.25
-        if rate >= self._ceiling or rate > 10_000:
+        if rate > 10_000:
             self._throttle, self.throttle_rate = None, None
             logger.info("no 429 for a while: back to the configured rate")
         else:
@@ -211,17 +307,6 @@ class RateLimiter:
         self.throttle_rate = rate
         self._throttle = Pacer(rate)
         self._throttle_changed = now
-
-    def pause(self, seconds: float) -> None:
-        """Hold every worker back for a while: one wait, not one per worker."""
-        now = asyncio.get_running_loop().time()
-        if self._paused_until < now:
-            logger.info("pausing all requests for %.1fs", seconds)
-        self._paused_until = max(self._paused_until, now + seconds)
-
-    @property
-    def tweet_quota_spent(self) -> bool:
-        return self._tweet_quota_spent
 
 
 class CircuitBreaker:

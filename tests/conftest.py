@@ -46,6 +46,16 @@ def rows(engine: Engine, sql: str, **params: Any) -> list[dict[str, Any]]:
         return [dict(r._mapping) for r in conn.execute(text(sql), params)]
 
 
+def lease_all(engine: Engine, job_id: int, runner: str) -> None:
+    """Lease every pending item of a job to `runner`, as a worker's claims would: the writer
+    stores only results whose lease their worker holds."""
+    from datetime import timedelta
+
+    from harvester import leases
+
+    leases.claim(engine, job_id, runner, 10**9, timedelta(hours=1))
+
+
 def scalar(engine: Engine, sql: str, **params: Any) -> Any:
     with engine.connect() as conn:
         return conn.execute(text(sql), params).scalar()

@@ -13,7 +13,7 @@ from typing import Any
 from harvester import jobs
 from harvester.fakeapi import FakeConfig, FakeServer, serve_in_thread
 from harvester.store import ItemResult, write_batch
-from tests.conftest import KEY, SAMPLES, Harness, rows, scalar
+from tests.conftest import KEY, SAMPLES, Harness, lease_all, rows, scalar
 from tests.subproc import query, start
 
 
@@ -113,6 +113,7 @@ def test_the_docs_sample_page_is_stored_with_its_rank_and_total(engine: Any) -> 
     raw = (SAMPLES / "citations_docs-example_1m.json").read_bytes()
     with engine.begin() as conn:
         job_id, _ = jobs.create_citations_job(conn, "1m", {}, 99, None)
+    lease_all(engine, job_id, "test")
     write_batch(engine, job_id, "citations", [ItemResult("page", "1", "done", 1, 200, None, raw)], jobs.utcnow(), "test",
                 params=jobs.get_job(engine, job_id).params)  # fmt: skip
     assert rows(engine, "select altmetric_id, rank, score, total, page from citation_activity") == [

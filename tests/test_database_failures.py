@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -46,20 +46,29 @@ def test_a_locked_database_makes_the_writer_wait(tmp_path: Path, server: FakeSer
 
 
 @pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+def tiny_disk(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
+    """Mounts a tmpfs of the size asked (bytes), once the test knows how much it needs."""
     mount = tmp_path / "tiny"
     mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {result.stderr.decode().strip()}")
+    mounted = False
+
+    def make(size: int) -> Path:
+        nonlocal mounted
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True)
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {result.stderr.decode().strip()}")
+        mounted = True
+        return mount
+
     try:
-        yield mount
+        yield make
     finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+        if mounted:
+            subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_a_full_disk_stops_the_job_with_items_pending_and_resume_finishes(
-    tmp_path: Path, server: FakeServer, tiny_disk: Path
+    tmp_path: Path, server: FakeServer, tiny_disk: Callable[[int], Path]
 ) -> None:
     n = 6000
     id_file = ids(tmp_path, n)
@@ -67,7 +76,10 @@ def test_a_full_disk_stops_the_job_with_items_pending_and_resume_finishes(
     proc = start(calm, server, "harvest", "--no-progress", str(id_file))
     assert proc.wait(timeout=300) == 0
 
-    db = tiny_disk / "full.db"
+    # Room for about half of what the harvest needs: the disk fills in the middle of the run.
+    needed = sum(f.stat().st_size for f in tmp_path.glob("calm.db*"))
+    disk = tiny_disk(needed // 2)
+    db = disk / "full.db"
     proc = start(db, server, "harvest", "--no-progress", str(id_file))
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 1, err
@@ -82,7 +94,7 @@ def test_a_full_disk_stops_the_job_with_items_pending_and_resume_finishes(
         "where i.status = 'done' and o.altmetric_id is null",
     ) == [(0,)]
 
-    subprocess.run(["mount", "-o", "remount,size=200m", str(tiny_disk)], check=True)
+    subprocess.run(["mount", "-o", "remount,size=200m", str(disk)], check=True)
     proc = start(db, server, "resume", "--no-progress")
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err

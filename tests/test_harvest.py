@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from harvester.fakeapi import FakeServer, counts_body, serve_in_thread
 from tests.conftest import FAKE, KEY, Harness, dois, rows, scalar
@@ -194,8 +196,18 @@ def test_spent_daily_quota_pauses_with_exit_75_and_resume_finishes(tmp_path: Pat
         # The harvester stops on the server's Remaining header, give or take the requests
         # in flight (8): it never goes past the quota.
         assert 25 - 8 <= len(answered) <= 25
-    with serve_in_thread(FAKE) as server:  # a new day, a fresh quota
+    with serve_in_thread(FAKE) as server:  # a fresh quota
         h.env["HARVESTER_API_URL"] = server.url
+        # Before the quota resets, a resume says when it may resume and sends nothing.
+        early = h.run("resume", "--no-progress")
+        assert early.exit_code == 75, early.output
+        assert "daily quota is spent; it resets at" in early.stderr
+        assert server.stats.total == 0
+        # The reset time passes (moved, rather than waited for): the job and the key's shared budget agree.
+        with h.engine.begin() as conn:
+            past = datetime.now(UTC).replace(tzinfo=None) - timedelta(seconds=1)
+            conn.execute(text("update jobs set resume_after = :t"), {"t": past})
+            conn.execute(text("update rate_budgets set quota_until = :t"), {"t": past})
         assert h.run("resume", "--no-progress").exit_code == 0
         # No id already answered was asked again; every other one was asked once.
         assert set(server.stats.per_path) == {"/v1/doi/" + i for i in ids} - answered

@@ -157,14 +157,19 @@ def nightly_in_its_refresh(world: World, done: int = 20) -> tuple[subprocess.Pop
     return proc, world.db()
 
 
-def test_a_second_nightly_is_refused_while_one_runs(tmp_path: Path) -> None:
-    for world in make_world(tmp_path, concurrency=2, latency=0.03):
+def test_a_second_nightly_is_refused_while_one_runs_but_its_refresh_takes_more_workers(tmp_path: Path) -> None:
+    # Slow answers: the nightly must still be in its refresh after three more commands have started.
+    for world in make_world(tmp_path, concurrency=2, latency=0.15):
         first, db = nightly_in_its_refresh(world)
         code, _, err = world.run(NIGHT, "nightly", "--no-progress")
         assert code == 75, err
         assert "another nightly is running" in err and "Traceback" not in err
-        code, _, err = world.run(NIGHT, "resume", "4", "--no-progress")
+        code, _, err = world.run(NIGHT, "resume", "2", "--no-progress")  # the nightly itself: one at a time
         assert code == 75 and "another nightly is running" in err
+        # Its refresh job is an ordinary job: a resume of it joins as one more worker.
+        code, _, err = world.run(NIGHT, "resume", "4", "--no-progress")
+        assert code == 0, err
+        assert "job 4 finished" in err
         out, err = first.communicate(timeout=120)
         assert first.returncode == 0, err
         assert query(db, "select count(*) from jobs where endpoint = 'nightly'") == [(1,)]

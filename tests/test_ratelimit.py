@@ -4,27 +4,43 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime
 
 import pytest
 
+from sqlalchemy import Engine, text
+
+from harvester.budget import FREE_TIER_MARGIN, SharedBudget, key_hash, to_datetime
 from harvester.config import LimitsConfig
 from harvester.errors import ApiUnavailableError, QuotaExhausted
-from harvester.ratelimit import FREE_TIER_MARGIN, CircuitBreaker, RateLimiter
+from harvester.ratelimit import CircuitBreaker, RateLimiter
+from tests.conftest import rows
 
 FREE = LimitsConfig(per_second=20.0, per_hour=3600, per_day=86400)
+KEY = "sk-test-budget"
 
 
 def run(coro):  # type: ignore[no-untyped-def]
     return asyncio.run(coro)
 
 
-def test_free_tier_is_shaped_evenly_without_a_burst() -> None:
+def limiter(engine: Engine, limits: LimitsConfig = FREE, tier: str = "free", key: str = KEY) -> RateLimiter:
+    return RateLimiter(SharedBudget(engine, key, limits, tier), tier)
+
+
+def budget_row(engine: Engine) -> dict:  # type: ignore[type-arg]
+    [row] = rows(engine, "select * from rate_budgets")
+    return row
+
+
+def test_free_tier_is_shaped_evenly_without_a_burst(engine: Engine) -> None:
     async def main() -> list[float]:
-        limiter = RateLimiter(FREE, "free")
+        lim = limiter(engine)
         times = []
         for _ in range(21):
-            await limiter.acquire()
+            await lim.acquire()
             times.append(time.monotonic())
+        await lim.close()
         return times
 
     times = run(main())
@@ -32,57 +48,128 @@ def test_free_tier_is_shaped_evenly_without_a_burst() -> None:
     interval = 1 / (20 * FREE_TIER_MARGIN)
     assert min(gaps) > interval * 0.9  # no two requests back to back: no burst
     assert times[-1] - times[0] == pytest.approx(20 * interval, rel=0.1)
+    # The budget counted what was sent, and took back what was leased but not used.
+    row = budget_row(engine)
+    assert (row["hour_used"], row["day_used"]) == (21, 21)
 
 
-def test_commercial_tier_has_no_limit() -> None:
+def test_the_key_is_stored_only_as_a_salted_hash(engine: Engine) -> None:
+    run(limiter(engine).close())
+    assert budget_row(engine)["key_hash"] == key_hash(KEY) != key_hash("another key")
+    assert KEY not in str(rows(engine, "select * from rate_budgets"))
+
+
+def test_two_processes_on_one_key_share_the_rate(engine: Engine) -> None:
+    """Two limiters (as two processes would) on one key: together at the key's rate, evenly spaced."""
+
+    async def main() -> list[float]:
+        a, b = limiter(engine), limiter(engine)
+        times: list[float] = []
+
+        async def draw(lim: RateLimiter) -> None:
+            for _ in range(15):
+                await lim.acquire()
+                times.append(time.monotonic())
+
+        await asyncio.gather(draw(a), draw(b))
+        await a.close()
+        await b.close()
+        return sorted(times)
+
+    times = run(main())
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    interval = 1 / (20 * FREE_TIER_MARGIN)
+    assert min(gaps) > interval * 0.9  # the two never send together
+    rate = (len(times) - 1) / (times[-1] - times[0])
+    assert 0.85 * 20 <= rate <= 20  # together, not twice the key's rate
+    assert budget_row(engine)["day_used"] == 30
+
+
+def test_commercial_tier_has_no_limit(engine: Engine) -> None:
     async def main() -> float:
-        limiter = RateLimiter(LimitsConfig(), "commercial")
+        lim = limiter(engine, LimitsConfig(), "commercial")
         start = time.monotonic()
         for _ in range(1000):
-            await limiter.acquire()
+            await lim.acquire()
         return time.monotonic() - start
 
-    assert run(main()) < 0.5
+    assert run(main()) < 1.0
 
 
-def test_lower_server_limits_tighten_the_buckets() -> None:
-    async def main() -> RateLimiter:
-        limiter = RateLimiter(FREE, "free")
-        limiter.observe({"X-HourlyRateLimit-Limit": "100", "X-DailyRateLimit-Limit": "1000"}, "counts")
-        return limiter
+def test_lower_server_limits_tighten_the_budget_for_every_process(engine: Engine) -> None:
+    async def main() -> None:
+        lim = limiter(engine)
+        await lim.observe({"X-HourlyRateLimit-Limit": "100", "X-DailyRateLimit-Limit": "1000"}, "counts")
+        # Higher server limits never loosen the configuration.
+        await limiter(engine).observe({"X-HourlyRateLimit-Limit": "99999"}, "counts")
 
-    limiter = run(main())
-    assert limiter._hour_limit == 100
-    assert limiter._per_day == 1000
-    # Higher server limits never loosen the configuration.
-    assert run(_observe({"X-HourlyRateLimit-Limit": "99999"}))._hour_limit == 3600
-
-
-async def _observe(headers: dict[str, str], clock: float | None = None) -> RateLimiter:
-    limiter = RateLimiter(FREE, "free", clock=(lambda: clock) if clock is not None else time.time)
-    limiter.observe(headers, "counts")
-    return limiter
+    run(main())
+    row = budget_row(engine)
+    assert (row["hour_limit"], row["day_limit"]) == (100, 1000)
 
 
-def test_hourly_remaining_zero_pauses_until_the_next_hour() -> None:
+def test_remaining_headers_raise_the_shared_counts(engine: Engine) -> None:
+    async def main() -> None:
+        lim = limiter(engine)
+        await lim.observe({"X-HourlyRateLimit-Limit": "3600", "X-HourlyRateLimit-Remaining": "3000",
+                           "X-DailyRateLimit-Limit": "86400", "X-DailyRateLimit-Remaining": "80000"}, "counts")
+
+    run(main())
+    row = budget_row(engine)
+    assert (row["hour_used"], row["day_used"]) == (600, 6400)  # another client of the key used them
+
+
+def test_hourly_remaining_zero_pauses_every_process_until_the_next_hour(engine: Engine) -> None:
     async def main() -> float:
-        # 30 seconds before the top of an hour.
-        limiter = await _observe({"X-HourlyRateLimit-Remaining": "0"}, clock=3600 * 500 - 30.0)
-        return limiter._paused_until - asyncio.get_running_loop().time()
+        lim = limiter(engine)
+        await lim.observe({"X-HourlyRateLimit-Remaining": "0"}, "counts")
+        return lim.budget.now()
 
-    assert run(main()) == pytest.approx(30.0, abs=0.5)
+    now = run(main())
+    paused_until = datetime.fromisoformat(str(budget_row(engine)["paused_until"]))
+    assert paused_until == to_datetime(3600 * (now // 3600 + 1))
 
 
-def test_daily_remaining_ends_the_run_at_the_quota() -> None:
+def test_a_spent_hourly_limit_moves_the_next_slot_to_the_next_hour(engine: Engine) -> None:
+    limits = LimitsConfig(per_second=20.0, per_hour=5, per_day=86400)
+    budget = SharedBudget(engine, KEY, limits, "free")
+    slots, _ = budget.lease(5)
+    assert len(slots) == 5
+    [later], _ = budget.lease(1)
+    assert later == pytest.approx(3600 * (slots[0] // 3600 + 1))  # the top of the next clock hour
+    assert budget_row(engine)["hour_used"] == 1
+
+
+def test_daily_budget_spent_pauses_the_job_and_holds_every_process(engine: Engine) -> None:
+    limits = LimitsConfig(per_second=50.0, per_hour=3600, per_day=10)
+
     async def main() -> int:
-        limiter = RateLimiter(LimitsConfig(), "commercial")
-        for _ in range(10):
-            await limiter.acquire()
-        limiter.observe({"X-DailyRateLimit-Remaining": "3"}, "counts")
+        lim = limiter(engine, limits)
         sent = 0
         with pytest.raises(QuotaExhausted) as info:
             while True:
-                await limiter.acquire()
+                await lim.acquire()
+                sent += 1
+        assert info.value.kind == "daily"
+        # A process started afterwards (a restart, another job) is refused at once.
+        with pytest.raises(QuotaExhausted):
+            await limiter(engine, limits).acquire()
+        return sent
+
+    assert run(main()) == 10
+    assert budget_row(engine)["quota_until"] is not None
+
+
+def test_daily_remaining_ends_a_commercial_run_at_the_quota(engine: Engine) -> None:
+    async def main() -> int:
+        lim = limiter(engine, LimitsConfig(), "commercial")
+        for _ in range(10):
+            await lim.acquire()
+        await lim.observe({"X-DailyRateLimit-Remaining": "3"}, "counts")
+        sent = 0
+        with pytest.raises(QuotaExhausted) as info:
+            while True:
+                await lim.acquire()
                 sent += 1
         assert info.value.kind == "daily"
         return sent
@@ -90,37 +177,96 @@ def test_daily_remaining_ends_the_run_at_the_quota() -> None:
     assert run(main()) == 3
 
 
-def test_a_429_with_a_spent_quota_is_a_pause_with_its_reset_time() -> None:
+def test_a_429_with_a_spent_quota_is_a_pause_with_its_reset_time(engine: Engine) -> None:
     async def main() -> None:
-        limiter = RateLimiter(LimitsConfig(), "commercial")
-        assert limiter.quota_error({"X-DailyRateLimit-Remaining": "7"}, "counts", None) is None
-        daily = limiter.quota_error({"X-DailyRateLimit-Remaining": "0"}, "counts", 120.0)
-        assert daily is not None and daily.kind == "daily"
-        tweets = limiter.quota_error({"X-TweetIDRateLimit-Remaining": "0"}, "fetch", None)
+        lim = limiter(engine, LimitsConfig(), "commercial")
+        assert await lim.quota_error({"X-DailyRateLimit-Remaining": "7"}, "counts", None) is None
+        tweets = await lim.quota_error({"X-TweetIDRateLimit-Remaining": "0"}, "fetch", None)
         assert tweets is not None and tweets.kind == "tweet-id"
         assert tweets.resume_at.hour == 0 and tweets.resume_at.minute == 0  # the next UTC midnight
         # The tweet-id quota means nothing to Counts.
-        assert limiter.quota_error({"X-TweetIDRateLimit-Remaining": "0"}, "counts", None) is None
+        assert await lim.quota_error({"X-TweetIDRateLimit-Remaining": "0"}, "counts", None) is None
+        assert budget_row(engine)["quota_until"] is None  # the tweet-id quota holds only Fetch
+        daily = await lim.quota_error({"X-DailyRateLimit-Remaining": "0"}, "counts", 120.0)
+        assert daily is not None and daily.kind == "daily"
+        stored = datetime.fromisoformat(str(budget_row(engine)["quota_until"]))
+        assert stored == daily.resume_at  # every process on the key stops
 
     run(main())
 
 
-def test_one_429_pauses_and_persisting_429s_halve_the_rate() -> None:
-    async def main() -> tuple[float | None, float | None, float]:
-        limiter = RateLimiter(LimitsConfig(), "commercial")
-        for _ in range(40):
-            await limiter.acquire()
-        limiter.slow_down(0.05)
-        first = limiter.throttle_rate
-        await asyncio.sleep(0.06)
-        limiter.slow_down(0.05)
-        paused = limiter._paused_until - asyncio.get_running_loop().time()
-        return first, limiter.throttle_rate, paused
+def test_a_pause_holds_requests_already_waiting_for_their_slot(engine: Engine) -> None:
+    """The bug this fixes: workers queued in the pacer fired into a Retry-After pause."""
+    limits = LimitsConfig(per_second=10.0, per_hour=36000, per_day=864000)
 
-    first, second, paused = run(main())
+    async def main() -> tuple[list[float], float]:
+        lim = limiter(engine, limits)
+        other = limiter(engine, limits)  # another process on the key
+        sent: list[float] = []
+
+        async def worker() -> None:
+            for _ in range(3):
+                await lim.acquire()
+                sent.append(time.monotonic())
+
+        tasks = [asyncio.create_task(worker()) for _ in range(4)]
+        await asyncio.sleep(0.35)  # a few sent, the rest queued for their slots
+        paused_at = time.monotonic()
+        await other.slow_down(1.0)  # the other process got a 429 with Retry-After: 1
+        await asyncio.gather(*tasks)
+        return sent, paused_at
+
+    sent, paused_at = run(main())
+    assert len(sent) == 12
+    during = [t for t in sent if paused_at + 0.02 < t < paused_at + 0.98]
+    assert during == [], f"{len(during)} requests sent into the pause"
+    assert any(t >= paused_at + 0.98 for t in sent)
+
+
+def test_one_429_pauses_and_persisting_429s_halve_the_shared_rate(engine: Engine) -> None:
+    async def main() -> tuple[float, float]:
+        lim = limiter(engine)
+        for _ in range(5):
+            await lim.acquire()
+        await lim.slow_down(0.05)
+        first = budget_row(engine)["rate_factor"]
+        await asyncio.sleep(0.06)
+        await lim.slow_down(0.05)
+        return first, budget_row(engine)["rate_factor"]
+
+    first, second = run(main())
+    assert first == 1.0  # a single 429: a pause, no slow-down
+    assert second == 0.5  # every process on the key slows down
+
+
+def test_persisting_429s_halve_a_commercial_process(engine: Engine) -> None:
+    async def main() -> tuple[float | None, float | None]:
+        lim = limiter(engine, LimitsConfig(), "commercial")
+        for _ in range(40):
+            await lim.acquire()
+        await lim.slow_down(0.05)
+        first = lim.throttle_rate
+        await asyncio.sleep(0.06)
+        await lim.slow_down(0.05)
+        return first, lim.throttle_rate
+
+    first, second = run(main())
     assert first is None  # a single 429: a pause, no slow-down
     assert second is not None and second == pytest.approx(10.0, rel=0.05)  # 40 sent in the last 2 s: 20/s, halved
-    assert 0 < paused <= 0.05
+
+
+def test_budget_counts_survive_a_restart(engine: Engine) -> None:
+    async def main() -> None:
+        lim = limiter(engine)
+        for _ in range(7):
+            await lim.acquire()
+        await lim.close()
+
+    run(main())
+    run(main())
+    assert budget_row(engine)["day_used"] == 14
+    with engine.begin() as conn:
+        assert conn.execute(text("select count(*) from rate_budgets")).scalar() == 1
 
 
 def test_breaker_opens_on_an_outage_probes_and_closes() -> None:

@@ -98,14 +98,20 @@ def test_ctrl_c_flushes_prints_the_resume_command_and_resume_finishes(
     assert snapshot(db) == undisturbed
 
 
-def test_a_live_run_is_not_taken_over(tmp_path: Path, id_file: Path) -> None:
-    with serve_in_thread(replace(FAKE, latency=0.05)) as slow:
+def test_a_resume_of_a_live_run_joins_it_as_a_second_worker(tmp_path: Path, id_file: Path, undisturbed: dict[str, Any]) -> None:
+    with serve_in_thread(replace(FAKE, latency=0.02)) as slow:
         db = tmp_path / "busy.db"
-        first = start(db, slow, "harvest", "--no-progress", "--concurrency", "2", str(id_file))
-        wait_until(db, 4, first)
+        first = start(db, slow, "harvest", "--no-progress", "--concurrency", "4", str(id_file))
+        wait_until(db, 20, first)
         second = start(db, slow, "resume", "1", "--no-progress")
-        out, err = second.communicate(timeout=60)
-        first.send_signal(signal.SIGINT)
-        first.communicate(timeout=60)
-    assert second.returncode == 75
-    assert "job 1 is being run by" in err
+        out, err = second.communicate(timeout=120)
+        assert second.returncode == 0, err
+        first_out, first_err = first.communicate(timeout=120)
+        assert first.returncode == 0, first_err
+        # Each id was asked once: the two workers never shared an item.
+        assert set(slow.stats.per_path.values()) == {1} and len(slow.stats.per_path) == N
+    assert "job 1 finished" in err and "job 1 finished" in first_err
+    mine = int(err.split("(")[1].split(" in ")[0].replace(",", ""))
+    assert mine > 0, err  # the second worker did its share
+    assert snapshot(db) == undisturbed
+    assert query(db, "select count(*) from workers") == [(0,)]

@@ -1,0 +1,216 @@
+"""Many processes, one job or one key: real `harvester` subprocesses, a real PostgreSQL server, the fake API over HTTP.
+
+- workers on one job take different items, and together go faster;
+- a worker frozen (SIGSTOP) past its lease loses its items to the others and writes nothing for them;
+- a worker killed (SIGKILL) leaves its items to the survivors, with no resume by hand;
+- several processes on one free key stay, together, within its rate and still use most of it,
+  also when the server imposes a pause;
+- on SQLite, a bulk harvest and a nightly on one key at once.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from harvester.fakeapi import FakeConfig, FakeServer, serve_in_thread
+from tests.conftest import KEY
+from tests.subproc import query, start
+
+FAKE = FakeConfig(keys=(KEY,), not_found_pct=10)
+
+
+def ids(tmp_path: Path, n: int, prefix: str) -> Path:
+    path = tmp_path / f"{prefix}.txt"
+    path.write_text("".join(f"10.5555/{prefix}.{i:05d}\n" for i in range(n)))
+    return path
+
+
+def config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "harvester.toml"
+    path.write_text(text)
+    return path
+
+
+def enqueue(db: str | Path, server: FakeServer, id_file: Path, cfg: Path | None = None) -> int:
+    proc = start(db, server, "harvest", "--enqueue-only", str(id_file), config=cfg)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    return int(out.strip())
+
+
+def processed(err: str) -> int:
+    """Items a worker wrote, summed over its 'job N ...: (X in Ys ...)' lines."""
+    return sum(int(m.replace(",", "")) for m in re.findall(r"\(([\d,]+) in [\d.]+s", err))
+
+
+def finish(procs: list[subprocess.Popen[str]], timeout: float = 180) -> list[tuple[int, str]]:
+    return [(p.wait(timeout=timeout), p.communicate()[1]) for p in procs]
+
+
+def timed_workers(db: str, server: FakeServer, job: int, n: int, cfg: Path) -> float:
+    """Seconds from the first worker's start on the job to its last item, as the database saw them."""
+    procs = [start(db, server, "worker", str(job), "--no-progress", config=cfg) for _ in range(n)]
+    for code, err in finish(procs):
+        assert code == 0, err
+    [(seconds,)] = query(
+        db, f"select extract(epoch from max(i.updated_at) - j.started_at) from job_items i join jobs j on j.id = i.job_id where j.id = {job} group by j.started_at"
+    )
+    return float(seconds)
+
+
+def test_three_workers_share_a_postgresql_job_and_go_three_times_as_fast(tmp_path: Path, pg_url: str) -> None:
+    cfg = config(tmp_path, "[limits]\nconcurrency = 8\n")
+    with serve_in_thread(replace(FAKE, latency=0.1)) as server:
+        one = enqueue(pg_url, server, ids(tmp_path, 320, "one"), cfg)
+        three = enqueue(pg_url, server, ids(tmp_path, 960, "three"), cfg)
+        alone = timed_workers(pg_url, server, one, 1, cfg)
+        together = timed_workers(pg_url, server, three, 3, cfg)
+        asked = server.stats.per_path
+    # Every item final exactly once: each asked once, none pending, the job finished.
+    assert len(asked) == 320 + 960 and set(asked.values()) == {1}
+    assert query(pg_url, "select status, count(*) from jobs group by status") == [("finished", 2)]
+    assert query(pg_url, "select count(*) from job_items where status = 'pending' or claimed_by is not null") == [(0,)]
+    assert query(pg_url, "select count(*) from workers") == [(0,)]
+    speedup = (960 / together) / (320 / alone)
+    print(f"\n1 worker: {320 / alone:.0f} items/s; 3 workers: {960 / together:.0f} items/s; {speedup:.2f}x")
+    assert speedup >= 2.0, f"{speedup:.2f}x"  # benchmarks/workers.py measures it on a quiet machine
+
+
+def test_a_frozen_worker_loses_its_items_and_writes_nothing_for_them(tmp_path: Path, pg_url: str) -> None:
+    cfg = config(tmp_path, '[limits]\nconcurrency = 4\n[workers]\nlease = "3s"\n')
+    n = 120
+    with serve_in_thread(replace(FAKE, latency=0.2)) as server:
+        job = enqueue(pg_url, server, ids(tmp_path, n, "frozen"), cfg)
+        frozen = start(pg_url, server, "worker", str(job), "--no-progress", config=cfg)
+        deadline = time.monotonic() + 60
+        while query(pg_url, f"select count(*) from job_items where job_id = {job} and status != 'pending'")[0][0] < 8:
+            assert time.monotonic() < deadline and frozen.poll() is None
+            time.sleep(0.05)
+        frozen.send_signal(signal.SIGSTOP)  # with requests in flight and most of the job leased
+        stopped_at = time.monotonic()
+        held = query(pg_url, f"select count(*) from job_items where job_id = {job} and claimed_by is not null")[0][0]
+        assert held >= 4
+        other = start(pg_url, server, "worker", str(job), "--no-progress", config=cfg)
+        code, err = finish([other])[0]
+        assert code == 0, err
+        took_over_after = time.monotonic() - stopped_at
+        before_thaw = server.stats.total
+        frozen.send_signal(signal.SIGCONT)
+        frozen_code, frozen_err = finish([frozen])[0]
+        asked = dict(server.stats.per_path)
+        after_thaw = server.stats.total - before_thaw
+    assert took_over_after >= 3  # it waited for the leases to end
+    assert frozen_code == 0, frozen_err
+    assert "drops the items it held" in frozen_err
+    # Woken, it asked for nothing more: what it had in flight when frozen had reached the server already.
+    assert after_thaw == 0
+    assert len(asked) == n
+    # Each item was written by exactly one worker: nothing by the frozen one for the items it lost.
+    assert processed(frozen_err) + processed(err) == n, (frozen_err, err)
+    assert query(pg_url, f"select count(*) from job_items where job_id = {job} and status = 'pending'") == [(0,)]
+    duplicates = [path for path, count in asked.items() if count > 1]
+    # Asked twice: only what the frozen worker had fetched but not yet committed (in flight, or in its next batch).
+    assert len(duplicates) <= held
+    print(f"\nfrozen worker: {len(duplicates)} items asked twice, {after_thaw} requests after it woke, {processed(frozen_err)} written by it")
+
+
+def test_a_killed_workers_items_are_finished_by_the_survivors(tmp_path: Path, pg_url: str) -> None:
+    cfg = config(tmp_path, '[limits]\nconcurrency = 4\n[workers]\nlease = "3s"\n')
+    n = 200
+    with serve_in_thread(replace(FAKE, latency=0.05)) as server:
+        job = enqueue(pg_url, server, ids(tmp_path, n, "killed"), cfg)
+        victim = start(pg_url, server, "worker", str(job), "--no-progress", config=cfg)
+        survivor = start(pg_url, server, "worker", str(job), "--no-progress", config=cfg)
+        deadline = time.monotonic() + 60
+        while query(pg_url, f"select count(*) from job_items where job_id = {job} and status != 'pending'")[0][0] < 30:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        victim.send_signal(signal.SIGKILL)
+        assert victim.wait() == -signal.SIGKILL
+        code, err = finish([survivor])[0]
+        asked = dict(server.stats.per_path)
+    assert code == 0, err
+    assert query(pg_url, f"select count(*) from job_items where job_id = {job} and status = 'pending'") == [(0,)]
+    assert query(pg_url, f"select status from jobs where id = {job}") == [("finished",)]
+    # Asked twice: only what the victim had fetched but not committed when it died.
+    assert len(asked) == n
+
+
+def free_tier(tmp_path: Path, rate: float) -> Path:
+    return config(
+        tmp_path,
+        f"[api]\ntier = \"free\"\n[limits]\nper_second = {rate}\nper_hour = {int(rate * 3600)}\n"
+        f"per_day = {int(rate * 86400)}\nconcurrency = 4\n",
+    )
+
+
+def test_processes_on_one_free_key_stay_within_its_rate_and_use_it(tmp_path: Path, pg_url: str) -> None:
+    """Two harvests of their own jobs and a worker on a third, on one key: the server, enforcing
+    exactly the key's rate with a bucket of one, answers no 429, and sees at least 0.85 of the rate."""
+    rate, seconds = 4.0, 20
+    cfg = free_tier(tmp_path, rate)
+    per = int(rate * seconds / 3)
+    server_limits = dict(per_second=rate, burst=1, per_hour=int(rate * 3600), per_day=int(rate * 86400))
+    with serve_in_thread(replace(FAKE, **server_limits)) as server:
+        third = enqueue(pg_url, server, ids(tmp_path, per, "w"), cfg)
+        procs = [
+            start(pg_url, server, "harvest", "--no-progress", str(ids(tmp_path, per, "a")), config=cfg, HARVESTER_TIER="free"),
+            start(pg_url, server, "harvest", "--no-progress", str(ids(tmp_path, per, "b")), config=cfg, HARVESTER_TIER="free"),
+            start(pg_url, server, "worker", str(third), "--no-progress", config=cfg, HARVESTER_TIER="free"),
+        ]
+        for code, err in finish(procs):
+            assert code == 0, err
+        stats = server.stats
+    achieved = stats.rate
+    print(f"\n3 processes on one free key: {achieved:.2f} requests/s of {rate:g} ({achieved / rate:.1%}), {stats.rate_limited} 429s, {stats.total} requests")
+    assert stats.rate_limited == 0
+    assert stats.total == 3 * per
+    assert achieved >= 0.85 * rate, f"{achieved:.2f}/s"
+    budget = query(pg_url, "select day_used, hour_used from rate_budgets")
+    assert len(budget) == 1 and budget[0][0] >= 3 * per  # one budget, counted across the processes
+
+
+def test_a_server_imposed_pause_holds_every_process(tmp_path: Path, pg_url: str) -> None:
+    rate = 4.0
+    cfg = free_tier(tmp_path, rate)
+    server_limits = dict(per_second=rate, burst=1, per_hour=int(rate * 3600), per_day=int(rate * 86400))
+    with serve_in_thread(replace(FAKE, **server_limits, pause_after=20, pause_seconds=3.0)) as server:
+        procs = [
+            start(pg_url, server, "harvest", "--no-progress", str(ids(tmp_path, 20, name)), config=cfg, HARVESTER_TIER="free")
+            for name in ("p", "q", "r")
+        ]
+        for code, err in finish(procs):
+            assert code == 0, err
+        stats = server.stats
+    print(f"\npause: {stats.paused} requests arrived during the 3 s pause, {stats.rate_limited} 429s in all")
+    # The request that met the pause is the only one: nothing queued in any process was sent into it.
+    assert stats.paused == 1
+    assert stats.rate_limited == 1
+    assert query(pg_url, "select count(*) from job_items where status != 'done' and status != 'not_found'") == [(0,)]
+
+
+def test_a_bulk_harvest_and_a_nightly_share_one_key_on_sqlite(tmp_path: Path) -> None:
+    rate = 5.0
+    cfg = free_tier(tmp_path, rate)
+    cfg.write_text(cfg.read_text() + "[nightly]\nnum_results = 20\npages = 1\n")
+    db = tmp_path / "both.db"
+    # A bucket of two, as tests/test_free_tier.py explains: a process's very first request (a new
+    # connection, cold code paths) can reach the server a few milliseconds late, and its second on time.
+    server_limits = dict(per_second=rate, burst=2, per_hour=int(rate * 3600), per_day=int(rate * 86400))
+    with serve_in_thread(replace(FAKE, **server_limits)) as server:
+        bulk = start(db, server, "harvest", "--no-progress", str(ids(tmp_path, 60, "bulk")), config=cfg, HARVESTER_TIER="free")
+        time.sleep(2)
+        nightly = start(db, server, "nightly", "--no-progress", config=cfg, HARVESTER_TIER="free")
+        (bulk_code, bulk_err), (nightly_code, nightly_err) = finish([bulk, nightly])
+        stats = server.stats
+    assert bulk_code == 0, bulk_err
+    assert nightly_code == 0, nightly_err
+    assert stats.rate_limited == 0
+    assert stats.total == 60 + 1 + 20  # the bulk ids, a Citations page, the 20 listed outputs
+    assert stats.rate <= rate
+    assert query(db, "select count(*) from job_items where status = 'pending'") == [(0,)]
