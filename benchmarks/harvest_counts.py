@@ -253,15 +253,15 @@ def run_harvester(api: str, workdir: Path, ids_file: Path, db: Path, concurrency
     )
 
 
-def check_database(db: Path, n: int) -> tuple[list[str], dict[str, int]]:
-    """Problems found (empty when correct) and the per-status counts of the job's items."""
+def check_database(db: Path, n: int, runs: int = 1) -> tuple[list[str], dict[str, int]]:
+    """Problems found (empty when correct) and the per-status counts of the first job's items."""
     problems: list[str] = []
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         jobs = [r[0] for r in con.execute("SELECT id FROM jobs")]
-        if len(jobs) != 1:
-            problems.append(f"expected 1 job, found {len(jobs)}")
-        counts = dict(con.execute("SELECT status, count(*) FROM job_items GROUP BY status").fetchall())
+        if len(jobs) != runs:
+            problems.append(f"expected {runs} jobs, found {len(jobs)}")
+        counts = dict(con.execute("SELECT status, count(*) FROM job_items WHERE job_id = 1 GROUP BY status").fetchall())
         items = sum(counts.values())
         outputs = con.execute("SELECT count(*) FROM outputs").fetchone()[0]
         mentions = con.execute("SELECT count(*) FROM mentions").fetchone()[0]
@@ -292,6 +292,8 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=64, help="requests in flight, both clients")
     ap.add_argument("--endpoint", choices=["counts", "fetch"], default="counts", help="the endpoint both clients call")
     ap.add_argument("--keep", action="store_true", help="keep the temp directory (database, ids, logs)")
+    ap.add_argument("--reharvest", action="store_true",
+                    help="then harvest the same ids again into the same database (updates: every child table is replaced)")
     args = ap.parse_args()
     n, conc, latency = args.ids, args.concurrency, args.latency
 
@@ -314,6 +316,9 @@ def main() -> int:
         print(f"harvester: exit {hv.exit_code}, {hv.wall:.2f}s wall", flush=True)
         raw_after = raw_rate(api, "raw-after", n, conc, args.endpoint)
         print(f"raw client again: {raw_after.rate:,.0f} req/s ({raw_after.seconds:.2f}s)", flush=True)
+        again = run_harvester(api, tmp, ids_file, db, conc, args.endpoint) if args.reharvest else None
+        if again is not None:
+            print(f"harvester again (same ids, same database): exit {again.exit_code}, {again.wall:.2f}s wall", flush=True)
     finally:
         stop_fake(fake)
 
@@ -323,7 +328,7 @@ def main() -> int:
     if raw.errors or raw_after.errors:
         problems.append(f"raw client transport errors: {raw.errors + raw_after.errors}")
     try:
-        db_problems, counts = check_database(db, n)
+        db_problems, counts = check_database(db, n, 2 if args.reharvest else 1)
         problems += db_problems
     except sqlite3.Error as e:
         problems.append(f"cannot read the database: {e}")
@@ -353,6 +358,8 @@ def main() -> int:
          ("met" if run_rate / raw_mean >= goal else "not met") if run_rate and raw_mean else "n/a"),
         (f"goal ratio ≥ {goal:.2f} (wall)", "met" if raw_mean and wall_rate / raw_mean >= goal else "not met"),
         ("harvester wall time s", f"{hv.wall:.2f}"),
+        *([("re-harvest ids/s (run phase) / ratio", f"{float(again.final['rate'].replace(',', '')):,.0f} / "
+            f"{ratio(float(again.final['rate'].replace(',', '')))}")] if again is not None and again.final else []),
         ("harvester peak RSS MB (ru_maxrss)", f"{hv.maxrss_mb:.1f}"),
         ("harvester peak RSS MB (psutil, tree sum)", f"{hv.tree_peak_mb:.1f}" if hv.tree_peak_mb is not None else "n/a"),
         ("tree RSS MB at 20/40/60/80/100% of the run", " / ".join(

@@ -181,6 +181,10 @@ class FakeConfig:
     slow_rate: float = 0.0
     slow_seconds: float = 2.0
     latency: float = 0.0
+    # A server-imposed pause: after this many requests, every request for pause_seconds gets a
+    # 429 with Retry-After (the first one is what tells the clients; the rest were sent into it).
+    pause_after: int | None = None
+    pause_seconds: float = 5.0
     clock: Callable[[], float] = time.time
     # Attention grows day by day (by the UTC day of `clock`): what nightly harvests and their
     # snapshots are tested against. Off, every body is the same whatever the day.
@@ -200,6 +204,7 @@ class Stats:
     per_path: Counter[str] = field(default_factory=Counter)
     faults: Counter[str] = field(default_factory=Counter)
     rate_limited: int = 0
+    paused: int = 0  # requests that arrived during a server-imposed pause (pause_after)
     first_at: float | None = None  # time.monotonic() of the first and the last request
     last_at: float | None = None
 
@@ -218,6 +223,7 @@ class Stats:
             "per_path": dict(self.per_path),
             "faults": dict(self.faults),
             "rate_limited": self.rate_limited,
+            "paused": self.paused,
             "rate": round(self.rate, 3),
         }
 
@@ -1090,6 +1096,8 @@ class _State:
         self.hour_limit = cfg.per_hour if cfg.per_hour is not None else UNLIMITED_LIMIT
         self.day_limit = cfg.per_day if cfg.per_day is not None else UNLIMITED_LIMIT
         self.not_found_pct = float(cfg.not_found_pct)
+        self.admitted = 0  # requests past auth, for pause_after
+        self.pause_until: float | None = None
 
     def day(self) -> int | None:
         """The UTC day number the bodies are on, or None when they do not evolve."""
@@ -1167,6 +1175,22 @@ def _rate_limited(st: _State, ks: _KeyState, now: float) -> web.Response | None:
     return _text(429, f"Too Many Requests: {what} rate limit exceeded", headers)
 
 
+def _paused(st: _State, ks: _KeyState, now: float) -> web.Response | None:
+    """A 429 with Retry-After while the server-imposed pause lasts (it starts after pause_after requests)."""
+    cfg = st.cfg
+    if cfg.pause_after is None:
+        return None
+    if st.pause_until is None and st.admitted >= cfg.pause_after:
+        st.pause_until = now + cfg.pause_seconds
+    st.admitted += 1
+    if st.pause_until is None or now >= st.pause_until:
+        return None
+    st.stats.paused += 1
+    headers = st.limit_headers(ks)
+    headers["Retry-After"] = str(max(1, math.ceil(st.pause_until - now)))
+    return _text(429, "Too Many Requests: the API asks clients to pause", headers)
+
+
 _MAINTENANCE_PAGE = (
     b"<!DOCTYPE html><html><head><title>Down for maintenance</title></head>"
     b"<body><h1>We'll be back shortly</h1></body></html>"
@@ -1222,17 +1246,59 @@ def _route(
         body = _counts_bytes(id_type, identifier, st.not_found_pct)
         if body is None:
             return 404, _NOT_FOUND, "text/plain"
-        return 200, body if day is None else _evolved("counts", body, day), "application/json"
+        body = body if day is None else _merged(identifier, _evolved("counts", body, day), day)
+        return 200, _scripted("counts", identifier, body), "application/json"
     body = _fetch_bytes(id_type, identifier, st.not_found_pct)
     if body is None:
         return 404, _NOT_FOUND, "text/plain"
     if day is not None:
-        body = _evolved("fetch", body, day)
+        body = _merged(identifier, _evolved("fetch", body, day), day)
+    body = _scripted("fetch", identifier, body)
     inc, exc = _split_list(query.get("include_sources")), _split_list(query.get("exclude_sources"))
     sections = _split_list(query.get("include_sections"))
     if inc is not None or exc is not None or sections is not None:
         body = _dumps(_filter_fetch(json.loads(body), inc, exc, sections))
     return 200, body, "application/json"
+
+
+def _merged(identifier: str, raw: bytes, day: int) -> bytes:
+    """With --evolve, an id containing `merged` is given a new altmetric_id every day, as the real
+    API does when it merges records: the same DOI, another id. Asked by that id, it answers as by the DOI."""
+    if "merged" not in identifier.lower():
+        return raw
+    body = json.loads(raw)
+    aid = body.get("altmetric_id")
+    if not isinstance(aid, int) or isinstance(aid, bool):
+        return raw
+    new = aid * 1000 + day % 1000
+    body["altmetric_id"] = new
+    if isinstance(body.get("citation"), dict) and "altmetric_id" in body["citation"]:
+        body["citation"]["altmetric_id"] = new
+    _remember_origin(new, "doi" if body.get("doi") else "id", body.get("doi") or identifier)
+    return _dumps(body)
+
+
+def _scripted(endpoint: str, identifier: str, raw: bytes) -> bytes:
+    """Scripted triggers for values a database may refuse: an id containing `nulbyte` gets NUL
+    characters in its title and a readers key, `longvalue` 300-character history and readers
+    keys, `hugecount` a readers count of 10**12 (past a 32-bit INTEGER)."""
+    lowered = identifier.lower()
+    if not any(t in lowered for t in ("nulbyte", "longvalue", "hugecount")):
+        return raw
+    body = json.loads(raw)
+    fetch = endpoint == "fetch"
+    readers = body["counts"]["readers"] if fetch else body["readers"]
+    history = body["altmetric_score"]["score_history"] if fetch else body["history"]
+    if "nulbyte" in lowered:
+        holder = body["citation"] if fetch else body
+        holder["title"] = "nul\x00byte " + str(holder.get("title"))
+        readers["nul\x00reader"] = 1
+    if "longvalue" in lowered:
+        history["h" * 300] = 1.5
+        readers["p" * 300] = 2
+    if "hugecount" in lowered:
+        readers["mendeley"] = 10**12
+    return _dumps(body)
 
 
 def _citations(st: _State, parts: list[str], query: Mapping[str, str]) -> tuple[int, bytes, str]:
@@ -1319,6 +1385,9 @@ async def _answer(st: _State, request: web.Request, path_raw: str, path: str) ->
             f"Forbidden: this API key's tier does not include the {endpoint} endpoint",
             st.limit_headers(ks),
         )
+    paused = _paused(st, ks, now)
+    if paused is not None:
+        return paused
     limited = _rate_limited(st, ks, now)
     if limited is not None:
         return limited

@@ -89,10 +89,27 @@ class Records:
     mentions: list[dict[str, Any]] = field(default_factory=list)
     mention_citations: list[dict[str, Any]] = field(default_factory=list)
     demographics: list[dict[str, Any]] = field(default_factory=list)
+    # The tables whose section the body carries whole: the writer makes the output's rows
+    # equal to it (a row the body no longer has is deleted). The others are left alone.
+    sections: set[str] = field(default_factory=set)
+    # The identifier schemes the body lists (doi, pmid, isbn ...): the output's identifiers of
+    # these schemes are replaced, the others are left alone.
+    id_schemes: set[str] = field(default_factory=set)
+
+
+# A \u0000 escape in JSON text: not preceded by another backslash (an even run of them is text).
+_NUL_ESCAPE = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
 
 
 def decode(raw: bytes) -> dict[str, Any]:
-    """Parse a body that must be a JSON object (truncated bodies and HTML pages fail here)."""
+    """Parse a body that must be a JSON object (truncated bodies and HTML pages fail here).
+
+    NUL characters are dropped from every string, keys included: PostgreSQL
+    refuses them in text, and JSON can only carry them escaped, so removing
+    the escape here cleans every text column of every table at once.
+    """
+    if b"\\u0000" in raw:
+        raw = _NUL_ESCAPE.sub(rb"\1", raw)
     try:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -227,6 +244,9 @@ def parse_counts(body: dict[str, Any], harvested_at: datetime) -> Records:
     }
     records = Records(altmetric_id, doi, output)
     records.identifiers = identifier_rows(body, altmetric_id)
+    records.id_schemes = identifier_schemes(body)
+    # A source with no accounts has no cited_by_*_count key: every counts body lists all of them.
+    records.sections = {"source_counts"} | {name for key, name in _COUNTS_SECTIONS.items() if key in body}
     for key, value in body.items():
         if key.startswith("cited_by_") and key.endswith("_count"):
             name = key[len("cited_by_") : -len("_count")]
@@ -256,6 +276,11 @@ def parse_counts(body: dict[str, Any], harvested_at: datetime) -> Records:
     return records
 
 
+# Counts keys -> the table whose section they are, when present (the docs' Counts and Citations
+# examples have no `context`: a key left out says nothing).
+_COUNTS_SECTIONS = {"readers": "readers", "history": "score_history", "context": "score_context"}
+
+
 def parse_citations(body: dict[str, Any], harvested_at: datetime) -> tuple[int | None, list[Records | None]]:
     """A Citations page -> (query.total, the rows of each result in rank order).
 
@@ -272,6 +297,12 @@ def parse_citations(body: dict[str, Any], harvested_at: datetime) -> tuple[int |
         usable = isinstance(result, dict) and as_int(result.get("altmetric_id")) is not None
         parsed.append(parse_counts(result, harvested_at) if usable else None)
     return total, parsed
+
+
+def identifier_schemes(body: dict[str, Any]) -> set[str]:
+    """The schemes whose key the body has: the identifiers it lists of them are all there are."""
+    keys = {"doi": "doi", **_ID_KEYS, **_ID_LIST_KEYS}
+    return {scheme for key, scheme in keys.items() if key in body}
 
 
 def identifier_rows(body: dict[str, Any], altmetric_id: int) -> list[dict[str, Any]]:
@@ -370,6 +401,8 @@ def parse_fetch(body: dict[str, Any], harvested_at: datetime) -> Records:
     records = Records(altmetric_id, doi, output)
     # The book's ISBNs stay out: they identify the book, which is another output.
     records.identifiers = identifier_rows(citation, altmetric_id)
+    records.id_schemes = identifier_schemes(citation)
+    records.sections = _fetch_sections(body)
     for name, values in counts.items():
         if name in _FETCH_NOT_SOURCES or not isinstance(values, dict):
             continue
@@ -403,6 +436,27 @@ def parse_fetch(body: dict[str, Any], harvested_at: datetime) -> Records:
     records.mentions, records.mention_citations = mention_rows(body.get("posts"), altmetric_id, harvested_at)
     records.demographics = demographic_rows(body.get("demographics"), altmetric_id)
     return records
+
+
+def _fetch_sections(body: dict[str, Any]) -> set[str]:
+    """The tables whose section a Fetch body carries (include_sections can leave any out)."""
+    sections = set()
+    counts, score = body.get("counts"), body.get("altmetric_score")
+    if isinstance(counts, dict):
+        sections.add("source_counts")
+        if "readers" in counts:
+            sections.add("readers")
+    if isinstance(score, dict):
+        # context_for_score: null is a section that says "no context".
+        sections |= {t for k, t in (("score_history", "score_history"), ("context_for_score", "score_context")) if k in score}
+    if isinstance(body.get("citation"), dict):
+        sections.add("output_relations")
+    # [] (none) is a section too; the writer decides whether a source filter cut it.
+    if "posts" in body:
+        sections |= {"mentions", "mention_citations"}
+    if "demographics" in body:
+        sections.add("demographics")
+    return sections
 
 
 def _first(*values: float | None) -> float | None:

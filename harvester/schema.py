@@ -19,11 +19,14 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
     Text,
     UniqueConstraint,
+    false,
+    text,
 )
 
 # A naming convention makes constraint names deterministic, which alembic needs
@@ -41,6 +44,9 @@ metadata = MetaData(naming_convention=NAMING_CONVENTION)
 # Altmetric ids passed 2**31 long ago in some id spaces; BigInteger keeps
 # PostgreSQL safe (SQLite stores any INTEGER as 64-bit anyway).
 AltmetricId = BigInteger
+# Names and values the API chooses (sources, platforms, timeframes, scopes, types ...) are Text:
+# a VARCHAR(n) made PostgreSQL refuse a whole batch when upstream sent a longer one.
+ApiText = Text
 
 outputs = Table(
     "outputs",
@@ -49,7 +55,7 @@ outputs = Table(
     Column("doi", Text, index=True, doc="lower-cased DOI, as the API returned it"),
     Column("title", Text),
     Column("journal", Text),
-    Column("type", String(40), doc="article, news, book, chapter, dataset ..."),
+    Column("type", ApiText, doc="article, news, book, chapter, dataset ..."),
     Column("published_on", DateTime),
     Column("added_on", DateTime, doc="when Altmetric first saw the output"),
     Column("score", Float),
@@ -59,7 +65,7 @@ outputs = Table(
     Column("is_oa", Boolean),
     Column("url", Text),
     Column("details_url", Text),
-    Column("altmetric_jid", String(40), doc="Altmetric's journal id"),
+    Column("altmetric_jid", ApiText, doc="Altmetric's journal id"),
     Column("issns", Text, doc="JSON array"),
     Column("subjects", Text, doc="JSON array"),
     Column("last_updated", DateTime, doc="the API's last_updated"),
@@ -71,8 +77,10 @@ outputs = Table(
     Column("last_mentioned_on", DateTime),
     Column("book_title", Text, doc="a chapter's book"),
     Column("book_isbns", Text, doc="a chapter's book's ISBNs, JSON array"),
-    Column("posts_seen_at", DateTime, doc="the last Fetch harvest that listed all posts (no source or section filter)"),
+    Column("posts_seen_at", DateTime, doc="the last Fetch harvest that listed all posts and made mentions equal to them"),
     Column("first_harvested_at", DateTime, doc="when we first stored it (kept by every later harvest)"),
+    Column("superseded_by", AltmetricId, doc="the output that replaced this one upstream (records merged); NULL while current"),
+    Column("superseded_at", DateTime, doc="when the harvester saw the change"),
     # The nightly picks outputs whose last harvest is older than refresh_after.
     Index(None, "harvested_at"),
 )
@@ -82,7 +90,7 @@ output_relations = Table(
     metadata,
     Column("altmetric_id", AltmetricId, primary_key=True, autoincrement=False),
     Column("related_altmetric_id", AltmetricId, primary_key=True, autoincrement=False),
-    Column("relation", String(20), primary_key=True, doc="chapter (a book's chapters), aggregated_in (a chapter's book)"),
+    Column("relation", ApiText, primary_key=True, doc="chapter (a book's chapters), aggregated_in (a chapter's book)"),
     Column("title", Text),
     Column("ordinal_number", Integer),
 )
@@ -90,16 +98,18 @@ output_relations = Table(
 identifiers = Table(
     "identifiers",
     metadata,
-    Column("scheme", String(40), primary_key=True, doc="doi, pmid, arxiv, isbn, handle ..."),
+    Column("scheme", ApiText, primary_key=True, doc="doi, pmid, arxiv, isbn, handle ..."),
     Column("value", Text, primary_key=True, doc="DOIs lower-cased"),
     Column("altmetric_id", AltmetricId, nullable=False, index=True),
+    # A later body that no longer lists the id a job asked by does not delete it.
+    Column("asked", Boolean, nullable=False, server_default=false(), doc="a harvest asked the API by this id"),
 )
 
 source_counts = Table(
     "source_counts",
     metadata,
     Column("altmetric_id", AltmetricId, primary_key=True, autoincrement=False),
-    Column("source", String(60), primary_key=True),
+    Column("source", ApiText, primary_key=True),
     Column("posts_count", Integer, doc="posts (fetch); NULL when only counts was harvested"),
     Column("unique_users_count", Integer, doc="accounts: counts' cited_by_*_count"),
 )
@@ -108,7 +118,7 @@ readers = Table(
     "readers",
     metadata,
     Column("altmetric_id", AltmetricId, primary_key=True, autoincrement=False),
-    Column("platform", String(40), primary_key=True),
+    Column("platform", ApiText, primary_key=True),
     Column("count", Integer, doc="NULL where the API sent a negative (unknown) value"),
 )
 
@@ -116,7 +126,7 @@ score_history = Table(
     "score_history",
     metadata,
     Column("altmetric_id", AltmetricId, primary_key=True, autoincrement=False),
-    Column("timeframe", String(4), primary_key=True, doc="1d 2d 3d 4d 5d 6d 1w 1m 3m 6m 1y at"),
+    Column("timeframe", ApiText, primary_key=True, doc="1d 2d 3d 4d 5d 6d 1w 1m 3m 6m 1y at"),
     Column("score", Float),
 )
 
@@ -124,7 +134,7 @@ score_context = Table(
     "score_context",
     metadata,
     Column("altmetric_id", AltmetricId, primary_key=True, autoincrement=False),
-    Column("scope", String(40), primary_key=True, doc="all, journal, similar_age_3m, similar_age_journal_3m"),
+    Column("scope", ApiText, primary_key=True, doc="all, journal, similar_age_3m, similar_age_journal_3m"),
     Column("count", Integer),
     Column("mean", Float),
     Column("rank", Integer),
@@ -133,7 +143,7 @@ score_context = Table(
     # From Fetch only:
     Column("sample_size", Integer),
     Column("percentile", Float),
-    Column("rank_type", String(20)),
+    Column("rank_type", ApiText),
 )
 
 mentions = Table(
@@ -141,26 +151,26 @@ mentions = Table(
     metadata,
     Column("mention_id", BigInteger, primary_key=True, autoincrement=False, doc="stable: a hash of the unique key"),
     Column("altmetric_id", AltmetricId, nullable=False),
-    Column("source", String(60), nullable=False, doc="same names as source_counts"),
+    Column("source", ApiText, nullable=False, doc="same names as source_counts"),
     Column("post_key", Text, nullable=False, doc="tweet id, else url, else a hash of the post"),
     Column("url", Text),
     Column("title", Text),
     Column("summary", Text),
     Column("posted_on", DateTime),
-    Column("license", String(40)),
+    Column("license", ApiText),
     Column("author_name", Text),
     Column("author_url", Text),
     Column("author_id_on_source", Text),
     Column("author_followers", Integer),
-    Column("tweet_id", String(30), doc="tweets only; no tweet text is stored"),
-    Column("tweeter_id", String(30)),
-    Column("wikipedia_lang", String(20)),
+    Column("tweet_id", ApiText, doc="tweets only; no tweet text is stored"),
+    Column("tweeter_id", ApiText),
+    Column("wikipedia_lang", ApiText),
     Column("policy_source", Text, doc="policy documents: the publishing body"),
-    Column("country", String(10), doc="policy: the source's country; others: the author's"),
+    Column("country", ApiText, doc="policy: the source's country; others: the author's"),
     Column("video_embed_id", Text),
     Column("subreddit", Text),
     Column("first_seen_at", DateTime, nullable=False),
-    Column("last_seen_at", DateTime, nullable=False, doc="older than the output's harvested_at: gone upstream"),
+    Column("last_seen_at", DateTime, nullable=False, doc="the last harvest whose body listed the post"),
     UniqueConstraint("altmetric_id", "source", "post_key"),
     Index(None, "source", "posted_on"),
 )
@@ -177,8 +187,8 @@ demographics = Table(
     "demographics",
     metadata,
     Column("altmetric_id", AltmetricId, primary_key=True, autoincrement=False),
-    Column("platform", String(40), primary_key=True, doc="twitter, mendeley ..."),
-    Column("dimension", String(40), primary_key=True, doc="poster_type, cohort, status, discipline, country"),
+    Column("platform", ApiText, primary_key=True, doc="twitter, mendeley ..."),
+    Column("dimension", ApiText, primary_key=True, doc="poster_type, cohort, status, discipline, country"),
     Column("key", Text, primary_key=True),
     Column("value", Integer),
 )
@@ -227,10 +237,28 @@ job_items = Table(
     Column("last_error", Text),
     Column("altmetric_id", AltmetricId),
     Column("note", Text, doc="e.g. the API returned another DOI than the one asked"),
-    Column("claimed_by", String(200), doc="lease: the runner working on it"),
-    Column("lease_until", DateTime),
+    Column("claimed_by", String(200), doc="lease: the worker (workers.runner) working on it"),
+    Column("lease_until", DateTime, doc="the lease ends then (the database server's clock); renewed while the work goes on"),
     Column("updated_at", DateTime, nullable=False),
     Index(None, "job_id", "status", "line_no"),
+    # Leases are renewed and released by worker: a partial index holds only the items leased right now.
+    Index(
+        "ix_job_items_claimed_by",
+        "claimed_by",
+        sqlite_where=text("claimed_by IS NOT NULL"),
+        postgresql_where=text("claimed_by IS NOT NULL"),
+    ),
+    # The nightly's 404 schedule looks ids up by (id_type, identifier) among the 404s only: a
+    # partial index stays as small as the 404s, costs nothing when a job is loaded (its items
+    # are pending), and answers both its NOT EXISTS and its list of old 404s from the index.
+    Index(
+        "ix_job_items_not_found",
+        "id_type",
+        "identifier",
+        "updated_at",
+        sqlite_where=text("status = 'not_found'"),
+        postgresql_where=text("status = 'not_found'"),
+    ),
 )
 
 job_rejects = Table(
@@ -306,4 +334,72 @@ nightly_movers = Table(
     Column("harvested_on", Date, nullable=False),
     Column("score", Float),
     Column("change", Float, nullable=False, doc="score - previous_score"),
+)
+
+
+rate_budgets = Table(
+    "rate_budgets",
+    metadata,
+    # Every process that uses one key draws from this row, whatever job it runs.
+    Column("key_hash", String(64), primary_key=True, doc="a salted hash of the API key (never the key)"),
+    Column("next_slot_at", DateTime, doc="the free tier's next request slot: requests are spaced evenly across processes"),
+    Column("hour_start", DateTime, doc="the clock hour (UTC) hour_used counts"),
+    Column("hour_used", Integer, nullable=False, default=0, doc="requests granted in that hour, by every process"),
+    Column("day_start", Date, doc="the UTC day day_used counts"),
+    Column("day_used", Integer, nullable=False, default=0, doc="requests granted that day, by every process"),
+    Column("hour_limit", Integer, doc="the hourly limit the server announced (X-HourlyRateLimit-Limit), when lower than the configuration"),
+    Column("day_limit", Integer, doc="the daily limit the server announced (X-DailyRateLimit-Limit), when lower"),
+    Column("paused_until", DateTime, doc="no process sends a request before this (Retry-After, a spent hourly limit)"),
+    Column("pause_reason", Text),
+    Column("quota_until", DateTime, doc="the daily quota (or Fetch's tweet-id quota) is spent until then: jobs pause"),
+    Column("quota_kind", String(20), doc="daily or tweet-id"),
+    Column("rate_factor", Float, nullable=False, default=1.0, doc="1 = the configured rate; halved while 429s persist"),
+    Column("rate_changed_at", DateTime),
+    Column("updated_at", DateTime, nullable=False),
+)
+
+workers = Table(
+    "workers",
+    metadata,
+    Column("runner", String(200), primary_key=True, doc="host:pid:nonce, as in job_items.claimed_by"),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("command", String(40), doc="harvest, resume, worker, nightly ..."),
+    Column("job_id", Integer, doc="the job it works on now (NULL between jobs)"),
+    Column("started_at", DateTime, nullable=False),
+    Column("heartbeat_at", DateTime, nullable=False, doc="the database server's clock; older than a minute: gone"),
+    Column("items_done", BigInteger, nullable=False, default=0, doc="items it made final since it started"),
+    Column("requests", BigInteger, nullable=False, default=0, doc="HTTP attempts since it started"),
+    Column("leases", Integer, nullable=False, default=0, doc="items it held at its last heartbeat"),
+)
+
+raw_bodies = Table(
+    "raw_bodies",
+    metadata,
+    # What `harvester reparse` rebuilds the data tables from, without a request: a parser fix or a
+    # schema migration never costs quota. Written in the transaction that stores the body's data.
+    Column("endpoint", String(20), primary_key=True, doc="counts, fetch or citations"),
+    Column("id_type", String(40), primary_key=True, doc="as in job_items (doi, pmid ...; 'page' for citations)"),
+    Column("identifier", Text, primary_key=True, doc="the id asked, as in job_items; for citations the page's query, e.g. '1w?doi_prefix=10.1038&num_results=99&page=3'"),
+    # Part of the key so that [archive] keep = "all" keeps a body a day; with "latest" a
+    # newer body replaces the older ones of its endpoint and id, whatever their day.
+    Column("harvested_on", Date, primary_key=True, doc="UTC day the body was fetched"),
+    Column("fetched_at", DateTime, nullable=False, doc="when the writer stored it: outputs.harvested_at of its data"),
+    Column("job_id", Integer, doc="the job that fetched it"),
+    Column("params", Text, doc="JSON: the Fetch options the body was fetched with (a filtered body carries part of its sections), the Citations query; NULL for counts"),
+    Column("raw_size", Integer, nullable=False, doc="bytes of the body as the API sent it"),
+    Column("body", LargeBinary, nullable=False, doc="the body, zstd-compressed (one frame)"),
+    Index(None, "fetched_at"),
+    Index(None, "job_id"),
+)
+
+
+output_aliases = Table(
+    "output_aliases",
+    metadata,
+    # Upstream merged records: an identifier that named one altmetric id now names another.
+    Column("old_altmetric_id", AltmetricId, primary_key=True, autoincrement=False, doc="the output that was replaced"),
+    Column("new_altmetric_id", AltmetricId, nullable=False, index=True, doc="the current output (chains are kept one hop long)"),
+    Column("via", Text, doc="the identifier that showed it, e.g. doi:10.1038/x"),
+    Column("detected_at", DateTime, nullable=False),
 )

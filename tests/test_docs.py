@@ -77,8 +77,8 @@ def harvested(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     """One real harvest per database engine for the whole module: the CLI in-process against the fake API.
 
     Counts, then Fetch over the same ids (mentions, demographics, relations), a Citations
-    listing, then a Fetch re-harvest of a few ids after upstream lost some posts, so that
-    "disappeared" has rows; then two nightlies a day apart (snapshots, movers, reports).
+    listing, then a Fetch re-harvest of a few ids after upstream lost some posts (they are
+    deleted); then two nightlies a day apart (snapshots, movers, reports).
     """
     tmp = tmp_path_factory.mktemp("docs")
     ids_file = tmp / "dois.txt"
@@ -162,11 +162,19 @@ def test_sql_example_runs_and_returns_rows(harvested: Engine, where: str, sql: s
 
 
 def test_the_harvest_has_what_the_examples_need(harvested: Engine) -> None:
-    """Two nightlies with their movers, and posts lost upstream, on both engines."""
+    """Two nightlies with their movers, and posts lost upstream deleted, on both engines."""
     assert scalar(harvested, "select count(*) from nightly_runs") == 2
     assert [r["n"] for r in rows(harvested, "select count(*) as n from nightly_movers group by job_id order by job_id")] == [10, 10]
     lost = "select count(*) from mentions m join outputs o on o.altmetric_id = m.altmetric_id where m.last_seen_at < o.posts_seen_at"
-    assert scalar(harvested, lost) > 0
+    assert scalar(harvested, lost) == 0
+    # The re-harvested outputs have the posts upstream still lists, and no more.
+    served = 0
+    for doi in REHARVEST_LINES:
+        body = fakeapi.fetch_body("doi", doi)
+        if body and isinstance(body.get("posts"), dict):
+            served += sum(len(posts[1:]) for posts in body["posts"].values())
+    stored = "select count(*) from mentions m join identifiers i on i.altmetric_id = m.altmetric_id where i.scheme = 'doi' and i.value in ({})"
+    assert scalar(harvested, stored.format(", ".join(f"'{d.lower()}'" for d in REHARVEST_LINES))) == served > 0
 
 
 def _doc_sections(text: str) -> dict[str, str]:
