@@ -45,9 +45,25 @@ logger = logging.getLogger(__name__)
 # Shape the free tier this much under the configured rate: a 3% margin absorbs
 # a few milliseconds of jitter at 20/s and still sustains more than 95%.
 FREE_TIER_MARGIN = 0.97
+MIN_SLACK = 0.010  # seconds; see free_tier_rate
 SLICE_SECONDS = 0.25  # a process leases this much of the schedule at a time (at least one slot)
 _SALT = b"altmetric-harvester rate budget v1\x00"
 _EPOCH = datetime(1970, 1, 1)
+
+
+def free_tier_rate(per_second: float) -> float:
+    """The rate the free tier's slots are spaced at: a margin under the key's.
+
+    3% absorbs the jitter of one process at 20/s. At low rates 3% is only a few
+    milliseconds, and several processes on a busy machine (or the server's own
+    scheduling) delay one request more than that behind the next: there the
+    margin is at least 10 ms, up to 5%.
+    """
+    interval = 1.0 / per_second
+    slack = interval * (1 / FREE_TIER_MARGIN - 1)
+    if per_second < 10:
+        slack = max(slack, min(MIN_SLACK, interval * 0.05))
+    return 1.0 / (interval + slack)
 
 
 def key_hash(key: str | None) -> str:
@@ -101,7 +117,7 @@ class SharedBudget:
         self.key_hash = key_hash(key)
         free = tier == "free"
         # Requests/s of the shared schedule; None: no schedule (commercial without max_per_second).
-        self.rate: float | None = limits.per_second * FREE_TIER_MARGIN if free else limits.max_per_second
+        self.rate: float | None = free_tier_rate(limits.per_second) if free else limits.max_per_second
         # The server's own interval: a free-tier slot sent later than this margin allows is dropped.
         self.server_interval: float | None = 1.0 / limits.per_second if free else None
         self.per_hour: int | None = limits.per_hour if free else None

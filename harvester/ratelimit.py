@@ -167,6 +167,10 @@ class RateLimiter:
                     self.forfeited += 1
                     self._unsent.append(slot)  # it counts for nobody: given back at close()
                     continue
+                if self._sequence == 0 and self._free and ours_next and self._slots:
+                    # A process's first request opens a connection and runs cold code: it can reach
+                    # the server late, and the request in the next slot on time. The next slot stays empty.
+                    self._unsent.append(self._slots.popleft())
                 self._last_sent = loop.time()
                 if not self._slots:  # the last slot granted before the quota ran out
                     self._quota, self._quota_after = self._quota_after, None
@@ -188,7 +192,8 @@ class RateLimiter:
         return slot, self._slots[0] if self._slots else None
 
     async def _lease(self) -> None:
-        slots, state = await asyncio.to_thread(self.budget.lease)
+        # The first lease has room for the empty slot after the first request (see acquire).
+        slots, state = await asyncio.to_thread(self.budget.lease, None if self._sequence else max(2, self.budget.slice))
         self._interval = self.budget.interval(state.factor)
         self._slots.extend(slots)
         self._state = state

@@ -67,7 +67,7 @@ def test_two_processes_on_one_key_share_the_rate(engine: Engine) -> None:
         times: list[float] = []
 
         async def draw(lim: RateLimiter) -> None:
-            for _ in range(15):
+            for _ in range(40):
                 await lim.acquire()
                 times.append(time.monotonic())
 
@@ -82,7 +82,7 @@ def test_two_processes_on_one_key_share_the_rate(engine: Engine) -> None:
     assert min(gaps) > interval * 0.9  # the two never send together
     rate = (len(times) - 1) / (times[-1] - times[0])
     assert 0.85 * 20 <= rate <= 20  # together, not twice the key's rate
-    assert budget_row(engine)["day_used"] == 30
+    assert budget_row(engine)["day_used"] == 80  # the slots each left empty after its first request were given back
 
 
 def test_commercial_tier_has_no_limit(engine: Engine) -> None:
@@ -156,7 +156,9 @@ def test_daily_budget_spent_pauses_the_job_and_holds_every_process(engine: Engin
             await limiter(engine, limits).acquire()
         return sent
 
-    assert run(main()) == 10
+    # 10 granted: the first request, the slot after it left empty (a first request may arrive
+    # late, see RateLimiter.acquire), then 8 more.
+    assert run(main()) == 9
     assert budget_row(engine)["quota_until"] is not None
 
 

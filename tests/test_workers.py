@@ -52,15 +52,19 @@ def finish(procs: list[subprocess.Popen[str]], timeout: float = 180) -> list[tup
     return [(p.wait(timeout=timeout), p.communicate()[1]) for p in procs]
 
 
+def steady_rate(db: str, job: int) -> float:
+    """Items/s between the job's 10th and 90th percentile of finished items, as the database saw them:
+    the workers' throughput, without their start (Python, imports, the schema check) and end."""
+    times = sorted(t for (t,) in query(db, f"select extract(epoch from updated_at) from job_items where job_id = {job}"))
+    lo, hi = times[len(times) // 10], times[len(times) * 9 // 10]
+    return (len(times) * 8 // 10) / float(hi - lo)
+
+
 def timed_workers(db: str, server: FakeServer, job: int, n: int, cfg: Path) -> float:
-    """Seconds from the first worker's start on the job to its last item, as the database saw them."""
     procs = [start(db, server, "worker", str(job), "--no-progress", config=cfg) for _ in range(n)]
     for code, err in finish(procs):
         assert code == 0, err
-    [(seconds,)] = query(
-        db, f"select extract(epoch from max(i.updated_at) - j.started_at) from job_items i join jobs j on j.id = i.job_id where j.id = {job} group by j.started_at"
-    )
-    return float(seconds)
+    return steady_rate(db, job)
 
 
 def test_three_workers_share_a_postgresql_job_and_go_three_times_as_fast(tmp_path: Path, pg_url: str) -> None:
@@ -68,7 +72,7 @@ def test_three_workers_share_a_postgresql_job_and_go_three_times_as_fast(tmp_pat
     with serve_in_thread(replace(FAKE, latency=0.1)) as server:
         one = enqueue(pg_url, server, ids(tmp_path, 320, "one"), cfg)
         three = enqueue(pg_url, server, ids(tmp_path, 960, "three"), cfg)
-        alone = timed_workers(pg_url, server, one, 1, cfg)
+        alone = timed_workers(pg_url, server, one, 1, cfg)  # items/s
         together = timed_workers(pg_url, server, three, 3, cfg)
         asked = server.stats.per_path
     # Every item final exactly once: each asked once, none pending, the job finished.
@@ -76,9 +80,9 @@ def test_three_workers_share_a_postgresql_job_and_go_three_times_as_fast(tmp_pat
     assert query(pg_url, "select status, count(*) from jobs group by status") == [("finished", 2)]
     assert query(pg_url, "select count(*) from job_items where status = 'pending' or claimed_by is not null") == [(0,)]
     assert query(pg_url, "select count(*) from workers") == [(0,)]
-    speedup = (960 / together) / (320 / alone)
-    print(f"\n1 worker: {320 / alone:.0f} items/s; 3 workers: {960 / together:.0f} items/s; {speedup:.2f}x")
-    assert speedup >= 2.0, f"{speedup:.2f}x"  # benchmarks/workers.py measures it on a quiet machine
+    speedup = together / alone
+    print(f"\n1 worker: {alone:.0f} items/s; 3 workers: {together:.0f} items/s; {speedup:.2f}x")
+    assert speedup >= 2.2, f"{speedup:.2f}x"  # benchmarks/workers.py measures it with more items
 
 
 def test_a_frozen_worker_loses_its_items_and_writes_nothing_for_them(tmp_path: Path, pg_url: str) -> None:
