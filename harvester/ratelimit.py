@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 PERSISTENT_429_WINDOW = 10.0
 # Seconds before its slot a request's process reads the budget row (for a pause) one last time.
 PREWAKE = 0.005
+# The free tier leaves this many seconds of its slots empty after a process's first request.
+FIRST_GAP = 0.5
 # Headers that only confirm what the budget knows are written to it at most this often.
 OBSERVE_EVERY = 5.0
 
@@ -167,10 +169,13 @@ class RateLimiter:
                     self.forfeited += 1
                     self._unsent.append(slot)  # it counts for nobody: given back at close()
                     continue
-                if self._sequence == 0 and self._free and ours_next and self._slots:
-                    # A process's first request opens a connection and runs cold code: it can reach
-                    # the server late, and the request in the next slot on time. The next slot stays empty.
-                    self._unsent.append(self._slots.popleft())
+                if self._sequence == 0 and self._free:
+                    # A process's first request opens a connection and runs cold code, often while the
+                    # machine is busy starting other processes too: it can reach the server hundreds of
+                    # milliseconds late, and a request in the next slot on time. The slots of the next
+                    # FIRST_GAP seconds stay empty (leased with it, so they are nobody else's).
+                    while self._slots and self._slots[0] < slot + FIRST_GAP:
+                        self._unsent.append(self._slots.popleft())
                 self._last_sent = loop.time()
                 if not self._slots:  # the last slot granted before the quota ran out
                     self._quota, self._quota_after = self._quota_after, None
@@ -192,8 +197,9 @@ class RateLimiter:
         return slot, self._slots[0] if self._slots else None
 
     async def _lease(self) -> None:
-        # The first lease has room for the empty slot after the first request (see acquire).
-        slots, state = await asyncio.to_thread(self.budget.lease, None if self._sequence else max(2, self.budget.slice))
+        # The first lease holds the empty slots after the first request too (see acquire).
+        first = max(self.budget.slice, 1 + math.ceil(FIRST_GAP * (self.budget.rate or 0.0)))
+        slots, state = await asyncio.to_thread(self.budget.lease, None if self._sequence else first)
         self._interval = self.budget.interval(state.factor)
         self._slots.extend(slots)
         self._state = state

@@ -14,8 +14,11 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+
+import pytest
 
 from harvester.fakeapi import FakeConfig, FakeServer, serve_in_thread
 from tests.conftest import KEY
@@ -85,12 +88,26 @@ def test_three_workers_share_a_postgresql_job_and_go_three_times_as_fast(tmp_pat
     assert speedup >= 2.2, f"{speedup:.2f}x"  # benchmarks/workers.py measures it with more items
 
 
-def test_a_frozen_worker_loses_its_items_and_writes_nothing_for_them(tmp_path: Path, pg_url: str) -> None:
+@pytest.fixture
+def reaper() -> Iterator[list[subprocess.Popen[str]]]:
+    """Processes a test starts: killed at its end whatever happened, a frozen one included."""
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+
+
+def test_a_frozen_worker_loses_its_items_and_writes_nothing_for_them(
+    tmp_path: Path, pg_url: str, reaper: list[subprocess.Popen[str]]
+) -> None:
     cfg = config(tmp_path, '[limits]\nconcurrency = 4\n[workers]\nlease = "3s"\n')
     n = 120
     with serve_in_thread(replace(FAKE, latency=0.2)) as server:
         job = enqueue(pg_url, server, ids(tmp_path, n, "frozen"), cfg)
         frozen = start(pg_url, server, "worker", str(job), "--no-progress", config=cfg)
+        reaper.append(frozen)
         deadline = time.monotonic() + 60
         while query(pg_url, f"select count(*) from job_items where job_id = {job} and status != 'pending'")[0][0] < 8:
             assert time.monotonic() < deadline and frozen.poll() is None
@@ -100,6 +117,7 @@ def test_a_frozen_worker_loses_its_items_and_writes_nothing_for_them(tmp_path: P
         held = query(pg_url, f"select count(*) from job_items where job_id = {job} and claimed_by is not null")[0][0]
         assert held >= 4
         other = start(pg_url, server, "worker", str(job), "--no-progress", config=cfg)
+        reaper.append(other)
         code, err = finish([other])[0]
         assert code == 0, err
         took_over_after = time.monotonic() - stopped_at
@@ -123,13 +141,16 @@ def test_a_frozen_worker_loses_its_items_and_writes_nothing_for_them(tmp_path: P
     print(f"\nfrozen worker: {len(duplicates)} items asked twice, {after_thaw} requests after it woke, {processed(frozen_err)} written by it")
 
 
-def test_a_killed_workers_items_are_finished_by_the_survivors(tmp_path: Path, pg_url: str) -> None:
+def test_a_killed_workers_items_are_finished_by_the_survivors(
+    tmp_path: Path, pg_url: str, reaper: list[subprocess.Popen[str]]
+) -> None:
     cfg = config(tmp_path, '[limits]\nconcurrency = 4\n[workers]\nlease = "3s"\n')
     n = 200
     with serve_in_thread(replace(FAKE, latency=0.05)) as server:
         job = enqueue(pg_url, server, ids(tmp_path, n, "killed"), cfg)
         victim = start(pg_url, server, "worker", str(job), "--no-progress", config=cfg)
         survivor = start(pg_url, server, "worker", str(job), "--no-progress", config=cfg)
+        reaper.extend([victim, survivor])
         deadline = time.monotonic() + 60
         while query(pg_url, f"select count(*) from job_items where job_id = {job} and status != 'pending'")[0][0] < 30:
             assert time.monotonic() < deadline
@@ -156,7 +177,7 @@ def free_tier(tmp_path: Path, rate: float) -> Path:
 def test_processes_on_one_free_key_stay_within_its_rate_and_use_it(tmp_path: Path, pg_url: str) -> None:
     """Two harvests of their own jobs and a worker on a third, on one key: the server, enforcing
     exactly the key's rate with a bucket of one, answers no 429, and sees at least 0.85 of the rate."""
-    rate, seconds = 4.0, 20
+    rate, seconds = 4.0, 30  # long enough that the slot each process leaves empty after its first request weighs little
     cfg = free_tier(tmp_path, rate)
     per = int(rate * seconds / 3)
     server_limits = dict(per_second=rate, burst=1, per_hour=int(rate * 3600), per_day=int(rate * 86400))
@@ -171,8 +192,9 @@ def test_processes_on_one_free_key_stay_within_its_rate_and_use_it(tmp_path: Pat
             assert code == 0, err
         stats = server.stats
     achieved = stats.rate
+    retried = sorted(p for p, c in stats.per_path.items() if c > 1)
     print(f"\n3 processes on one free key: {achieved:.2f} requests/s of {rate:g} ({achieved / rate:.1%}), {stats.rate_limited} 429s, {stats.total} requests")
-    assert stats.rate_limited == 0
+    assert stats.rate_limited == 0, retried
     assert stats.total == 3 * per
     assert achieved >= 0.85 * rate, f"{achieved:.2f}/s"
     budget = query(pg_url, "select day_used, hour_used from rate_budgets")
