@@ -256,7 +256,7 @@ class SharedBudget:
         n = min(n, max(1, math.ceil((hour_start + 3600.0 - start) / interval)))
         return [start + i * interval for i in range(n)]
 
-    def give_back(self, slots: Sequence[float], interval: float) -> None:
+    def give_back(self, slots: Sequence[float], interval: float, rewind: bool = True) -> None:
         """Return leased slots that were never used: they do not count, and the schedule takes them back
         when they were its last ones (a process that stops leaves no hole in it)."""
         if not slots:
@@ -270,7 +270,7 @@ class SharedBudget:
                 changes["hour_used"] = max(0, int(row["hour_used"]) - n)  # type: ignore[call-overload]
             n = sum(1 for s in slots if day_of(s) == row["day_start"])
             changes["day_used"] = max(0, int(row["day_used"]) - n)  # type: ignore[call-overload]
-            if row["next_slot_at"] is not None and abs(to_epoch(row["next_slot_at"]) - (max(slots) + interval)) < 1e-3:  # type: ignore[arg-type]
+            if rewind and row["next_slot_at"] is not None and abs(to_epoch(row["next_slot_at"]) - (max(slots) + interval)) < 1e-3:  # type: ignore[arg-type]
                 changes["next_slot_at"] = to_datetime(max(min(slots), to_epoch(jobs.db_now(conn))))
             self._save(conn, changes)
 

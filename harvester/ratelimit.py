@@ -116,6 +116,7 @@ class RateLimiter:
         self._last_429 = -1e9
         self.forfeited = 0  # slots given up because this process woke too late for them
         self._unsent: list[float] = []
+        self._pending: list[asyncio.Task[None]] = []  # give-backs under way
 
     @property
     def scheduled(self) -> bool:
@@ -174,8 +175,13 @@ class RateLimiter:
                     # machine is busy starting other processes too: it can reach the server hundreds of
                     # milliseconds late, and a request in the next slot on time. The slots of the next
                     # FIRST_GAP seconds stay empty (leased with it, so they are nobody else's).
+                    empty = []
                     while self._slots and self._slots[0] < slot + FIRST_GAP:
-                        self._unsent.append(self._slots.popleft())
+                        empty.append(self._slots.popleft())
+                    if empty:
+                        # Counted for nobody at once (a day's quota near its end must not lose them),
+                        # but the schedule keeps them: nobody else sends in them.
+                        self._pending.append(asyncio.create_task(asyncio.to_thread(self.budget.give_back, empty, self._interval, False)))
                 self._last_sent = loop.time()
                 if not self._slots:  # the last slot granted before the quota ran out
                     self._quota, self._quota_after = self._quota_after, None
@@ -235,6 +241,7 @@ class RateLimiter:
 
     async def close(self) -> None:
         """Return the slots leased but not used, so that they count for nobody."""
+        await asyncio.gather(*self._pending)
         await self._give_back()
 
     async def observe(self, headers: Mapping[str, str], endpoint: str) -> None:
