@@ -18,12 +18,13 @@ from typing import Any, TypeVar
 
 import click
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from harvester import __version__, jobs, leases, pipeline
 from harvester import nightly as nightly_module
 from harvester.config import MAX_NUM_RESULTS, TIMEFRAMES, Config, citation_filters, filters_text, load_config
 from harvester.db import current_revision, head_revision, open_database, sqlite_path
-from harvester.errors import HarvesterError
+from harvester.errors import HarvesterError, db_message
 from harvester.ids import ID_TYPES
 from harvester.log import hide_password, redact, register_secret, setup_logging
 from harvester.progress import Reporter, describe, format_eta
@@ -82,6 +83,10 @@ def handle_errors(func: F) -> F:
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(130)
+        except SQLAlchemyError as e:  # locked, full, gone, refused: the driver's line says which
+            _debug_traceback()
+            click.echo(f"Error: database error: {redact(db_message(e))}", err=True)
+            sys.exit(1)
         except Exception as e:  # a bug: still one line, still no key
             _debug_traceback()
             click.echo(f"Error: internal error: {redact(f'{type(e).__name__}: {e}')} (run with -v for details)", err=True)

@@ -5,6 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 
 
+def db_message(error: BaseException) -> str:
+    """The first line of the database driver's message, without SQLAlchemy's statement and link."""
+    orig = getattr(error, "orig", None) or error
+    lines = str(orig).strip().splitlines() or [type(orig).__name__]
+    return lines[0][:300]
+
+
 class HarvesterError(Exception):
     """Base of every expected failure; str() is the one line shown to the user."""
 

@@ -29,7 +29,7 @@ from harvester.budget import SharedBudget
 from harvester.client import ApiClient, ConnectError, Response, TransportError, id_path
 from harvester.config import Config, parse_duration
 from harvester.log import redact
-from harvester.errors import ApiAuthError, ApiUnreachableError, HarvesterError, JobError, QuotaExhausted
+from harvester.errors import ApiAuthError, ApiUnreachableError, DatabaseError, HarvesterError, JobError, QuotaExhausted, db_message
 from harvester.parse import ParseError, as_int, decode, lower_doi
 from harvester.ratelimit import CircuitBreaker, RateLimiter, next_utc_midnight
 from harvester.store import ItemResult, WriterProcess, lists_every_post
@@ -229,6 +229,8 @@ async def run_job(
     written = asyncio.Event()
 
     def fail(exc: BaseException) -> None:
+        if isinstance(exc, SQLAlchemyError):  # the budget's, a claim's or a lease's statement: one clear line
+            exc = DatabaseError(f"cannot write to the database: {db_message(exc)}")
         if state.error is None:
             state.error = exc
         state.abort.set()
@@ -295,7 +297,7 @@ async def run_job(
                     if keeper.valid_until is not None:
                         keeper.trusted_from(renewed_at, renewal=True)
             except SQLAlchemyError as e:
-                logger.warning("could not record the heartbeat: %s", e)
+                logger.warning("could not record the heartbeat: %s", db_message(e))
 
     async def fetch(item: jobs.Item, generation: int) -> ItemResult | None:
         """The item's final outcome, or None when this worker lost its lease (then it asks nothing more)."""
@@ -380,7 +382,7 @@ async def run_job(
             if keeper.valid(generation):
                 try:
                     result = await fetch(item, generation)
-                except HarvesterError as e:
+                except (HarvesterError, SQLAlchemyError) as e:
                     fail(e)
                     return
             if result is None:  # its lease is lost: another worker has it, or will
@@ -457,8 +459,11 @@ async def run_job(
             task.cancel()
         await asyncio.gather(feeder, *workers, *watchers, heart, all_workers, return_exceptions=True)
         # Results already fetched are written before we stop: nothing fetched is thrown away.
-        if not writer.done():
-            await results.put(_DONE)
+        # The queue may be full and the writer may fail on its batch meanwhile (a full disk):
+        # then nobody takes the end marker, so waiting for the put alone would wait forever.
+        end = asyncio.create_task(results.put(_DONE))
+        await asyncio.wait([end, writer], return_when=asyncio.FIRST_COMPLETED)
+        end.cancel()
         await writer
         return stopped
 
@@ -477,7 +482,7 @@ async def run_job(
         try:
             await limiter.close()
         except SQLAlchemyError as e:
-            logger.warning("could not return the unused part of the rate budget: %s", e)
+            logger.warning("could not return the unused part of the rate budget: %s", db_message(e))
     if state.dropped:
         logger.warning("%d items were dropped: this worker lost their leases (another worker has them)", state.dropped)
     return _finish(engine, job_id, runner, state, interrupted, time.monotonic() - started)
@@ -506,7 +511,7 @@ def _finish(engine: Engine, job_id: int, runner: str, state: _State, interrupted
     except SQLAlchemyError as e:
         # The database may be the very thing that failed (disk full). The item leases
         # then end on their own, and the next resume or worker takes them.
-        logger.warning("could not record the job's end: %s", e)
+        logger.warning("could not record the job's end: %s", db_message(e))
         status, code = "stopped", 1
     try:
         counts = jobs.item_counts(engine, job_id)
@@ -541,7 +546,7 @@ def run(
             try:
                 leases.unregister(engine, runner)
             except SQLAlchemyError as e:
-                logger.warning("could not leave the workers table: %s", e)
+                logger.warning("could not leave the workers table: %s", db_message(e))
 
 
 def with_signals(work: Callable[[asyncio.Event], Awaitable[T]]) -> T:

@@ -115,7 +115,6 @@ class RateLimiter:
         self._throttle_changed = 0.0
         self._last_429 = -1e9
         self.forfeited = 0  # slots given up because this process woke too late for them
-        self._unsent: list[float] = []
         self._pending: list[asyncio.Task[None]] = []  # give-backs under way
 
     @property
@@ -168,7 +167,7 @@ class RateLimiter:
                     # The next slot may be another process's: sent this late, the two would
                     # come closer than the server allows. Give this one up instead.
                     self.forfeited += 1
-                    self._unsent.append(slot)  # it counts for nobody: given back at close()
+                    self._forget([slot])
                     continue
                 if self._sequence == 0 and self._free:
                     # A process's first request opens a connection and runs cold code, often while the
@@ -178,10 +177,7 @@ class RateLimiter:
                     empty = []
                     while self._slots and self._slots[0] < slot + FIRST_GAP:
                         empty.append(self._slots.popleft())
-                    if empty:
-                        # Counted for nobody at once (a day's quota near its end must not lose them),
-                        # but the schedule keeps them: nobody else sends in them.
-                        self._pending.append(asyncio.create_task(asyncio.to_thread(self.budget.give_back, empty, self._interval, False)))
+                    self._forget(empty)
                 self._last_sent = loop.time()
                 if not self._slots:  # the last slot granted before the quota ran out
                     self._quota, self._quota_after = self._quota_after, None
@@ -202,7 +198,17 @@ class RateLimiter:
                 self._quota_after = e  # this slot is still good; the next acquire stops
         return slot, self._slots[0] if self._slots else None
 
+    def _forget(self, slots: list[float]) -> None:
+        """Count slots this process will not send in for nobody, at once (a day's quota near its
+        end must not lose them), while the schedule keeps them: nobody else sends in them either."""
+        if slots:
+            self._pending.append(asyncio.create_task(asyncio.to_thread(self.budget.give_back, slots, self._interval, False)))
+
     async def _lease(self) -> None:
+        # Slots given back first: a lease that found the day's quota spent before they were
+        # counted off would end the day a few requests early.
+        pending, self._pending = self._pending, []
+        await asyncio.gather(*pending)
         # The first lease holds the empty slots after the first request too (see acquire).
         first = max(self.budget.slice, 1 + math.ceil(FIRST_GAP * (self.budget.rate or 0.0)))
         slots, state = await asyncio.to_thread(self.budget.lease, None if self._sequence else first)
@@ -235,7 +241,6 @@ class RateLimiter:
 
     async def _give_back(self) -> None:
         slots, self._slots = list(self._slots), collections.deque()
-        slots, self._unsent = self._unsent + slots, []
         if slots:
             await asyncio.to_thread(self.budget.give_back, slots, self._interval)
 

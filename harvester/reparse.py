@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import DataError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from harvester import archive, schema, store
-from harvester.errors import DatabaseError
+from harvester.errors import DatabaseError, db_message
 from harvester.parse import ParseError, Records, decode, lower_doi, parse_citations, parse_counts, parse_fetch
 
 logger = logging.getLogger(__name__)
@@ -130,7 +130,5 @@ def _save(engine: Engine, chunk: _Chunk, outcome: Outcome) -> None:
         for part in (chunk.records[:half], chunk.records[half:]):
             ids = {r.altmetric_id for r in part}
             _save(engine, _Chunk(chunk.cover, list(part), [a for a in chunk.asked if a["altmetric_id"] in ids], ids), outcome)
-    except OperationalError as e:
-        raise DatabaseError(f"cannot write to the database: {e.orig}") from None
     except SQLAlchemyError as e:
-        raise DatabaseError(f"cannot write to the database: {e}") from None
+        raise DatabaseError(f"cannot write to the database: {db_message(e)}") from None

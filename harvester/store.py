@@ -29,7 +29,7 @@ from sqlalchemy.exc import DataError, IntegrityError, OperationalError, SQLAlche
 
 from harvester import aliases, archive, jobs, leases, schema
 from harvester.config import ArchiveConfig, filters_text
-from harvester.errors import DatabaseError, HarvesterError
+from harvester.errors import DatabaseError, HarvesterError, db_message
 from harvester.log import redact
 from harvester.parse import FETCH_SOURCES, ParseError, Records, decode, parse_citations, parse_counts, parse_fetch
 
@@ -590,12 +590,6 @@ def _write(
     )
 
 
-def _first_line(error: BaseException) -> str:
-    orig = getattr(error, "orig", None) or error
-    lines = str(orig).strip().splitlines() or [type(orig).__name__]
-    return lines[0][:300]
-
-
 def _retrying(work: Any, engine: Engine, attempts: int = 5, refused_is_fatal: bool = False) -> None:
     """Run one transaction; retry while the database is locked, raise _Refused for a value it refuses, stop on anything else."""
     for attempt in range(1, attempts + 1):
@@ -614,10 +608,10 @@ def _retrying(work: Any, engine: Engine, attempts: int = 5, refused_is_fatal: bo
         except (DataError, IntegrityError, OverflowError, UnicodeEncodeError) as e:
             # OverflowError: an int past SQLite's 64 bits; UnicodeEncodeError: a lone surrogate (\ud800) in a text.
             if refused_is_fatal:
-                raise DatabaseError(f"cannot write to the database: {_first_line(e)}") from None
-            raise _Refused(_first_line(e)) from None
+                raise DatabaseError(f"cannot write to the database: {db_message(e)}") from None
+            raise _Refused(db_message(e)) from None
         except SQLAlchemyError as e:
-            raise DatabaseError(f"cannot write to the database: {e}") from None
+            raise DatabaseError(f"cannot write to the database: {db_message(e)}") from None
 
 
 class WriterProcess:
