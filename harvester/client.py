@@ -59,7 +59,7 @@ class ApiClient:
             timeout=self._timeout,
             headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
             connector=aiohttp.TCPConnector(limit=self._concurrency, ttl_dns_cache=300),
-            # We classify every status ourselves (DESIGN.md section 6), so no raise_for_status.
+            # We classify every status ourselves (docs/architecture.md, HTTP outcomes), so no raise_for_status.
         )
         # aiohttp silently sends a GET again when a kept-alive connection turns out to be
         # closed. That second request would bypass the rate limiter, and its outcome the

@@ -1,6 +1,6 @@
 """API bodies -> table rows. Pure functions: no I/O, no database, no clock.
 
-Real bodies are messy (DESIGN.md section 1): numbers arrive as strings, zero
+Real bodies are messy (the samples in harvester/data): numbers arrive as strings, zero
 counts are left out, sections are null or [], unknown sources appear. Every
 function here tolerates all of that and never drops an unknown source.
 """

@@ -18,7 +18,8 @@ from harvester.fakeapi import FakeConfig, FakeServer, serve_in_thread
 from tests import pg
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT.parent / "shared" / "altmetric-samples"
+# The repository's own copy of the real API bodies (their provenance: harvester/data/SOURCES.md).
+SAMPLES = ROOT / "harvester" / "data"
 KEY = "sk-test-5f0d2c1e9b7a4e33"  # a full-access key of the fake API in tests; grepped for leaks
 
 # A throwaway PostgreSQL 15 server for the session (started on first use) and a fresh database per test.

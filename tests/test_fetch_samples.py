@@ -1,4 +1,4 @@
-"""Every fetch-shaped sample in ../shared/altmetric-samples parses to the right rows.
+"""Every fetch-shaped sample in harvester/data (the real API bodies) parses to the right rows.
 
 The expected values are typed in from the sample files by hand (counts of
 posts and of distinct citation_ids were taken with jq/python over the raw

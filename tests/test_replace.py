@@ -1,4 +1,4 @@
-"""The database equals the latest answer, and a body the database refuses fails alone (DESIGN.md section 7).
+"""The database equals the latest answer, and a body the database refuses fails alone (docs/architecture.md, invariants).
 
 The same output harvested twice with upstream changes in between: every table whose
 section the second body carries equals that section afterwards, and the rest is left as

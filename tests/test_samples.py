@@ -1,4 +1,4 @@
-"""Every counts-shaped sample in ../shared/altmetric-samples lands with the right values.
+"""Every counts-shaped sample in harvester/data (the real API bodies) lands with the right values.
 
 The expected values are typed in from the sample files by hand, not computed
 by the code under test.
