@@ -4,7 +4,7 @@
 
 1. bytes per body, raw and zstd-compressed as archive.compress stores them, and the
    microseconds it takes, for the fake API's Counts and Fetch bodies and for the real
-   samples in ../shared/altmetric-samples (when present); beside it, for comparison
+   samples in harvester/data; beside it, for comparison
    only, a zstd dictionary trained on other fake bodies of the same endpoint;
 2. the writer's hot path: store.write_batch over the Counts bodies in batches of 500
    (as a harvest's writer runs it, leases held), archive off vs on, interleaved, best
@@ -32,7 +32,7 @@ from harvester import archive, fakeapi, jobs, leases, reparse, schema, store
 from harvester.config import ArchiveConfig
 from harvester.db import open_database
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "altmetric-samples"
+SAMPLES = Path(__file__).resolve().parents[1] / "harvester" / "data"
 BATCH = 500
 
 

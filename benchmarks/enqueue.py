@@ -8,8 +8,8 @@ run times:
 - **create_job on SQLite**: a fresh database migrated by alembic;
 - **create_job on PostgreSQL** (with --postgres): a throwaway PostgreSQL 15 server (tests/pg.py).
 
-and prints the seconds and the ratio of each to plain sqlite3 (DESIGN.md section 10: enqueue
-≤ 1.5× plain sqlite3).
+and prints the seconds and the ratio of each to plain sqlite3 (the goal: enqueue
+≤ 1.5× plain sqlite3, benchmarks/README.md).
 
     python benchmarks/enqueue.py                     # 1,000,000 DOIs, SQLite only
     python benchmarks/enqueue.py --postgres          # and PostgreSQL

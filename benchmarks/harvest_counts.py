@@ -2,7 +2,7 @@
 
     python benchmarks/harvest_counts.py [--ids 20000] [--latency 0] [--concurrency 64] [--endpoint counts|fetch] [--keep]
 
-What it does (DESIGN.md section 10):
+What it does (the goals are in benchmarks/README.md):
 
 1. starts the fake Altmetric API (harvester.fakeapi) in a separate process on a free
    loopback port;
@@ -58,7 +58,7 @@ FINAL_LINE = re.compile(
 
 
 def goal_for(latency: float) -> float:
-    """DESIGN.md section 10: >= 0.85 of the raw client; >= 0.95 against a 100 ms server."""
+    """The goals: >= 0.85 of the raw client; >= 0.95 against a 100 ms server."""
     return 0.85 if latency < 0.1 else 0.95
 
 

@@ -25,7 +25,7 @@ def served_posts(ids: list[str]) -> Counter[str]:
 
 
 def test_fetch_harvest_stores_exactly_the_posts_served_and_a_rerun_changes_no_count(h: Harness) -> None:
-    ids = dois(2000, "10.5555/fetch")
+    ids = dois(800, "10.5555/fetch")
     result = h.run("harvest", "--endpoint", "fetch", "--no-progress", h.ids(ids))
     assert result.exit_code == 0, result.output
     stored = Counter({r["source"]: r["n"] for r in rows(h.engine, "select source, count(*) as n from mentions group by source")})

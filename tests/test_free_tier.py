@@ -1,6 +1,7 @@
-"""The free tier against a fake API enforcing the same limits: a minute at 95%+ of the rate, no 429.
+"""The free tier against a fake API enforcing the same limits: a sustained run at 95%+ of the rate, no 429.
 
-This is the one test that takes a minute: the requirement is about a sustained rate.
+The requirement is about a sustained rate: 20 s here (400 requests at 20/s),
+the full minute with HARVESTER_LONG=1.
 The fake's bucket holds two requests, as a real server's does: at exactly the
 enforced rate with a bucket of one, a few milliseconds of jitter make a 429
 (benchmarks/limiter_accuracy.py measures both).
@@ -8,6 +9,7 @@ enforced rate with a bucket of one, a few milliseconds of jitter make a 429
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,10 +17,10 @@ from harvester.fakeapi import serve_in_thread
 from tests.conftest import FAKE, Harness, dois
 
 RATE = 20.0
-SECONDS = 60
+SECONDS = 60 if os.environ.get("HARVESTER_LONG") else 20  # CI: 20 s; HARVESTER_LONG=1: the full minute
 
 
-def test_a_minute_at_the_enforced_rate_draws_no_429(tmp_path: Path, clean_env: None) -> None:
+def test_a_sustained_run_at_the_enforced_rate_draws_no_429(tmp_path: Path, clean_env: None) -> None:
     server_limits = dict(per_second=RATE, burst=2, per_hour=int(RATE * 3600), per_day=int(RATE * 86400))
     with serve_in_thread(replace(FAKE, **server_limits)) as server:
         h = Harness(tmp_path, server)
@@ -34,6 +36,6 @@ def test_a_minute_at_the_enforced_rate_draws_no_429(tmp_path: Path, clean_env: N
         assert server.stats.first_at is not None and server.stats.last_at is not None
         span = server.stats.last_at - server.stats.first_at
         achieved = server.stats.rate
-    assert span >= SECONDS * 0.95  # it really ran for about a minute
+    assert span >= SECONDS * 0.95  # it really ran that long
     assert achieved >= 0.95 * RATE, f"{achieved:.2f} requests/s"
     print(f"\nfree tier: {achieved:.2f} requests/s of {RATE:.0f} ({achieved / RATE:.1%}), 0 429s, {n} requests")

@@ -177,7 +177,7 @@ def free_tier(tmp_path: Path, rate: float) -> Path:
 def test_processes_on_one_free_key_stay_within_its_rate_and_use_it(tmp_path: Path, pg_url: str) -> None:
     """Two harvests of their own jobs and a worker on a third, on one key: the server, enforcing
     exactly the key's rate with a bucket of one, answers no 429, and sees at least 0.85 of the rate."""
-    rate, seconds = 4.0, 30  # long enough that the slot each process leaves empty after its first request weighs little
+    rate, seconds = 6.0, 15  # long enough that the slots each process leaves empty after its first request weigh little
     cfg = free_tier(tmp_path, rate)
     per = int(rate * seconds / 3)
     # A bucket of two: this fake shares two cores with seven busy processes, and its own scheduling
@@ -210,7 +210,7 @@ def test_a_server_imposed_pause_holds_every_process(tmp_path: Path, pg_url: str)
     server_limits = dict(per_second=rate, burst=1, per_hour=int(rate * 3600), per_day=int(rate * 86400))
     with serve_in_thread(replace(FAKE, **server_limits, pause_after=20, pause_seconds=3.0)) as server:
         procs = [
-            start(pg_url, server, "harvest", "--no-progress", str(ids(tmp_path, 20, name)), config=cfg, HARVESTER_TIER="free")
+            start(pg_url, server, "harvest", "--no-progress", str(ids(tmp_path, 12, name)), config=cfg, HARVESTER_TIER="free")
             for name in ("p", "q", "r")
         ]
         for code, err in finish(procs):
@@ -224,7 +224,7 @@ def test_a_server_imposed_pause_holds_every_process(tmp_path: Path, pg_url: str)
 
 
 def test_a_bulk_harvest_and_a_nightly_share_one_key_on_sqlite(tmp_path: Path) -> None:
-    rate = 5.0
+    rate = 8.0
     cfg = free_tier(tmp_path, rate)
     cfg.write_text(cfg.read_text() + "[nightly]\nnum_results = 20\npages = 1\n")
     db = tmp_path / "both.db"
