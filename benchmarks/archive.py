@@ -37,7 +37,7 @@ BATCH = 500
 
 
 def bodies(endpoint: str, n: int, prefix: str) -> list[bytes]:
-    make = fakeapi._fetch_bytes if endpoint == "fetch" else fakeapi._counts_bytes
+    make = fakeapi.bodies._fetch_bytes if endpoint == "fetch" else fakeapi.bodies._counts_bytes
     out = [make("doi", f"10.5555/{prefix}.{i:07d}", 0.0) for i in range(n)]
     return [b for b in out if b is not None]
 

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from harvester.errors import ConfigError
+from harvester.parse import TIMEFRAMES as TIMEFRAMES  # one definition of the API's timeframes, re-exported
 
 ENDPOINTS = ("counts", "fetch", "citations")
-TIMEFRAMES = ("at", "1d", "2d", "3d", "4d", "5d", "6d", "1w", "1m", "3m", "6m", "1y")
 # The Citations endpoint's filters; `issn` is the API's alias of `issns`.
 CITATION_FILTERS = ("cited_in", "doi_prefix", "issns", "order_by", "nlmid", "subjects")
 MAX_NUM_RESULTS = 99

@@ -124,8 +124,10 @@ def _harvest(tmp: Path, url: str, ids_file: Path, reharvest_file: Path) -> None:
         assert result.exit_code == 3, result.output
         result = harvest("1w", "--num-results", "20", command="citations")
         assert result.exit_code == 0, result.output
-        # The server thread looks _fetch_bytes up on every request.
-        mp.setattr(fakeapi, "_fetch_bytes", _posts_lost_upstream(fakeapi._fetch_bytes))
+        # The server thread looks _fetch_bytes up on every request; fetch_body (below) too.
+        lost = _posts_lost_upstream(fakeapi.bodies._fetch_bytes)
+        mp.setattr(fakeapi.server, "_fetch_bytes", lost)
+        mp.setattr(fakeapi.evolution, "_fetch_bytes", lost)
         result = harvest("--endpoint", "fetch", str(reharvest_file))
         assert result.exit_code == 0, result.output
 
