@@ -109,6 +109,44 @@ def check_body(endpoint: str, raw: bytes) -> dict[str, Any]:
     return body
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What one HTTP answer means for its item (docs/architecture.md, HTTP outcomes).
+
+    kind: done, not_found, failed (final); retry (counts as an attempt); rate_limited
+    (waits, never an attempt); auth (stops the job).
+    """
+
+    kind: str
+    error: str | None = None
+    note: str | None = None
+
+
+def classify(endpoint: str, item: jobs.Item, status: int, raw: bytes) -> Outcome:
+    """The HTTP outcome table, as a pure function of the answer."""
+    if status == 200:
+        try:
+            body = check_body(endpoint, raw)
+        except ParseError as e:
+            return Outcome("retry", f"unusable body: {e}")
+        returned = lower_doi(body.get("doi") or (body.get("citation") or {}).get("doi"))
+        if item.id_type == "doi" and returned and returned != item.identifier:
+            return Outcome("done", note=f"the API returned DOI {returned} for this id")
+        return Outcome("done")
+    if status in (401, 403):
+        return Outcome("auth")
+    if status == 429:
+        return Outcome("rate_limited")
+    if status == 404:
+        return Outcome("not_found")
+    if endpoint == "citations" and item.identifier != "1" and status == 400:
+        # Past the last page (the listing shrank while we paged): the end, not a failure.
+        return Outcome("not_found", note=f"past the last page: {raw.decode('utf-8', 'replace').strip()[:200]}")
+    if 400 <= status < 500:
+        return Outcome("failed", f"HTTP {status}: {raw.decode('utf-8', 'replace').strip()[:500]}")
+    return Outcome("retry", f"HTTP {status}")
+
+
 def backoff(attempt: int, base: float, cap: float) -> float:
     """Capped exponential backoff with full jitter in the upper half."""
     delay: float = min(cap, base * 2.0 ** (attempt - 1))
@@ -326,22 +364,10 @@ async def run_job(
                 state.responses += 1
                 status = response.status
                 await limiter.observe(response.headers, job.endpoint)
-                if status == 200:
-                    try:
-                        body = check_body(job.endpoint, response.body)
-                    except ParseError as e:
-                        error = f"unusable body: {e}"
-                    else:
-                        breaker.record(True)
-                        # The writer parses the rest, in its own process.
-                        note = None
-                        returned = lower_doi(body.get("doi") or (body.get("citation") or {}).get("doi"))
-                        if item.id_type == "doi" and returned and returned != item.identifier:
-                            note = f"the API returned DOI {returned} for this id"
-                        return ItemResult(item.id_type, item.identifier, "done", attempts + 1, 200, None, response.body, note)
-                elif status in (401, 403):
+                outcome = classify(job.endpoint, item, status, response.body)
+                if outcome.kind == "auth":
                     raise ApiAuthError(status, job.endpoint, response.body.decode("utf-8", "replace"))
-                elif status == 429:
+                if outcome.kind == "rate_limited":
                     breaker.record(True)  # an API that rate-limits is up
                     wait = retry_after(response)
                     quota = await limiter.quota_error(response.headers, job.endpoint, wait)
@@ -351,18 +377,12 @@ async def run_job(
                     await limiter.slow_down(wait if wait is not None else slow_429)
                     slow_429 = min(60.0, slow_429 * 2)
                     continue
-                elif 400 <= status < 500:
+                if outcome.kind != "retry":
                     breaker.record(True)
-                    if status == 404:
-                        return ItemResult(item.id_type, item.identifier, "not_found", attempts + 1, 404)
-                    if job.endpoint == "citations" and item.identifier != "1" and status == 400:
-                        # Past the last page (the listing shrank while we paged): the end, not a failure.
-                        note = f"past the last page: {response.body.decode('utf-8', 'replace').strip()[:200]}"
-                        return ItemResult(item.id_type, item.identifier, "not_found", attempts + 1, status, None, None, note)
-                    text = response.body.decode("utf-8", "replace").strip()[:500]
-                    return ItemResult(item.id_type, item.identifier, "failed", attempts + 1, status, f"HTTP {status}: {text}")
-                else:
-                    error = f"HTTP {status}"
+                    # The writer parses the body, in its own process.
+                    body = response.body if outcome.kind == "done" else None
+                    return ItemResult(item.id_type, item.identifier, outcome.kind, attempts + 1, status, outcome.error, body, outcome.note)
+                error = outcome.error or f"HTTP {status}"
             breaker.record(False)
             if breaker.is_open:
                 continue  # an outage, not this item's fault: the attempt does not count
