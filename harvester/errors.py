@@ -3,6 +3,38 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import IntEnum, StrEnum
+
+
+class ExitCode(IntEnum):
+    """The process's exit status (docs/architecture.md, exit codes). Only commands exit."""
+
+    OK = 0  # finished: every item final, none failed
+    ERROR = 1  # configuration, key, database; or a run that stopped early
+    USAGE = 2
+    SOME_FAILED = 3  # finished, some items failed
+    PAUSED = 75  # resumable later: a spent quota, an outage, another process holds the nightly (EX_TEMPFAIL)
+    INTERRUPTED = 130  # Ctrl-C or SIGTERM, after writing what was fetched
+
+
+class JobStatus(StrEnum):
+    """`jobs.status`: the values users see in SQL and `status`."""
+
+    PENDING = "pending"  # created, never run
+    RUNNING = "running"
+    FINISHED = "finished"
+    INTERRUPTED = "interrupted"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+
+
+class ItemStatus(StrEnum):
+    """`job_items.status`."""
+
+    PENDING = "pending"
+    DONE = "done"
+    NOT_FOUND = "not_found"
+    FAILED = "failed"
 
 
 def db_message(error: BaseException) -> str:
@@ -15,7 +47,7 @@ def db_message(error: BaseException) -> str:
 class HarvesterError(Exception):
     """Base of every expected failure; str() is the one line shown to the user."""
 
-    exit_code = 1
+    exit_code: int = ExitCode.ERROR
 
 
 class ConfigError(HarvesterError):
@@ -37,7 +69,7 @@ class JobError(HarvesterError):
 class JobBusyError(HarvesterError):
     """Another live process is running the job."""
 
-    exit_code = 75
+    exit_code = ExitCode.PAUSED
 
 
 class ApiAuthError(HarvesterError):
@@ -65,7 +97,7 @@ class ApiUnreachableError(HarvesterError):
 class QuotaExhausted(HarvesterError):
     """A quota of the key (daily, or Fetch's tweet ids) is spent: the job pauses until it resets."""
 
-    exit_code = 75
+    exit_code = ExitCode.PAUSED
 
     def __init__(self, resume_at: datetime, kind: str = "daily") -> None:
         self.resume_at = resume_at
@@ -76,7 +108,7 @@ class QuotaExhausted(HarvesterError):
 class ApiUnavailableError(HarvesterError):
     """The API kept failing (5xx, resets) through every probe: the job pauses."""
 
-    exit_code = 75
+    exit_code = ExitCode.PAUSED
 
     def __init__(self, seconds: float) -> None:
         super().__init__(f"the API has been failing for {seconds / 60:.0f} minutes; try again later")

@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, bindparam, delete, func, select, text, tuple_, update
 
 from harvester import jobs, schema
+from harvester.errors import JobStatus
 from harvester.jobs import Item, Job, db_now
 
 logger = logging.getLogger(__name__)
@@ -216,11 +217,11 @@ def leave(
         pending = conn.execute(
             select(func.count()).select_from(schema.job_items).where(ji.job_id == job_id, ji.status == "pending")
         ).scalar_one()
-        if others and status not in ("paused", "stopped") and not (status == "finished" and pending == 0):
+        if others and status not in (JobStatus.PAUSED, JobStatus.STOPPED) and not (status == JobStatus.FINISHED and pending == 0):
             # The others go on; the job is theirs. (A pause or a refused key holds them too.)
             conn.execute(update(schema.jobs).where(schema.jobs.c.id == job_id, schema.jobs.c.runner == runner).values(runner=None))
             return "running"
-        if status == "finished" and pending:
-            status = "interrupted"  # added meanwhile, or held by a worker that is gone: `resume` finishes it
+        if status == JobStatus.FINISHED and pending:
+            status = JobStatus.INTERRUPTED  # added meanwhile, or held by a worker that is gone: `resume` finishes it
         conn.execute(update(schema.jobs).where(schema.jobs.c.id == job_id).values(jobs.ended(status, now, error, resume_after)))
     return status

@@ -29,7 +29,18 @@ from harvester.budget import SharedBudget
 from harvester.client import ApiClient, ConnectError, Response, TransportError, id_path
 from harvester.config import Config, parse_duration
 from harvester.log import redact
-from harvester.errors import ApiAuthError, ApiUnreachableError, DatabaseError, HarvesterError, JobError, QuotaExhausted, db_message
+from harvester.errors import (
+    ApiAuthError,
+    ApiUnreachableError,
+    DatabaseError,
+    ExitCode,
+    HarvesterError,
+    ItemStatus,
+    JobError,
+    JobStatus,
+    QuotaExhausted,
+    db_message,
+)
 from harvester.parse import ParseError, as_int, decode, lower_doi
 from harvester.ratelimit import CircuitBreaker, RateLimiter, next_utc_midnight
 from harvester.store import ItemResult, WriterProcess, lists_every_post
@@ -52,9 +63,9 @@ class RunOutcome:
     """How a run ended: the job's status, its item counts and the exit code."""
 
     job_id: int
-    status: str  # finished, interrupted, paused, stopped
+    status: str  # a JobStatus: finished, interrupted, paused, stopped
     counts: dict[str, int]
-    exit_code: int
+    exit_code: int  # an ExitCode
     message: str | None = None
     elapsed: float = 0.0
     processed: int = 0  # items finalized in this run
@@ -515,16 +526,18 @@ def pending(engine: Engine, job_id: int) -> int:
 def _finish(engine: Engine, job_id: int, runner: str, state: _State, interrupted: bool, elapsed: float) -> RunOutcome:
     error = state.error
     resume_after = None
+    status: str
+    code: int
     if isinstance(error, QuotaExhausted):
-        status, code, resume_after = "paused", 75, error.resume_at
-    elif error is not None and getattr(error, "exit_code", 1) == 75:
-        status, code = "paused", 75
+        status, code, resume_after = JobStatus.PAUSED, ExitCode.PAUSED, error.resume_at
+    elif error is not None and getattr(error, "exit_code", ExitCode.ERROR) == ExitCode.PAUSED:
+        status, code = JobStatus.PAUSED, ExitCode.PAUSED
     elif error is not None:
-        status, code = "stopped", getattr(error, "exit_code", 1)
+        status, code = JobStatus.STOPPED, getattr(error, "exit_code", ExitCode.ERROR)
     elif interrupted:
-        status, code = "interrupted", 130
+        status, code = JobStatus.INTERRUPTED, ExitCode.INTERRUPTED
     else:
-        status, code = "finished", 0
+        status, code = JobStatus.FINISHED, ExitCode.OK
     message = str(error) if error is not None else None
     try:
         status = leases.leave(engine, job_id, runner, status, message, resume_after)
@@ -532,16 +545,16 @@ def _finish(engine: Engine, job_id: int, runner: str, state: _State, interrupted
         # The database may be the very thing that failed (disk full). The item leases
         # then end on their own, and the next resume or worker takes them.
         logger.warning("could not record the job's end: %s", db_message(e))
-        status, code = "stopped", 1
+        status, code = JobStatus.STOPPED, ExitCode.ERROR
     try:
         counts = jobs.item_counts(engine, job_id)
     except SQLAlchemyError:
         counts = state.counts
-    if code == 0:
-        if status == "finished":
-            code = 3 if counts["failed"] else 0
-        elif status == "interrupted":
-            code = 1  # items added meanwhile, or held by a worker that is gone: `resume` finishes them
+    if code == ExitCode.OK:
+        if status == JobStatus.FINISHED:
+            code = ExitCode.SOME_FAILED if counts[ItemStatus.FAILED] else ExitCode.OK
+        elif status == JobStatus.INTERRUPTED:
+            code = ExitCode.ERROR  # items added meanwhile, or held by a worker that is gone: `resume` finishes them
     return RunOutcome(job_id, status, counts, code, message, elapsed, state.processed, state.requests)
 
 

@@ -20,7 +20,7 @@ from sqlalchemy import Engine, or_, select
 
 from harvester import jobs, leases, pipeline, schema
 from harvester.config import Config
-from harvester.errors import QuotaExhausted
+from harvester.errors import ExitCode, ItemStatus, JobStatus, QuotaExhausted
 from harvester.pipeline import ProgressCallback, RunOutcome
 
 logger = logging.getLogger(__name__)
@@ -99,15 +99,15 @@ async def work(
                 try:
                     run = await pipeline.run_job(engine, job.id, config, callback, stop, runner, drain=False, command="worker")
                 except QuotaExhausted as e:
-                    run = RunOutcome(job.id, "paused", jobs.item_counts(engine, job.id), 75, str(e))
+                    run = RunOutcome(job.id, JobStatus.PAUSED, jobs.item_counts(engine, job.id), ExitCode.PAUSED, str(e))
                 finally:
                     close = getattr(callback, "close", None)
                     if close is not None:
                         close()
                 outcome.runs.append(run)
                 # 'interrupted' here is only items still leased by a worker that is gone: look again.
-                if run.status in ("stopped", "paused") or run.exit_code == 130:
-                    if run.exit_code == 130 or not wait:
+                if run.status in (JobStatus.STOPPED, JobStatus.PAUSED) or run.exit_code == ExitCode.INTERRUPTED:
+                    if run.exit_code == ExitCode.INTERRUPTED or not wait:
                         outcome.exit_code, outcome.message = run.exit_code, run.message
                         return outcome
                     logger.warning("job %d %s: %s; looking again in %.0fs", job.id, run.status, run.message, poll)
@@ -121,18 +121,18 @@ async def work(
             if not wait and not ready:
                 # Only paused jobs are left: resumable later, as a quota resets.
                 first = min(paused, key=lambda j: j.resume_after or now)
-                outcome.exit_code = 75
+                outcome.exit_code = ExitCode.PAUSED
                 outcome.message = f"job {first.id} is paused until {first.resume_after:%Y-%m-%d %H:%M} UTC"
                 return outcome
             # Every item left is leased by another worker: their results, or their leases' end, settle it.
             await _sleep(stop, poll)
         if stop.is_set():
-            outcome.exit_code = 130
+            outcome.exit_code = ExitCode.INTERRUPTED
     finally:
         outcome.jobs = sorted(seen)
         await asyncio.to_thread(leases.unregister, engine, runner)
-    if outcome.exit_code == 0 and any(jobs.item_counts(engine, j)["failed"] for j in outcome.jobs):
-        outcome.exit_code = 3
+    if outcome.exit_code == ExitCode.OK and any(jobs.item_counts(engine, j)[ItemStatus.FAILED] for j in outcome.jobs):
+        outcome.exit_code = ExitCode.SOME_FAILED
     return outcome
 
 
