@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,39 @@ pg_cluster, pg_url = pg.pg_cluster, pg.pg_url
 
 def sample(name: str) -> dict[str, Any]:
     return json.loads((SAMPLES / name).read_text())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, None, None]:
+    """Under pytest-xdist (`-n 2`), a test marked `timing` runs alone.
+
+    Those tests measure rates, leases or speedups against real processes: a busy second core
+    would make them measure the machine. A readers-writer lock across the workers: every test
+    holds the room shared, a timing test holds it alone, and the turnstile lets a waiting timing
+    test in before new tests start.
+    """
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if run_id is None:
+        yield
+        return
+    locks = Path(tempfile.gettempdir()) / f"harvester-tests-{run_id}"
+    locks.mkdir(exist_ok=True)
+    with open(locks / "turnstile", "a") as turnstile, open(locks / "room", "a") as room:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        if item.get_closest_marker("timing") is not None:
+            fcntl.flock(room, fcntl.LOCK_EX)  # waits for the test the other worker is running
+            try:
+                yield
+            finally:
+                fcntl.flock(room, fcntl.LOCK_UN)
+                fcntl.flock(turnstile, fcntl.LOCK_UN)
+        else:
+            fcntl.flock(room, fcntl.LOCK_SH)
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+            try:
+                yield
+            finally:
+                fcntl.flock(room, fcntl.LOCK_UN)
 
 
 @pytest.fixture

@@ -13,8 +13,12 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from harvester.fakeapi import serve_in_thread
 from tests.conftest import FAKE, Harness, dois
+
+pytestmark = pytest.mark.timing  # rates, leases and speedups: alone under -n 2 (tests/conftest.py)
 
 RATE = 20.0
 SECONDS = 60 if os.environ.get("HARVESTER_LONG") else 20  # CI: 20 s; HARVESTER_LONG=1: the full minute

@@ -144,6 +144,7 @@ def test_an_id_the_server_always_fails_on_is_failed_after_max_attempts(h: Harnes
     assert fake.stats.per_path["/v1/doi/10.5555/t.00001"] == 1
 
 
+@pytest.mark.timing
 def test_an_outage_trips_the_breaker_instead_of_failing_every_item(tmp_path: Path, clean_env: None) -> None:
     with serve_in_thread(replace(FAKE, error_rate=1.0)) as server:
         h = Harness(tmp_path, server)
@@ -162,6 +163,7 @@ def test_an_outage_trips_the_breaker_instead_of_failing_every_item(tmp_path: Pat
         assert h.run("resume", "--no-progress").exit_code == 0
 
 
+@pytest.mark.timing
 def test_429_is_waited_out_and_never_counted_as_an_attempt(tmp_path: Path, clean_env: None) -> None:
     with serve_in_thread(replace(FAKE, per_second=50.0, burst=4)) as server:
         h = Harness(tmp_path, server)
@@ -171,6 +173,7 @@ def test_429_is_waited_out_and_never_counted_as_an_attempt(tmp_path: Path, clean
         assert {i["attempts"] for i in h.items().values()} == {1}
 
 
+@pytest.mark.timing
 def test_free_tier_limiter_gets_no_429_from_a_server_enforcing_the_same_rate(tmp_path: Path, clean_env: None) -> None:
     with serve_in_thread(replace(FAKE, per_second=20.0, burst=2)) as server:
         h = Harness(tmp_path, server)
@@ -275,6 +278,7 @@ def test_read_only_commands_do_not_create_a_database(h: Harness) -> None:
     assert not h.db.exists()
 
 
+@pytest.mark.timing
 def test_timeouts_are_retried(tmp_path: Path, clean_env: None) -> None:
     with serve_in_thread(replace(FAKE, slow_rate=0.3, slow_seconds=1.0, seed=3)) as server:
         h = Harness(tmp_path, server)

@@ -16,6 +16,8 @@ from harvester.errors import ApiUnavailableError, QuotaExhausted
 from harvester.ratelimit import FIRST_GAP, CircuitBreaker, RateLimiter
 from tests.conftest import rows
 
+pytestmark = pytest.mark.timing  # rates, leases and speedups: alone under -n 2 (tests/conftest.py)
+
 FREE = LimitsConfig(per_second=20.0, per_hour=3600, per_day=86400)
 KEY = "sk-test-budget"
 

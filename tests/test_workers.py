@@ -24,6 +24,8 @@ from harvester.fakeapi import FakeConfig, FakeServer, serve_in_thread
 from tests.conftest import KEY
 from tests.subproc import query, start
 
+pytestmark = pytest.mark.timing  # rates, leases and speedups: alone under -n 2 (tests/conftest.py)
+
 FAKE = FakeConfig(keys=(KEY,), not_found_pct=10)
 
 
