@@ -614,4 +614,14 @@ def with_signals(work: Callable[[asyncio.Event], Awaitable[T]]) -> T:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
 
-    return asyncio.run(main())
+    return run_loop(main())
+
+
+def run_loop(coro: Awaitable[T]) -> T:
+    """asyncio.run, on uvloop where it is installed: aiohttp's request path is most of the
+    main process's CPU time, and uvloop takes a share of it off (benchmarks/README.md)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    return uvloop.run(coro)  # type: ignore[arg-type]

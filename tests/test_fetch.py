@@ -96,7 +96,7 @@ def test_fetch_options_need_the_fetch_endpoint(h: Harness) -> None:
 
 def test_multi_megabyte_bodies(tmp_path: Path, clean_env: None) -> None:
     """The heaviest bodies the fake serves pass through whole."""
-    from harvester.fakeapi import _fetch_bytes
+    from harvester.fakeapi.bodies import _fetch_bytes
 
     big = sorted(dois(3000, "10.5555/big"), key=lambda d: -len(_fetch_bytes("doi", d, 15.0) or b""))[:3]
     with serve_in_thread(replace(FAKE)) as server:

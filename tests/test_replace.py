@@ -21,7 +21,8 @@ from sqlalchemy import Engine, update
 
 from harvester import jobs, schema
 from harvester.db import open_database
-from harvester.fakeapi import _filter_fetch, counts_body, fetch_body, serve_in_thread
+from harvester.fakeapi import counts_body, fetch_body, serve_in_thread
+from harvester.fakeapi.bodies import _filter_fetch
 from harvester.parse import Records, parse_counts, parse_fetch
 from harvester.store import ItemResult, lists_every_post, write_batch
 from tests.conftest import FAKE, Harness, dois, rows, scalar
