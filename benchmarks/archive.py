@@ -85,7 +85,7 @@ def main() -> int:
     counts = bodies("counts", args.counts, "c")
     fetch = bodies("fetch", args.fetch, "f")
 
-    print("bytes per body (zstd level %d, one frame a body):" % archive.LEVEL)
+    print(f"bytes per body (zstd level {archive.LEVEL}, one frame a body):")
     sizes("fake Counts", counts, bodies("counts", 2000, "train"))
     sizes("fake Fetch", fetch, bodies("fetch", 500, "train"))
     for kind in ("counts", "fetch", "citations"):

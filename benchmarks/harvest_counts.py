@@ -161,7 +161,7 @@ async def _raw(api: str, prefix: str, n: int, concurrency: int, endpoint: str) -
                         statuses[r.status] = statuses.get(r.status, 0) + 1
                         if r.status == 200:
                             json.loads(body)
-                except (aiohttp.ClientError, asyncio.TimeoutError):
+                except (TimeoutError, aiohttp.ClientError):
                     res.errors += 1
 
         t0 = time.perf_counter()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -84,7 +83,7 @@ class ApiClient:
         try:
             async with self._session.get(url, allow_redirects=False) as r:
                 return Response(r.status, r.headers, await r.read())
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise TransportError("timed out") from None
         except aiohttp.ClientConnectorError as e:
             # str(e) names host and port only, but redact anyway: it's cheap.

@@ -28,7 +28,6 @@ from harvester import jobs, leases
 from harvester.budget import SharedBudget
 from harvester.client import ApiClient, ConnectError, Response, TransportError, id_path
 from harvester.config import Config, parse_duration
-from harvester.log import redact
 from harvester.errors import (
     ApiAuthError,
     ApiUnreachableError,
@@ -41,6 +40,7 @@ from harvester.errors import (
     QuotaExhausted,
     db_message,
 )
+from harvester.log import redact
 from harvester.parse import ParseError, as_int, decode, lower_doi
 from harvester.ratelimit import CircuitBreaker, RateLimiter, next_utc_midnight
 from harvester.store import ItemResult, WriterProcess, lists_every_post
@@ -316,7 +316,7 @@ async def run_job(
                     # Ours are still in flight; once written, a Citations page may have added pages.
                     try:
                         await asyncio.wait_for(written.wait(), beat_every)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         pass
                     continue
                 if not drain:
@@ -437,7 +437,7 @@ async def run_job(
                 timeout = deadline - time.monotonic()
                 try:
                     got = await asyncio.wait_for(results.get(), timeout) if timeout > 0 else results.get_nowait()
-                except (asyncio.TimeoutError, asyncio.QueueEmpty):
+                except (TimeoutError, asyncio.QueueEmpty):
                     break
                 if got is _DONE:
                     finished = True

@@ -376,7 +376,7 @@ class CircuitBreaker:
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), max(wait, 0.05) if wait > 0 else 1.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def record(self, ok: bool) -> None:

@@ -134,7 +134,7 @@ def test_the_key_is_never_archived(h: Harness) -> None:
     assert h.run("citations", "1w", "--doi-prefix", "10.1038", "--num-results", "10", "--pages", "2", "--no-progress").exit_code == 0
     rows = query(h.db, "select endpoint, id_type, identifier, params, body from raw_bodies")
     assert {r[0] for r in rows} == {"counts", "fetch", "citations"}
-    for endpoint, id_type, identifier, params, body in rows:
+    for _endpoint, _id_type, identifier, params, body in rows:
         assert KEY not in identifier and KEY not in (params or "")
         assert KEY.encode() not in archive.decompress(body)
     fetch_params = {r[3] for r in rows if r[0] == "fetch"}

@@ -9,7 +9,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
@@ -75,7 +75,7 @@ class FakeClock:
 
 
 def _utc(year: int, month: int, day: int, hour: int, minute: int, second: int) -> float:
-    return datetime(year, month, day, hour, minute, second, tzinfo=timezone.utc).timestamp()
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC).timestamp()
 
 
 # ---- auth and tiers ---------------------------------------------------------------------------

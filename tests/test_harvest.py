@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -12,6 +12,7 @@ from sqlalchemy import text
 
 from harvester.fakeapi import FakeServer, counts_body, serve_in_thread
 from tests.conftest import FAKE, KEY, Harness, dois, rows, scalar
+
 
 def expected_status(doi: str) -> str:
     return "not_found" if counts_body("doi", doi) is None else "done"

@@ -153,8 +153,8 @@ def test_a_list_of_one_doi_in_every_form_gives_one_id(tmp_path: Path) -> None:
     f = tmp_path / "ids.txt"
     f.write_text("\n".join(ONE_DOI_FORMS) + "\n", encoding="utf-8")
     lines = list(read_ids([str(f)], "doi"))
-    assert [l.reason for l in lines if l.reason] == []
-    assert {l.key for l in lines} == {"10.1000/xyz"}
+    assert [line.reason for line in lines if line.reason] == []
+    assert {line.key for line in lines} == {"10.1000/xyz"}
 
 
 @pytest.mark.parametrize(
@@ -181,8 +181,8 @@ def test_a_books_isbn_10_and_isbn_13_are_one_id(tmp_path: Path) -> None:
     f = tmp_path / "isbns.txt"
     f.write_text("0-306-40615-2\n0306406152\n978-0-306-40615-7\n9780306406157\nISBN 978 0 306 40615 7\nurn:isbn:0306406152\n")
     lines = list(read_ids([str(f)], "isbn"))
-    assert [l.reason for l in lines if l.reason] == []
-    assert {l.key for l in lines} == {"9780306406157"}
+    assert [line.reason for line in lines if line.reason] == []
+    assert {line.key for line in lines} == {"9780306406157"}
 
 
 def test_create_job_gives_one_item_for_one_doi_in_every_form(engine: Engine, tmp_path: Path) -> None:
@@ -207,7 +207,7 @@ def test_read_ids_bom_crlf_blank_comments_and_bad_bytes(tmp_path: Path) -> None:
     f = tmp_path / "ids.txt"
     f.write_bytes(b"\xef\xbb\xbf10.1038/one\r\n\r\n# a comment\r\n10.1038/two\r\nbad \xff line\r\nnope\n")
     lines = list(read_ids([str(f)], "doi"))
-    assert [(l.line_no, l.source_line, l.key, l.reason) for l in lines] == [
+    assert [(line.line_no, line.source_line, line.key, line.reason) for line in lines] == [
         (1, 1, "10.1038/one", None),
         (2, 4, "10.1038/two", None),
         (3, 5, None, "not valid UTF-8"),

@@ -7,7 +7,6 @@ import time
 from datetime import datetime
 
 import pytest
-
 from sqlalchemy import Engine, text
 
 from harvester.budget import FREE_TIER_MARGIN, SharedBudget, key_hash, to_datetime

@@ -11,7 +11,7 @@ import random
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
@@ -172,7 +172,7 @@ _POLICY_SOURCES = (
 
 
 def _iso(ts: int) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S+00:00")
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00")
 
 
 def _heavy_tail(rnd: random.Random) -> int:
@@ -271,7 +271,7 @@ def _profile(id_type: str, key: str, asked: str) -> _Profile:
         sources.append((s[0], posts, accounts))
         score += accounts * s[3]
     score = round(score * (0.8 + 0.4 * rnd.random()), 3) if sources else 0.0
-    fractions = sorted((rnd.random() for _ in range(11)))
+    fractions = sorted(rnd.random() for _ in range(11))
     history = tuple(
         [(tf, round(score * f * f, 3)) for tf, f in zip(HISTORY_TIMEFRAMES[:-1], fractions)]
         + [("at", score)]

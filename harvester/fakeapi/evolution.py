@@ -142,13 +142,7 @@ def counts_body(id_type: str, identifier: str, not_found_pct: float = 15.0, day:
     (None: the body of a server without ``evolve``, the same every day). An ``id`` lookup names
     the output given that altmetric id, as the server does (see :func:`_by_altmetric_id`).
     """
-    if id_type == "id":
-        id_type, identifier = _by_altmetric_id(identifier)
-    raw = _counts_bytes(id_type, identifier, float(not_found_pct))
-    if raw is not None and day is not None:
-        raw = _evolved("counts", raw, day)
-    return None if raw is None else json.loads(raw)
-
+    return _served("counts", id_type, identifier, not_found_pct, day)
 
 
 def fetch_body(id_type: str, identifier: str, not_found_pct: float = 15.0, day: int | None = None) -> dict[str, Any] | None:
@@ -157,11 +151,16 @@ def fetch_body(id_type: str, identifier: str, not_found_pct: float = 15.0, day: 
     ``day`` as for :func:`counts_body`. With it, scores and counts grow but the posts listed do
     not: a Fetch body's ``counts`` may then count more twitter posts than its ``posts`` hold.
     """
+    return _served("fetch", id_type, identifier, not_found_pct, day)
+
+
+def _served(endpoint: str, id_type: str, identifier: str, not_found_pct: float, day: int | None) -> dict[str, Any] | None:
     if id_type == "id":
         id_type, identifier = _by_altmetric_id(identifier)
-    raw = _fetch_bytes(id_type, identifier, float(not_found_pct))
+    build = _counts_bytes if endpoint == "counts" else _fetch_bytes  # looked up per call: tests swap them
+    raw = build(id_type, identifier, float(not_found_pct))
     if raw is not None and day is not None:
-        raw = _evolved("fetch", raw, day)
+        raw = _evolved(endpoint, raw, day)
     return None if raw is None else json.loads(raw)
 
 

@@ -1,7 +1,7 @@
 """initial schema: outputs, counts tables, jobs
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-24 10:50:17.036060
 """
 
@@ -12,7 +12,6 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-
 revision: str = '0001'
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
@@ -20,7 +19,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    
+
     op.create_table('identifiers',
     sa.Column('scheme', sa.String(length=40), nullable=False),
     sa.Column('value', sa.Text(), nullable=False),
@@ -135,11 +134,11 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], name=op.f('fk_job_rejects_job_id_jobs'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('job_id', 'line_no', name=op.f('pk_job_rejects'))
     )
-    
+
 
 
 def downgrade() -> None:
-    
+
     op.drop_table('job_rejects')
     with op.batch_alter_table('job_items', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_job_items_job_id_status_line_no'))
@@ -158,4 +157,4 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_identifiers_altmetric_id'))
 
     op.drop_table('identifiers')
-    
+
