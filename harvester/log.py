@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -54,12 +55,22 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+class UtcFormatter(logging.Formatter):
+    """`2026-11-30T21:52:45Z WARNING harvester.pipeline: ...`: a nightly's log spans days, so every line carries its UTC date."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 (logging's name)
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created))
+
+
 def setup_logging(verbosity: int) -> None:
     """-q: errors only; default: warnings and run notes; -v: info; -vv: debug."""
     level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
     handler = logging.StreamHandler()
     handler.addFilter(RedactingFilter())
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    handler.setFormatter(UtcFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

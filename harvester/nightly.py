@@ -1,8 +1,11 @@
 """The nightly: discovery through Citations, a refresh of what is due, daily snapshots, a report.
 
     nightly (a row in jobs, endpoint 'nightly', holding the lock 'nightly')
-      1. discovery: a citations job, whose pages add the outputs they list to ...
-      2. refresh:   a counts (or fetch) job, plus the outputs and 404s that are due
+      1. discovery: a citations job (citation_activity records what it lists)
+      2. refresh:   a counts (or fetch) job of what is due, in order: the outputs of the
+                    user's own lists, then discovered ones (newest first, for
+                    follow_discovered), then old 404s; on the free tier within the
+                    day's quota, which also caps discovery's pages after the lists
       3. report:    nightly_runs and nightly_movers, from counts_snapshots
 
 Both steps run under the nightly's runner id, so while it lives it holds all
@@ -27,6 +30,7 @@ from sqlalchemy import (
     Date,
     DateTime,
     Engine,
+    Select,
     Text,
     case,
     cast,
@@ -35,6 +39,7 @@ from sqlalchemy import (
     insert,
     literal,
     literal_column,
+    or_,
     select,
     text,
     true,
@@ -45,6 +50,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from harvester import jobs, leases, pipeline, schema
+from harvester.budget import key_hash
 from harvester.config import Config, citation_filters, filters_text, parse_duration
 from harvester.errors import JobBusyError, JobError
 from harvester.pipeline import ProgressCallback, RunOutcome
@@ -125,7 +131,7 @@ def acquire(engine: Engine, config: Config, runner: str, create: bool = True) ->
         now = jobs.utcnow()
         try:
             with engine.begin() as conn:
-                job_id = jobs.new_job(conn, "nightly", "-", f"nightly {now:%Y-%m-%d}", _params(config, now), now=now)
+                job_id = jobs.new_job(conn, "nightly", "-", f"nightly {now:%Y-%m-%d}", params_for(config, now), now=now)
                 # The unique lock_name is what refuses a second nightly started at the same moment.
                 conn.execute(
                     update(schema.jobs)
@@ -138,7 +144,7 @@ def acquire(engine: Engine, config: Config, runner: str, create: bool = True) ->
     raise JobBusyError("another nightly is starting right now; try again later")
 
 
-def _params(config: Config, now: datetime) -> dict[str, Any]:
+def params_for(config: Config, now: datetime) -> dict[str, Any]:
     """The nightly's settings, kept with it: a nightly resumed tomorrow finishes as it began."""
     n = config.nightly
     if "citations" not in config.api.endpoints:
@@ -153,6 +159,7 @@ def _params(config: Config, now: datetime) -> dict[str, Any]:
         "refresh_after": n.refresh_after,
         "not_found_refresh_after": n.not_found_refresh_after,
         "max_items": n.max_items,
+        "follow_discovered": n.follow_discovered,
         "endpoint": n.endpoint,
         "fetch": config.fetch_options() if n.endpoint == "fetch" else None,
     }
@@ -166,15 +173,15 @@ def _run_one(engine: Engine, config: Config, job: jobs.Job, runner: str, progres
         # A Fetch refresh keeps the [fetch] options the nightly started with, as a Fetch harvest does.
         refresh_params = {"fetch": p["fetch"]} if p.get("fetch") else {}
         with engine.begin() as conn:
-            created: tuple[int | None, int | None]
-            if p["discover"]:
-                created = jobs.create_citations_job(
-                    conn, p["timeframe"], p["filters"], p["num_results"], p["pages"], p["endpoint"],
-                    f"{name} discovery", job.id, f"{name} refresh", refresh_params,
+            pages = discovery_pages(conn, config, p) if p["discover"] else 0
+            discovery = None
+            if pages != 0:
+                # No follow-up job: the refresh takes what the listing found after the user's lists (add_due).
+                discovery, _ = jobs.create_citations_job(
+                    conn, p["timeframe"], p["filters"], p["num_results"], pages, None, f"{name} discovery", job.id,
                 )  # fmt: skip
-            else:  # a counts-only key: no Citations, but the refresh and the time series go on
-                created = None, jobs.new_job(conn, p["endpoint"], "doi", f"{name} refresh", refresh_params | {"nightly": job.id})
-            jobs.set_params(conn, job.id, discovery_job=created[0], refresh_job=created[1])
+            refresh = jobs.new_job(conn, p["endpoint"], "doi", f"{name} refresh", refresh_params | {"nightly": job.id})
+            jobs.set_params(conn, job.id, discovery_job=discovery, refresh_job=refresh, discovery_pages=pages)
         p = jobs.get_job(engine, job.id).params
     discovery, refresh = p["discovery_job"], p["refresh_job"]
 
@@ -182,11 +189,18 @@ def _run_one(engine: Engine, config: Config, job: jobs.Job, runner: str, progres
         outcome = _step(engine, config, discovery, runner, progress)
         if outcome is not None and outcome.status != "finished":
             return _stopped(engine, job, night, runner, outcome)
+        _warn_unfiltered(engine, config, discovery, p)
     if not p.get("refresh_selected"):
         # Minutes of SQL on a big database: without beats another process would take the nightly over.
         with jobs.beating(engine, runner), engine.begin() as conn:
-            due = add_due(conn, refresh, p)
-            jobs.set_params(conn, job.id, refresh_selected=True, refresh_due=due)
+            quota = quota_left(conn, config)
+            due = add_due(conn, refresh, p, quota, discovery)
+            logger.info(
+                "nightly: refreshing %d outputs of your lists, %d discovered, %d old 404s%s",
+                due["lists"], due["discovered"], due["not_found"],
+                "" if quota is None else f" (quota left today: {quota})",
+            )  # fmt: skip
+            jobs.set_params(conn, job.id, refresh_selected=True, refresh_due=due, refresh_quota=quota)
     outcome = _step(engine, config, refresh, runner, progress)
     if outcome is not None and outcome.status != "finished":
         return _stopped(engine, job, night, runner, outcome)
@@ -199,6 +213,37 @@ def _run_one(engine: Engine, config: Config, job: jobs.Job, runner: str, progres
         if pruned:
             logger.info("nightly: deleted %d done items of nightlies finished before keep_done_items (%s)", pruned, keep)
     return report
+
+
+def discovery_pages(conn: Connection, config: Config, p: dict[str, Any]) -> int | None:
+    """The pages tonight's discovery may list: [nightly] pages, and on the free tier no more than
+    the quota left once the user's lists are refreshed (0: no discovery tonight). None: every page."""
+    pages: int | None = p["pages"]
+    quota = quota_left(conn, config)
+    if quota is None:
+        return pages
+    lists = conn.execute(select(func.count()).select_from(due_queries(conn, p)[0].subquery())).scalar_one()
+    spare = quota - lists
+    if spare <= 0:
+        logger.warning("nightly: no discovery tonight: your lists' %d due outputs take the %d requests left of today's quota", lists, quota)
+        return 0
+    return spare if pages is None else min(pages, spare)
+
+
+def _warn_unfiltered(engine: Engine, config: Config, discovery: int, p: dict[str, Any]) -> None:
+    """Discovery without filters on a free key: say how many pages the whole listing takes."""
+    if config.api.tier != "free" or p["filters"]:
+        return
+    ca = schema.citation_activity.c
+    with engine.connect() as conn:
+        total = conn.execute(select(func.max(ca.total)).where(ca.job_id == discovery)).scalar()
+    if total:
+        pages = -(-int(total) // p["num_results"])
+        logger.warning(
+            "nightly: discovery without [nightly] filters lists %d outputs: %d pages of %d a night, on a free key whose"
+            " quota is %d requests a day; set filters (doi_prefix, issns ...) or pages",
+            total, pages, p["num_results"], config.limits.per_day,
+        )  # fmt: skip
 
 
 def prune(engine: Engine, before: datetime) -> int:
@@ -235,28 +280,71 @@ def _step(engine: Engine, config: Config, job_id: int, runner: str, progress: Pr
             close()
 
 
-def add_due(conn: Connection, refresh_job: int, p: dict[str, Any]) -> int:
-    """Add to the refresh job the outputs last harvested before refresh_after, then the 404s due again.
+def quota_today(conn: Connection, config: Config) -> tuple[int | None, int]:
+    """The free tier's daily quota (the configured or announced limit, the tighter) and what is used of it today.
 
-    Oldest first, up to max_items in all (the discovered outputs are already
-    in and count towards it). An output is asked for by DOI, else by its
-    Altmetric id. Returns how many items were added. INSERT ... SELECT: the
-    database does the work, so a nightly over 10M outputs holds none of them
-    in memory.
+    Read from the shared budget row every process of the key draws from; (None, 0) on the commercial tier.
+    """
+    if config.api.tier != "free":
+        return None, 0
+    b = schema.rate_budgets.c
+    row = conn.execute(select(b.day_start, b.day_used, b.day_limit).where(b.key_hash == key_hash(config.api.key))).first()
+    limit = config.limits.per_day
+    if row is None:
+        return limit, 0
+    if row.day_limit is not None:
+        limit = min(limit, int(row.day_limit))
+    used = int(row.day_used or 0) if row.day_start == jobs.utcnow().date() else 0
+    return limit, used
+
+
+def quota_left(conn: Connection, config: Config) -> int | None:
+    """Requests left in today's quota on the free tier; None when there is no quota (commercial)."""
+    limit, used = quota_today(conn, config)
+    return None if limit is None else max(0, limit - used)
+
+
+def user_jobs(conn: Connection) -> list[int]:
+    """The harvest jobs of the user's own id lists: Counts and Fetch jobs that are neither a nightly's step
+    nor the follow-up of a Citations listing."""
+    j = schema.jobs.c
+    found = []
+    for job_id, params in conn.execute(select(j.id, j.params).where(j.endpoint.in_(("counts", "fetch")))):
+        p = json.loads(params or "{}")
+        if "nightly" not in p and "after_job" not in p:
+            found.append(int(job_id))
+    return found
+
+
+PARTS = ("lists", "discovered", "not_found")
+
+
+def due_queries(conn: Connection, p: dict[str, Any], discovery: int | None = None) -> list[Select[Any]]:
+    """What is due tonight, in the order it is refreshed: one query per part of PARTS.
+
+    1. lists: outputs of the user's own id lists (harvest jobs), and any output
+       Citations never listed, last harvested before refresh_after, oldest first;
+    2. discovered: other outputs the Citations endpoint listed within
+       follow_discovered (citation_activity), due by refresh_after or listed by
+       tonight's `discovery`, the most recently listed first;
+    3. not_found: ids whose latest answer was a 404 older than not_found_refresh_after.
+
+    Each row is (id_type, identifier, n), n its 1-based place in its part. An
+    output is asked for by DOI, else by its Altmetric id; one that vanished
+    upstream (its own id answered 404 lately) waits like any other 404.
     """
     now = jobs.utcnow()
     ji = schema.job_items.c
-    before = jobs.count_items(conn, refresh_job)
-    room = None if p["max_items"] is None else max(0, p["max_items"] - before)
     o = schema.outputs.c
+    ca = schema.citation_activity.c
     not_found_before = now - parse_duration(p["not_found_refresh_after"])
+    due_before = now - parse_duration(p["refresh_after"])
     id_type = case((o.doi.is_not(None), "doi"), else_="id")
     identifier = func.coalesce(o.doi, cast(o.altmetric_id, Text))
     # A literal, not a bound parameter: SQLite uses a partial index only for a query whose WHERE
     # has the index's own term.
     not_found = ji.status == literal_column("'not_found'")
-    # An output that vanished upstream (its id now answers 404) waits like any other 404. NOT
-    # EXISTS on the key the output is asked by (a 404 of PMID 12345 is not one of Altmetric id
+    # NOT EXISTS on the key the output is asked by (a 404 of PMID 12345 is not one of Altmetric id
     # 12345): PostgreSQL anti-joins it (NOT IN, which must honour NULLs, it cannot), and both
     # engines answer it from ix_job_items_not_found.
     vanished = (
@@ -264,20 +352,42 @@ def add_due(conn: Connection, refresh_job: int, p: dict[str, Any]) -> int:
         .select_from(schema.job_items)
         .where(not_found, ji.id_type == id_type, ji.identifier == identifier, ji.updated_at >= not_found_before)
     )
-    # Ids whose latest outcome, in any harvest, was a 404 older than not_found_refresh_after:
-    # only ids with such a 404 can be, so the GROUP BY covers their items, not every item of
-    # every harvest (the old 404s come from ix_job_items_not_found).
-    old_404 = select(ji.id_type, ji.identifier).where(not_found, ji.updated_at < not_found_before)
-    last = func.max(ji.updated_at)
-    candidates = [
-        # Outputs, oldest harvest first.
+    mine = user_jobs(conn)
+    listed = select(ji.altmetric_id).where(ji.job_id.in_(mine), ji.altmetric_id.is_not(None))
+    # Outputs Citations never listed are the user's too (asked by Altmetric id, or the new record of a merged one).
+    ever_listed = select(ca.altmetric_id)
+    current = (o.superseded_by.is_(None), ~vanished.exists())
+    lists = (
         select(
             id_type.label("id_type"),
             identifier.label("identifier"),
             func.row_number().over(order_by=(o.harvested_at, o.altmetric_id)).label("n"),
         )
-        .where(o.harvested_at < now - parse_duration(p["refresh_after"]), o.superseded_by.is_(None), ~vanished.exists())
-        .order_by(o.harvested_at, o.altmetric_id),
+        .where(o.harvested_at < due_before, or_(o.altmetric_id.in_(listed), o.altmetric_id.not_in(ever_listed)), *current)
+        .order_by(o.harvested_at, o.altmetric_id)
+    )
+    follow_from = (now - parse_duration(p.get("follow_discovered") or "30d")).date()
+    last_listed = func.max(ca.harvested_on)
+    tonight = func.max(case((ca.job_id == discovery, 1), else_=0)) if discovery is not None else literal(0)
+    seen = (
+        select(ca.altmetric_id, last_listed.label("last_listed"), tonight.label("tonight"))
+        .where(ca.harvested_on >= follow_from)
+        .group_by(ca.altmetric_id)
+        .subquery()
+    )
+    order = (seen.c.last_listed.desc(), o.harvested_at, o.altmetric_id)
+    discovered = (
+        select(id_type.label("id_type"), identifier.label("identifier"), func.row_number().over(order_by=order).label("n"))
+        .join(seen, seen.c.altmetric_id == o.altmetric_id)
+        .where(or_(o.harvested_at < due_before, seen.c.tonight == 1), o.altmetric_id.not_in(listed), *current)
+        .order_by(*order)
+    )
+    old_404 = select(ji.id_type, ji.identifier).where(not_found, ji.updated_at < not_found_before)
+    last = func.max(ji.updated_at)
+    # Ids whose latest outcome, in any harvest, was a 404 older than not_found_refresh_after:
+    # only ids with such a 404 can be, so the GROUP BY covers their items, not every item of
+    # every harvest (the old 404s come from ix_job_items_not_found).
+    gone = (
         select(
             ji.id_type,
             ji.identifier,
@@ -288,22 +398,48 @@ def add_due(conn: Connection, refresh_job: int, p: dict[str, Any]) -> int:
         .group_by(ji.id_type, ji.identifier)
         .having(last < not_found_before)
         .having(func.max(ji.updated_at).filter(ji.status == "not_found") == last)
-        .order_by(last, ji.id_type, ji.identifier),
-    ]
-    for part, query in enumerate(candidates):
+        .order_by(last, ji.id_type, ji.identifier)
+    )
+    return [lists, discovered, gone]
+
+
+def room_for(p: dict[str, Any], quota: int | None) -> int | None:
+    """How many items tonight's refresh may take: max_items and (free tier) the quota left today, the smaller."""
+    caps = [c for c in (p.get("max_items"), quota) if c is not None]
+    return min(caps) if caps else None
+
+
+def add_due(conn: Connection, refresh_job: int, p: dict[str, Any], quota: int | None = None, discovery: int | None = None) -> dict[str, int]:
+    """Add to the refresh job what is due (due_queries), part after part, up to room_for(p, quota) in all.
+
+    Returns how many items each part added. INSERT ... SELECT: the database
+    does the work, so a nightly over 10M outputs holds none of them in memory.
+    The line numbers give the order the items are claimed in: lists, then
+    discovered, then 404s.
+    """
+    now = jobs.utcnow()
+    before = jobs.count_items(conn, refresh_job)
+    limit = room_for(p, quota)
+    room = None if limit is None else max(0, limit - before)
+    added: dict[str, int] = dict.fromkeys(PARTS, 0)
+    for part, query in zip(PARTS, due_queries(conn, p, discovery), strict=True):
         if room is not None and room <= 0:
             break
-        due = query.limit(room).subquery()
+        due = (query.limit(room) if room is not None else query).subquery()
         rows = select(
             literal(refresh_job), due.c.id_type, due.c.identifier, due.c.identifier,
-            literal(_DUE_BASE * (part + 1)) + due.c.n, literal("pending"), literal(0), literal(now, DateTime),
+            literal(_DUE_BASE * (PARTS.index(part) + 1)) + due.c.n, literal("pending"), literal(0), literal(now, DateTime),
         ).where(true())  # fmt: skip
         insert = jobs.insert_for(conn, schema.job_items)
         columns = ["job_id", "id_type", "identifier", "input", "line_no", "status", "attempts", "updated_at"]
+        count = jobs.count_items(conn, refresh_job)
         conn.execute(insert.from_select(columns, rows).on_conflict_do_nothing())
+        after = jobs.count_items(conn, refresh_job)
+        added[part] = after - count
         if room is not None:
-            room = p["max_items"] - jobs.count_items(conn, refresh_job)
-    return jobs.items_added(conn, refresh_job, before)
+            room = limit - after  # type: ignore[operator]
+    jobs.items_added(conn, refresh_job, before)
+    return added
 
 
 def _stopped(engine: Engine, job: jobs.Job, night: date, runner: str, outcome: RunOutcome) -> Report:

@@ -71,9 +71,9 @@ def test_a_recent_404_hides_only_the_output_asked_by_that_very_id(any_engine: En
         added = nightly.add_due(conn, refresh, {"refresh_after": "20h", "not_found_refresh_after": "30d", "max_items": None})
     due = rows(any_engine, "select id_type, identifier, line_no from job_items where job_id = :j order by line_no", j=refresh)
     assert [(r["id_type"], r["identifier"]) for r in due] == [("id", "12345"), ("doi", "10.1000/kept"), ("pmid", "555")]
-    assert added == 3
-    # Outputs first (oldest harvest first), then the 404s due again, after every discovered rank.
-    assert [r["line_no"] for r in due] == [1_000_000_001, 1_000_000_002, 2_000_000_001]
+    assert added == {"lists": 2, "discovered": 0, "not_found": 1}
+    # Outputs first (oldest harvest first), then the 404s due again, after every discovered output.
+    assert [r["line_no"] for r in due] == [1_000_000_001, 1_000_000_002, 3_000_000_001]
 
 
 def test_beating_moves_the_heartbeat_while_a_long_block_holds_a_transaction(any_engine: Engine) -> None:

@@ -1,0 +1,425 @@
+"""Dry runs: what a harvest, a Citations listing or a nightly would do, from arithmetic alone.
+
+No job is created and no request is sent. A harvest's ids are streamed into a
+temporary table (a million ids never sit in a Python set) and compared with
+what the database holds by SQL; the time and the days of quota come from the
+configured tier and limits, and from what the shared budget row says is
+already used today.
+
+A harvest asks the API for every distinct valid id of its list, stored or not
+(a stored output is refreshed, that is what a second harvest is for): the
+"already stored" and "fresh" figures say what the list adds, not requests saved.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, BinaryIO
+
+from sqlalchemy import Connection, Engine, func, select, text
+
+from harvester import jobs, nightly, schema
+from harvester.budget import free_tier_rate, key_hash
+from harvester.config import Config, filters_text, parse_duration
+from harvester.ids import read_ids
+
+_CHUNK = 20_000
+# Without a measured rate, a commercial estimate assumes this much time per request in flight.
+ASSUMED_LATENCY = 0.1
+
+
+@dataclass
+class Estimate:
+    """How long `requests` take at the configured tier and limits, and which days of quota they span."""
+
+    requests: int
+    tier: str
+    rate: float | None  # requests/s sustained (None: unknown)
+    seconds: float | None
+    quota_per_day: int | None  # None: commercial, unlimited
+    quota_left_today: int | None
+    days: int | None  # UTC days the requests span (today included); None when the time is unknown
+    ends_at: datetime | None
+    basis: str  # where the rate comes from
+
+    def line(self) -> str:
+        if self.requests == 0:
+            return "time: nothing to request"
+        when = "unknown" if self.seconds is None else _duration(self.seconds)
+        if self.tier == "commercial":
+            return f"time: {when} at {self.basis}; commercial tier: unlimited quota"
+        days = f"{self.days} UTC day{'s' if self.days != 1 else ''}"
+        return (
+            f"time: {when} at {self.basis}, spanning {days} of the daily quota "
+            f"({self.quota_per_day:,}/day, {self.quota_left_today:,} left today); ends about {self.ends_at:%Y-%m-%d %H:%M} UTC"
+        )
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def _budget_row(conn: Connection, config: Config) -> Any:
+    b = schema.rate_budgets.c
+    return conn.execute(select(schema.rate_budgets).where(b.key_hash == key_hash(config.api.key))).first()
+
+
+def estimate(conn: Connection, config: Config, requests: int, concurrency: int | None = None) -> Estimate:
+    """Time and quota days of `requests` from now, as the shared budget would schedule them."""
+    now = jobs.utcnow()
+    limits = config.limits
+    if config.api.tier != "free":
+        rate, basis = _commercial_rate(conn, config, concurrency)
+        seconds = requests / rate if rate else None
+        return Estimate(requests, "commercial", rate, seconds, None, None, None, None, basis)
+    row = _budget_row(conn, config)
+    per_hour, per_day = limits.per_hour, limits.per_day
+    hour_used = day_used = 0
+    if row is not None:
+        per_hour = min(per_hour, row.hour_limit or per_hour)
+        per_day = min(per_day, row.day_limit or per_day)
+        if row.day_start == now.date():
+            day_used = int(row.day_used or 0)
+        if row.hour_start is not None and row.hour_start == now.replace(minute=0, second=0, microsecond=0):
+            hour_used = int(row.hour_used or 0)
+    rate = free_tier_rate(limits.per_second)
+    # Walk the schedule an hour at a time: a million requests at 3600 an hour is 278 steps.
+    t, left, day = now, requests, now.date()
+    while left > 0:
+        hour_end = t.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+        room = min(per_hour - hour_used, per_day - day_used, math.ceil((hour_end - t).total_seconds() * rate))
+        sent = max(0, min(left, room))
+        t += timedelta(seconds=sent / rate)
+        left -= sent
+        hour_used += sent
+        day_used += sent
+        if left == 0:
+            break
+        if day_used >= per_day:
+            t = datetime.combine(t.date() + timedelta(days=1), datetime.min.time())
+        else:
+            t = max(t, hour_end)
+        hour_used = 0
+        if t.date() != day:
+            day, day_used = t.date(), 0
+    left_today = max(0, per_day - (int(row.day_used or 0) if row is not None and row.day_start == now.date() else 0))
+    basis = f"{limits.per_second:g}/s, {per_hour:,}/hour, {per_day:,}/day (free tier)"
+    return Estimate(requests, "free", rate, (t - now).total_seconds(), per_day, left_today, (t.date() - now.date()).days + 1, t, basis)
+
+
+def _commercial_rate(conn: Connection, config: Config, concurrency: int | None) -> tuple[float | None, str]:
+    """The rate a commercial run reaches: max_per_second, else the last harvest's measured rate, else a guess from concurrency."""
+    limits = config.limits
+    c = concurrency or limits.concurrency
+    cap = limits.max_per_second
+    j = schema.jobs.c
+    last = conn.execute(
+        select(j.total_items, j.started_at, j.finished_at)
+        .where(j.endpoint.in_(("counts", "fetch")), j.status == "finished", j.total_items >= 100, j.started_at.is_not(None))
+        .order_by(j.finished_at.desc())
+        .limit(1)
+    ).first()
+    if last is not None and last.finished_at is not None and last.finished_at > last.started_at:
+        measured = last.total_items / (last.finished_at - last.started_at).total_seconds()
+        rate = min(measured, cap) if cap else measured
+        return rate, f"{rate:,.0f}/s (measured on the last harvest{', capped by max_per_second' if cap and measured > cap else ''})"
+    guess = c / ASSUMED_LATENCY
+    rate = min(guess, cap) if cap else guess
+    if cap and guess >= cap:
+        return rate, f"{rate:,.0f}/s (max_per_second)"
+    return rate, f"~{rate:,.0f}/s (concurrency {c}, assuming {ASSUMED_LATENCY * 1000:.0f} ms a request; nothing measured yet)"
+
+
+# -- harvest ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class HarvestPlan:
+    """What `harvest` would do with these ids."""
+
+    endpoint: str
+    id_type: str
+    lines: int  # ids read (non-blank, non-comment lines)
+    rejected: int
+    duplicates: int
+    distinct: int
+    stored: int  # already in the database
+    fresh: int  # of those, harvested within [nightly] refresh_after
+    new: int
+    to_request: int
+    refresh_after: str
+    estimate: Estimate
+    tweets_known: int | None = None  # Fetch: tweets the stored outputs already have
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["dry_run"] = True
+        out["command"] = "harvest"
+        if self.estimate.ends_at is not None:
+            out["estimate"]["ends_at"] = self.estimate.ends_at.isoformat()
+        return out
+
+    def text(self) -> list[str]:
+        lines = [
+            f"dry run: harvest {self.endpoint} by {self.id_type}: no job created, no request sent",
+            f"  ids read:        {self.lines:>12,}",
+            f"  rejected:        {self.rejected:>12,}",
+            f"  duplicates:      {self.duplicates:>12,}",
+            f"  distinct ids:    {self.distinct:>12,}",
+            f"  already stored:  {self.stored:>12,}  (of which fresh, harvested within {self.refresh_after}: {self.fresh:,})",
+            f"  new:             {self.new:>12,}",
+            f"  to request:      {self.to_request:>12,}  (every distinct id: stored ones are refreshed)",
+            f"  {self.estimate.line()}",
+        ]
+        return lines + [f"  {n}" for n in self.notes]
+
+
+def plan_harvest(
+    engine: Engine, config: Config, sources: list[str], id_type: str, endpoint: str, stdin: BinaryIO | None = None, concurrency: int | None = None
+) -> HarvestPlan:
+    """Read the ids as `harvest` would, compare them with the database, and estimate the run; writes nothing."""
+    refresh_after = config.nightly.refresh_after
+    fresh_since = jobs.utcnow() - parse_duration(refresh_after)
+    with engine.connect() as conn:
+        postgres = conn.dialect.name == "postgresql"
+        conn.exec_driver_sql(
+            "CREATE TEMPORARY TABLE dry_ids (k TEXT PRIMARY KEY)" + (" ON COMMIT DROP" if postgres else "")
+        )
+        try:
+            insert = "INSERT INTO dry_ids (k) VALUES (%s) ON CONFLICT DO NOTHING" if postgres else "INSERT INTO dry_ids (k) VALUES (?) ON CONFLICT DO NOTHING"
+            valid = rejected = 0
+            chunk: list[tuple[str]] = []
+            for line in read_ids(sources, id_type, stdin):
+                if line.key is None:
+                    rejected += 1
+                    continue
+                valid += 1
+                chunk.append((line.key,))
+                if len(chunk) >= _CHUNK:
+                    conn.exec_driver_sql(insert, chunk)
+                    chunk = []
+            if chunk:
+                conn.exec_driver_sql(insert, chunk)
+            distinct = int(conn.exec_driver_sql("SELECT count(*) FROM dry_ids").scalar_one())
+            if id_type == "id":
+                join = "JOIN outputs o ON o.altmetric_id = CAST(d.k AS BIGINT)"
+                params: dict[str, Any] = {}
+            else:
+                join = "JOIN identifiers i ON i.scheme = :scheme AND i.value = d.k JOIN outputs o ON o.altmetric_id = i.altmetric_id"
+                params = {"scheme": id_type}
+            stored, fresh = conn.execute(
+                text(
+                    "SELECT count(DISTINCT d.k), count(DISTINCT CASE WHEN o.harvested_at >= :fresh THEN d.k END)"
+                    f" FROM dry_ids d {join}"
+                ),
+                {"fresh": _stamp(conn, fresh_since), **params},
+            ).one()
+            tweets = None
+            if endpoint == "fetch":
+                tweets = int(
+                    conn.execute(
+                        text(
+                            f"SELECT coalesce(sum(coalesce(sc.posts_count, sc.unique_users_count)), 0) FROM dry_ids d {join}"
+                            " JOIN source_counts sc ON sc.altmetric_id = o.altmetric_id AND sc.source = 'twitter'"
+                        ),
+                        params,
+                    ).scalar_one()
+                )
+            est = estimate(conn, config, distinct, concurrency)
+        finally:
+            # Nothing to keep: the rollback ends the transaction (PostgreSQL drops the table with it);
+            # SQLite created it outside any transaction, so it is dropped on its own.
+            conn.rollback()
+            if not postgres:
+                conn.exec_driver_sql("DROP TABLE IF EXISTS temp.dry_ids")
+                conn.commit()
+    notes = []
+    if tweets is not None:
+        notes.append(
+            "fetch: the API's tweet-id quota (X-TweetIDRateLimit, a day) counts the tweets the bodies carry: "
+            f"the {stored:,} stored outputs alone have {tweets:,}, the new ones more; a spent tweet-id quota pauses the job (exit 75) until it resets"
+        )
+    if config.api.tier == "free" and est.days and est.days > 1:
+        notes.append("free tier: the run pauses (exit 75) when a day's quota is spent; `harvester resume` continues it the next UTC day")
+    return HarvestPlan(
+        endpoint, id_type, valid + rejected, rejected, valid - distinct, distinct, int(stored), int(fresh),
+        distinct - int(stored), distinct, refresh_after, est, tweets, notes,
+    )  # fmt: skip
+
+
+def _stamp(conn: Connection, when: datetime) -> Any:
+    """A datetime as the DateTime column stores it (the raw SQL bypasses the column's type)."""
+    process = schema.outputs.c.harvested_at.type.bind_processor(conn.dialect)
+    return process(when) if process else when
+
+
+# -- citations ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class CitationsPlan:
+    """What `citations` would request: its pages (known only with a page count) and the follow-up harvest."""
+
+    timeframe: str
+    filters: dict[str, str]
+    num_results: int
+    pages: int | None  # None: unknown until page 1 is read (--all-pages)
+    then: str | None
+    last_total: int | None  # query.total the last listing of this query reported, if any
+    estimate: Estimate | None
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["dry_run"] = True
+        out["command"] = "citations"
+        out["pages_known"] = self.pages is not None
+        if self.estimate is not None and self.estimate.ends_at is not None:
+            out["estimate"]["ends_at"] = self.estimate.ends_at.isoformat()
+        return out
+
+    def text(self) -> list[str]:
+        query = f"citations {self.timeframe}" + (f" ({filters_text(self.filters)})" if self.filters else " (no filters)")
+        lines = [f"dry run: {query}: no job created, no request sent"]
+        if self.pages is None:
+            lines.append("  pages: unknown until page 1 is read (query.total); give --pages N to know")
+        else:
+            lines.append(f"  pages: {self.pages:,} ({self.num_results} results a page: up to {self.pages * self.num_results:,} outputs)")
+            if self.then:
+                lines.append(f"  then {self.then}: up to {self.pages * self.num_results:,} requests (one per listed output)")
+        if self.last_total is not None:
+            lines.append(
+                f"  this query last listed {self.last_total:,} outputs: every page would be {math.ceil(self.last_total / self.num_results):,} pages"
+            )
+        if self.estimate is not None:
+            lines.append(f"  {self.estimate.line()}")
+        return lines + [f"  {n}" for n in self.notes]
+
+
+def plan_citations(
+    engine: Engine, config: Config, timeframe: str, filters: dict[str, str], num_results: int, pages: int | None, then: str | None
+) -> CitationsPlan:
+    """`pages` None: every page (unknown until page 1 is read); the count the command would create the job with otherwise."""
+    with engine.connect() as conn:
+        last_total = _last_total(conn, timeframe, filters)
+        est = None
+        if pages is not None:
+            est = estimate(conn, config, pages + (pages * num_results if then else 0))
+    notes = []
+    if config.api.tier == "free" and not filters and pages is None:
+        known = f"{math.ceil(last_total / num_results):,} pages last time" if last_total else "unknown until page 1 is read"
+        notes.append(f"warning: every page without filters on a free key ({known}; {config.limits.per_day:,} requests a day)")
+    return CitationsPlan(timeframe, filters, num_results, pages, then, last_total, est, notes)
+
+
+def _last_total(conn: Connection, timeframe: str, filters: dict[str, str]) -> int | None:
+    ca = schema.citation_activity.c
+    row = conn.execute(
+        select(ca.total)
+        .where(ca.timeframe == timeframe, ca.filters == filters_text(filters), ca.total.is_not(None))
+        .order_by(ca.harvested_at.desc())
+        .limit(1)
+    ).first()
+    return int(row.total) if row is not None else None
+
+
+# -- nightly ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class NightlyPlan:
+    """What tonight's nightly would refresh, by reason, against max_items and the quota."""
+
+    night: str
+    tier: str
+    unfinished: int | None  # an unfinished nightly's job, finished first
+    discover: bool
+    discovery_pages: int | None  # at most (None: every page, unknown until page 1)
+    last_total: int | None
+    lists_due: int
+    discovered_due: int  # discovered before tonight, still followed and due (tonight's listing comes on top)
+    not_found_due: int
+    max_items: int | None
+    quota_per_day: int | None
+    quota_left: int | None
+    planned: dict[str, int]  # what fits, before tonight's listing is known
+    follow_discovered: str
+    estimate: Estimate | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["dry_run"] = True
+        out["command"] = "nightly"
+        if self.estimate is not None and self.estimate.ends_at is not None:
+            out["estimate"]["ends_at"] = self.estimate.ends_at.isoformat()
+        return out
+
+    def text(self) -> list[str]:
+        lines = [f"dry run: nightly {self.night}: no job created, no request sent"]
+        if self.unfinished is not None:
+            lines.append(f"  first: the unfinished nightly (job {self.unfinished}) is finished; its remaining items come before these")
+        cap = [f"max_items {self.max_items:,}" if self.max_items is not None else "no max_items"]
+        if self.quota_left is not None:
+            cap.append(f"quota left today {self.quota_left:,} of {self.quota_per_day:,}")
+        else:
+            cap.append("commercial tier: unlimited quota")
+        lines.append(f"  limits: {', '.join(cap)}")
+        if not self.discover:
+            lines.append("  discovery: none tonight")
+        elif self.discovery_pages is None:
+            lines.append("  discovery: pages unknown until page 1 is read" + (f" (last listing: {self.last_total:,} outputs)" if self.last_total else ""))
+        else:
+            lines.append(f"  discovery: at most {self.discovery_pages:,} pages" + (f" (last listing: {self.last_total:,} outputs)" if self.last_total else ""))
+        p = self.planned
+        lines += [
+            f"  1. your lists:  {p['lists']:>10,} of {self.lists_due:,} due",
+            f"  2. discovered:  {p['discovered']:>10,} of {self.discovered_due:,} due (listed within follow_discovered {self.follow_discovered}),"
+            " plus what tonight's listing adds, in the room left",
+            f"  3. old 404s:    {p['not_found']:>10,} of {self.not_found_due:,} due",
+        ]
+        if self.estimate is not None:
+            lines.append(f"  {self.estimate.line()}")
+        return lines + [f"  {n}" for n in self.notes]
+
+
+def plan_nightly(engine: Engine, config: Config) -> NightlyPlan:
+    """Tonight's nightly without running it: the same selection queries, counted instead of inserted."""
+    now = jobs.utcnow()
+    p = nightly.params_for(config, now)
+    with engine.connect() as conn:
+        held = conn.execute(select(schema.jobs.c.id).where(schema.jobs.c.lock_name == nightly.LOCK)).scalar()
+        limit, used = nightly.quota_today(conn, config)
+        quota = None if limit is None else max(0, limit - used)
+        pages = nightly.discovery_pages(conn, config, p) if p["discover"] else 0
+        due = [int(conn.execute(select(func.count()).select_from(q.subquery())).scalar_one()) for q in nightly.due_queries(conn, p)]
+        last_total = _last_total(conn, p["timeframe"], p["filters"]) if p["discover"] else None
+        # Pages: the last listing of this query tells how many it takes, within the cap.
+        expected = math.ceil(last_total / p["num_results"]) if last_total else None
+        spent_pages = min(x for x in (pages, expected) if x is not None) if pages is not None or expected is not None else 0
+        room = nightly.room_for(p, None if quota is None else max(0, quota - spent_pages))
+        planned: dict[str, int] = {}
+        for part, n in zip(nightly.PARTS, due, strict=True):
+            take = n if room is None else min(n, room)
+            planned[part] = take
+            if room is not None:
+                room -= take
+        est = estimate(conn, config, spent_pages + sum(planned.values()))
+    notes = []
+    if config.api.tier == "free" and p["discover"] and not p["filters"]:
+        known = f"{math.ceil(last_total / p['num_results']):,} pages last time" if last_total else "pages unknown until page 1 is read"
+        notes.append(f"warning: discovery without [nightly] filters on a free key ({known}; capped at what the lists leave of the quota)")
+    return NightlyPlan(
+        now.date().isoformat(), config.api.tier, held, bool(p["discover"]) and pages != 0, pages, last_total,
+        due[0], due[1], due[2], p["max_items"], limit, quota, planned, p["follow_discovered"], est, notes,
+    )  # fmt: skip
