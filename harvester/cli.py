@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shlex
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from datetime import datetime
 from functools import wraps
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from harvester import __version__, jobs, leases, pipeline
+from harvester import __version__, dryrun, jobs, leases, pipeline
 from harvester import nightly as nightly_module
 from harvester.config import MAX_NUM_RESULTS, TIMEFRAMES, Config, citation_filters, filters_text, load_config
 from harvester.db import current_revision, head_revision, open_database, sqlite_path
@@ -65,6 +68,19 @@ class State:
             # A password shown as *** makes the line need an edit, but it ends up in logs and terminals.
             parts += ["--database", hide_password(self.database)]
         return " ".join(shlex.quote(p) for p in [*parts, "resume", str(job_id)])
+
+    @property
+    def quiet(self) -> bool:
+        return self.verbosity < 0
+
+    def progress(self, no_progress: bool) -> bool:
+        """Progress on stderr unless --no-progress or -q (errors only)."""
+        return not no_progress and not self.quiet
+
+    def info(self, message: str) -> None:
+        """A note on stderr; -q keeps only errors."""
+        if not self.quiet:
+            click.echo(message, err=True)
 
 
 def handle_errors(func: F) -> F:
@@ -155,19 +171,75 @@ def db_current(state: State) -> None:
     click.echo(f"current: {current_revision(engine) or '(empty)'}\nhead:    {head_revision()}")
 
 
-def _run_and_report(state: State, engine: Engine, job_id: int, progress: bool, config: Config | None = None, command: str = "harvest") -> None:
+def _run_and_report(
+    state: State, engine: Engine, job_id: int, progress: bool, config: Config | None = None, command: str = "harvest", as_json: bool = False
+) -> None:
     """Run a job, and the job it waits for or the follow-up it feeds (a citations job with --then)."""
     config = config or state.config()
-    codes = []
+    runs: list[pipeline.RunOutcome] = []
     for job in jobs.chain(engine, jobs.get_job(engine, job_id)):
         if job.status == "finished":
             continue
-        outcome = _run_step(state, engine, job.id, progress, config, command)
+        outcome = _run_step(state, engine, job.id, progress and state.progress(False), config, command)
         _print_outcome(state, outcome)
+        runs.append(outcome)
         if outcome.status != "finished":
-            sys.exit(outcome.exit_code)
-        codes.append(outcome.exit_code)
-    sys.exit(max(codes, default=0))
+            break
+    last = runs[-1] if runs else None
+    code = last.exit_code if last is not None and last.status != "finished" else max((r.exit_code for r in runs), default=0)
+    if as_json:
+        click.echo(_json(_runs_outcome(state, runs, code)))
+    sys.exit(code)
+
+
+def _runs_outcome(state: State, runs: list[pipeline.RunOutcome], exit_code: int, message: str | None = None, **extra: Any) -> dict[str, Any]:
+    """The --json outcome of harvest, resume and worker: the last run, totals over all, every run."""
+    last = runs[-1] if runs else None
+    stopped = [r for r in runs if r.status not in ("finished", "running")]
+    return _outcome(
+        state,
+        job_id=last.job_id if last else None,
+        status=last.status if last else "finished",
+        counts=last.counts if last else {},
+        exit_code=exit_code,
+        requests=sum(r.requests for r in runs),
+        elapsed=sum(r.elapsed for r in runs),
+        message=message or (last.message if last else None),
+        resume_job=stopped[-1].job_id if stopped else None,
+        runs=[
+            {"job_id": r.job_id, "status": r.status, "counts": r.counts, "exit_code": r.exit_code, "requests": r.requests,
+             "elapsed": round(r.elapsed, 3), "processed": r.processed, "message": redact(r.message) if r.message else None}
+            for r in runs
+        ],
+        **extra,
+    )  # fmt: skip
+
+
+def _outcome(
+    state: State,
+    *,
+    job_id: int | None,
+    status: str,
+    counts: dict[str, Any],
+    exit_code: int,
+    requests: int | None,
+    elapsed: float,
+    message: str | None,
+    resume_job: int | None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The one JSON object `--json` prints for harvest, resume, worker and nightly (DESIGN.md section 3)."""
+    return {
+        "job_id": job_id,
+        "status": status,
+        "counts": counts,
+        "exit_code": exit_code,
+        "requests": requests,
+        "elapsed": round(elapsed, 3),
+        "message": redact(message) if message else None,
+        "resume_command": state.resume_command(resume_job) if resume_job is not None else None,
+        **extra,
+    }
 
 
 def _run_step(state: State, engine: Engine, job_id: int, progress: bool, config: Config, command: str) -> pipeline.RunOutcome:
@@ -184,10 +256,9 @@ def _run_step(state: State, engine: Engine, job_id: int, progress: bool, config:
 
 def _print_outcome(state: State, outcome: pipeline.RunOutcome, resume: bool = True) -> None:
     c = outcome.counts
-    click.echo(
+    state.info(
         f"job {outcome.job_id} {outcome.status}: {describe(c)} · pending {c['pending']:,} "
-        f"({outcome.processed:,} in {outcome.elapsed:.1f}s, {outcome.rate:,.0f} ids/s, {outcome.requests:,} requests)",
-        err=True,
+        f"({outcome.processed:,} in {outcome.elapsed:.1f}s, {outcome.rate:,.0f} ids/s, {outcome.requests:,} requests)"
     )
     if outcome.message:
         click.echo(f"Error: {redact(outcome.message)}", err=True)
@@ -209,6 +280,8 @@ def _print_outcome(state: State, outcome: pipeline.RunOutcome, resume: bool = Tr
 @click.option("--post-types", type=click.Choice(["original_tweets"]), help="Fetch: leave retweets out.")
 @click.option("--no-progress", is_flag=True, help="No progress bar or progress lines.")
 @click.option("--enqueue-only", is_flag=True, help="Create the job, print its id on stdout and request nothing (for `harvester worker`).")
+@click.option("--dry-run", is_flag=True, help="No job, no request: count the ids (rejected, duplicates, already stored, fresh, to request), and the time and days of quota the run takes.")
+@click.option("--json", "as_json", is_flag=True, help="The outcome as one JSON object on stdout (job id, status, counts, exit code, resume command).")
 @pass_state
 @handle_errors
 def harvest(
@@ -224,6 +297,8 @@ def harvest(
     post_types: str | None,
     no_progress: bool,
     enqueue_only: bool,
+    as_json: bool,
+    dry_run: bool = False,
 ) -> None:
     """Create a job from id files ('-' for stdin) and run it.
 
@@ -253,26 +328,32 @@ def harvest(
     elif any((include_sources, exclude_sources, include_sections, post_types)):
         raise click.UsageError("--include-sources, --exclude-sources, --include-sections and --post-types need --endpoint fetch")
     engine = state.engine()
-    job = jobs.create_job(engine, list(sources), id_type, endpoint, name, params=params)
-    click.echo(
-        f"job {job.id}: {job.total_items:,} ids ({job.duplicate_lines:,} duplicates, {job.rejected_lines:,} rejected lines)",
-        err=True,
-    )
-    if job.rejected_lines:
-        click.echo(f"  rejected lines are in job_rejects (job_id = {job.id})", err=True)
-    if enqueue_only:
-        click.echo(job.id)
-        click.echo(f"work it with: harvester worker {job.id}  (on any machine with this database), or {state.resume_command(job.id)}", err=True)
+    if dry_run:
+        plan = dryrun.plan_harvest(engine, config, list(sources), id_type, endpoint, concurrency=concurrency)
+        _echo_plan(plan.as_dict() if as_json else plan.text())
         return
-    _run_and_report(state, engine, job.id, not no_progress, config)
+    job = jobs.create_job(engine, list(sources), id_type, endpoint, name, params=params)
+    state.info(f"job {job.id}: {job.total_items:,} ids ({job.duplicate_lines:,} duplicates, {job.rejected_lines:,} rejected lines)")
+    if job.rejected_lines:
+        state.info(f"  rejected lines are in job_rejects (job_id = {job.id})")
+    if enqueue_only:
+        if as_json:
+            counts = jobs.item_counts(engine, job.id)
+            click.echo(_json(_outcome(state, job_id=job.id, status=job.status, counts=counts, exit_code=0, requests=0, elapsed=0.0, message=None, resume_job=job.id)))
+        else:
+            click.echo(job.id)
+        state.info(f"work it with: harvester worker {job.id}  (on any machine with this database), or {state.resume_command(job.id)}")
+        return
+    _run_and_report(state, engine, job.id, not no_progress, config, as_json=as_json)
 
 
 @cli.command()
 @click.argument("job_id", required=False, type=int, metavar="[JOB]")
 @click.option("--no-progress", is_flag=True, help="No progress bar or progress lines.")
+@click.option("--json", "as_json", is_flag=True, help="The outcome as one JSON object on stdout (job id, status, counts, exit code, resume command).")
 @pass_state
 @handle_errors
-def resume(state: State, job_id: int | None, no_progress: bool) -> None:
+def resume(state: State, job_id: int | None, no_progress: bool, as_json: bool) -> None:
     """Resume a job (default: the newest unfinished one).
 
     Items already stored are not requested again. If other workers are on the
@@ -285,14 +366,17 @@ def resume(state: State, job_id: int | None, no_progress: bool) -> None:
         nightly_job = jobs.get_job(engine, nightly_id)
         if job.endpoint == "nightly" or not jobs.runner_alive(engine, nightly_job):
             # A nightly whose process is gone is finished by `resume`, steps in order (and refused while another runs).
-            _nightly(state, engine, not no_progress, as_json=False, resume_only=True)
+            _nightly(state, engine, not no_progress, as_json=as_json, resume_only=True)
         # Its process is alive: this one joins the step as one more worker.
     if all(j.status == "finished" for j in jobs.chain(engine, job)):
-        click.echo(f"job {job.id} is already finished", err=True)
+        state.info(f"job {job.id} is already finished")
+        if as_json:
+            counts = jobs.item_counts(engine, job.id)
+            click.echo(_json(_outcome(state, job_id=job.id, status=job.status, counts=counts, exit_code=0, requests=0, elapsed=0.0, message=None, resume_job=None)))
         return
     # The job keeps the concurrency it was started with on the command line.
     config = state.config(**{"limits.concurrency": job.params.get("concurrency")})
-    _run_and_report(state, engine, job.id, not no_progress, config, command="resume")
+    _run_and_report(state, engine, job.id, not no_progress, config, command="resume", as_json=as_json)
 
 
 def _job_dict(engine: Engine, job: jobs.Job, details: bool) -> dict[str, Any]:
@@ -328,6 +412,15 @@ def _job_dict(engine: Engine, job: jobs.Job, details: bool) -> dict[str, Any]:
 
 def _json(value: Any) -> str:
     return json.dumps(value, indent=2, default=lambda v: v.isoformat() if isinstance(v, datetime) else str(v))
+
+
+def _echo_plan(plan: dict[str, Any] | list[str]) -> None:
+    """A dry run's plan on stdout: one JSON object, or its lines."""
+    if isinstance(plan, dict):
+        click.echo(_json(plan))
+    else:
+        for line in plan:
+            click.echo(line)
 
 
 @cli.command()
@@ -392,7 +485,7 @@ def jobs_command(state: State, as_json: bool) -> None:
         click.echo(redact(_json(infos)))
         return
     if not infos:
-        click.echo("no jobs yet", err=True)
+        state.info("no jobs yet")
     for i in infos:
         c = i["items"]
         click.echo(
@@ -408,7 +501,7 @@ def jobs_command(state: State, as_json: bool) -> None:
 def retry_failed(state: State, job_id: int) -> None:
     """Put a job's failed items back to pending (then run `harvester resume JOB`)."""
     n = jobs.retry_failed(state.engine(must_exist=True), job_id)
-    click.echo(f"{n:,} failed items of job {job_id} are pending again; run: {state.resume_command(job_id)}", err=True)
+    state.info(f"{n:,} failed items of job {job_id} are pending again; run: {state.resume_command(job_id)}")
 
 
 @cli.command()
@@ -425,6 +518,7 @@ def retry_failed(state: State, job_id: int) -> None:
 @click.option("--then", type=click.Choice(["counts", "fetch"]), help="Then harvest the listed outputs through this endpoint.")
 @click.option("--name", help="A name for the job (shown by `jobs`).")
 @click.option("--no-progress", is_flag=True, help="No progress bar or progress lines.")
+@click.option("--dry-run", is_flag=True, help="No job, no request: the pages it would request (unknown until page 1 is read, unless --pages N), the time and days of quota.")
 @pass_state
 @handle_errors
 def citations(
@@ -437,6 +531,7 @@ def citations(
     then: str | None,
     name: str | None,
     no_progress: bool,
+    dry_run: bool,
     **filters: str | None,
 ) -> None:
     """Harvest the outputs with attention in TIMEFRAME (at 1d 2d 3d 4d 5d 6d 1w 1m 3m 6m 1y).
@@ -453,26 +548,32 @@ def citations(
     if pages is not None and all_pages:
         raise click.UsageError("--pages and --all-pages exclude each other")
     engine = state.engine()
+    if dry_run:
+        plan = dryrun.plan_citations(engine, state.config(), timeframe, citation_filters(filters), num_results, None if all_pages else (pages or 1), then)
+        _echo_plan(plan.text())
+        return
     then_params = {"fetch": state.config().fetch_options()} if then == "fetch" else None
     with engine.begin() as conn:
         job_id, follow = jobs.create_citations_job(
             conn, timeframe, citation_filters(filters), num_results, None if all_pages else (pages or 1), then, name,
             then_params=then_params,
         )  # fmt: skip
-    click.echo(f"job {job_id}: citations {timeframe}" + (f", then {then} as job {follow}" if follow else ""), err=True)
+    state.info(f"job {job_id}: citations {timeframe}" + (f", then {then} as job {follow}" if follow else ""))
     _run_and_report(state, engine, job_id, not no_progress)
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="The reports as a JSON list on stdout.")
+@click.option("--json", "as_json", is_flag=True, help="The outcome as one JSON object on stdout, with every night's report under \"reports\".")
 @click.option("--no-progress", is_flag=True, help="No progress bar or progress lines.")
+@click.option("--dry-run", is_flag=True, help="No job, no request: what tonight would refresh, by reason (your lists, discovered, old 404s), against max_items and the quota.")
 @pass_state
 @handle_errors
-def nightly(state: State, as_json: bool, no_progress: bool) -> None:
+def nightly(state: State, as_json: bool, no_progress: bool, dry_run: bool = False) -> None:
     """Discover, refresh and snapshot, as configured in [nightly]; for cron or a systemd timer.
 
-    Lists the outputs with attention through Citations, harvests them and
-    every output whose last harvest is older than refresh_after, writes each
+    Lists the outputs with attention through Citations, then refreshes the
+    outputs of your own lists, then discovered ones, then old 404s (on the
+    free tier within the day's quota), writes each
     one's row of the day in counts_snapshots, and prints a report (new,
     refreshed, not found, failed, top score movers), also kept in
     nightly_runs and nightly_movers. Exit codes: 0 done, 3 done with failed
@@ -480,19 +581,23 @@ def nightly(state: State, as_json: bool, no_progress: bool) -> None:
     finishes this one first), 1 error, 130 interrupted.
 
     \b
-    Example (crontab, 02:30 every night):
-      30 2 * * * cd /srv/altmetric && harvester nightly >> nightly.log 2>&1
+    Example (crontab, 02:30 every night; the key in a file only you can read,
+    and the venv's harvester by its path, as cron's PATH does not have it):
+      30 2 * * * cd /srv/altmetric && ALTMETRIC_API_KEY="$(cat /srv/altmetric/key)" /srv/altmetric/venv/bin/harvester nightly --no-progress >> /srv/altmetric/nightly.log 2>&1
     """
+    if dry_run:
+        plan = dryrun.plan_nightly(state.engine(), state.config())
+        _echo_plan(plan.as_dict() if as_json else plan.text())
+        return
     _nightly(state, state.engine(), not no_progress, as_json)
 
 
 def _nightly(state: State, engine: Engine, progress: bool, as_json: bool, resume_only: bool = False) -> None:
-    reporter = lambda job_id: Reporter.for_stream(job_id, progress)  # noqa: E731
+    reporter = lambda job_id: Reporter.for_stream(job_id, progress and state.progress(False))  # noqa: E731
+    started = time.monotonic()
     reports = nightly_module.run(engine, state.config(), reporter, resume_only)
-    if as_json:  # a list: one report, or a leftover night's and then tonight's
-        click.echo(_json([report.as_dict() for report in reports]))
     for report in reports:
-        if not as_json:
+        if not as_json and not state.quiet:
             _print_report(report)
         if report.stopped_step is not None:
             if report.message:
@@ -500,7 +605,16 @@ def _nightly(state: State, engine: Engine, progress: bool, as_json: bool, resume
             click.echo(f"nightly {report.night} {report.status}; the next `harvester nightly` finishes it first", err=True)
     last = reports[-1]
     # Finished: 3 if any night had failed items. Otherwise how the last one stopped.
-    sys.exit(max(r.exit_code for r in reports) if last.status == "finished" else last.exit_code)
+    code = max(r.exit_code for r in reports) if last.status == "finished" else last.exit_code
+    if as_json:  # one object: the last night's outcome; every report (a leftover night's, then tonight's) under "reports"
+        counts = {k: last.as_dict()[k] for k in ("discovered", "new_outputs", "refreshed", "not_found", "failed")}
+        click.echo(_json(_outcome(
+            state, job_id=last.job_id, status=last.status, counts=counts, exit_code=code, requests=None,
+            elapsed=time.monotonic() - started, message=last.message,
+            resume_job=last.job_id if last.status not in ("finished", "running") else None,
+            reports=[report.as_dict() for report in reports],
+        )))  # fmt: skip
+    sys.exit(code)
 
 
 def _print_report(report: nightly_module.Report) -> None:
@@ -546,7 +660,7 @@ def worker(state: State, job_ids: tuple[int, ...], concurrency: int | None, wait
 
     config = state.config(**{"limits.concurrency": concurrency})
     engine = state.engine(must_exist=True)
-    progress = lambda job_id: Reporter.for_stream(job_id, not no_progress)  # noqa: E731
+    progress = lambda job_id: Reporter.for_stream(job_id, state.progress(no_progress))  # noqa: E731
     outcome = pipeline.with_signals(
         lambda stop: worker_module.work(engine, config, list(job_ids) or None, stop, progress, wait)
     )
@@ -556,9 +670,10 @@ def worker(state: State, job_ids: tuple[int, ...], concurrency: int | None, wait
     if outcome.message:
         click.echo(f"Error: {redact(outcome.message)}", err=True)
     if as_json:
-        click.echo(_json({"exit_code": outcome.exit_code, "jobs": [_job_dict(engine, jobs.get_job(engine, j), details=False) for j in outcome.jobs]}))
+        worked = [_job_dict(engine, jobs.get_job(engine, j), details=False) for j in outcome.jobs]
+        click.echo(redact(_json(_runs_outcome(state, outcome.runs, outcome.exit_code, outcome.message, jobs=worked))))
     elif outcome.exit_code == 0 and not outcome.jobs:
-        click.echo("no unfinished jobs", err=True)
+        state.info("no unfinished jobs")
     sys.exit(outcome.exit_code)
 
 
@@ -585,6 +700,147 @@ def reparse(state: State, endpoint: str | None, job_id: int | None) -> None:
     outcome = reparse_module.reparse(state.engine(must_exist=True), endpoint, job_id)
     if state.verbosity >= 0:
         click.echo(outcome.summary(), err=True)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="The findings as one JSON object on stdout.")
+@pass_state
+@handle_errors
+def check(state: State, as_json: bool) -> None:
+    """Check the configured key: valid? which endpoints? which limits? does the config match?
+
+    Makes three requests (one each to Counts, Fetch and Citations, for a known
+    output) and compares the rate limits the server announces with the
+    configured tier and [limits], suggesting values to put in the config.
+    Prints one line per finding. Exit 0 when every endpoint in [api] endpoints
+    is allowed for the key, 1 otherwise (or when the API cannot be reached).
+
+    \b
+    Examples:
+      ALTMETRIC_API_KEY=... harvester check
+      harvester --config harvester.toml check --json
+    """
+    from harvester import check as check_module
+
+    result = check_module.check(state.config())
+    if as_json:
+        click.echo(redact(_json(result.as_dict())))
+    else:
+        for finding in result.findings:
+            line = redact(f"{finding.level}: {finding.message}")
+            if finding.level == "error":
+                click.echo(line, err=True)
+            elif not state.quiet:
+                click.echo(line)
+    sys.exit(result.exit_code)
+
+
+@cli.group("config")
+def config_group() -> None:
+    """The configuration: show the effective settings."""
+
+
+@config_group.command("show")
+@pass_state
+@handle_errors
+def config_show(state: State) -> None:
+    """Show every effective setting and where it came from (default, file, environment, option).
+
+    The API key is never shown, only whether it is set; a database
+    password is shown as ***.
+
+    \b
+    Example:
+      harvester --config nightly.toml config show
+    """
+    from harvester.config import explain_config
+
+    state.config()  # validates, and registers the key so that no line below can show it
+    settings = explain_config(state.config_path, overrides={"database.url": state.database})
+    shown = []
+    for dotted, value, source in settings:
+        if dotted == "api.key":
+            text = '"***"' if value else "(not set)"
+        elif dotted == "database.url":
+            text = json.dumps(hide_password(value))
+        else:
+            text = _toml_value(value)
+        shown.append((dotted, redact(text), source))
+    # Aligned comments, but a long URL must not push every other line's comment far right.
+    width = min(max(len(d) + len(t) for d, t, _ in shown) + 3, 48)
+    for dotted, text, source in shown:
+        click.echo(f"{dotted} = {text}".ljust(width) + f"  # {source}")
+
+
+def _toml_value(value: Any) -> str:
+    if value is None:
+        return "(not set)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return f"{value:g}" if isinstance(value, float) else str(value)
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(json.dumps(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {json.dumps(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value)
+
+
+@cli.command("export")
+@click.argument("table", required=False, metavar="[TABLE|VIEW]")
+@click.option("--sql", metavar="QUERY", help="Export this read-only query instead (one SELECT; run in a transaction that is rolled back).")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl", "parquet"]), help="Output format (default: from -o's suffix, else csv).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE (default: stdout); CSV/JSONL get FILE.provenance.json beside it.")
+@click.option("--datasette-metadata", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE", help="Write a metadata.json for Datasette (title, source, terms, tables) instead of exporting.")
+@pass_state
+@handle_errors
+def export_command(state: State, table: str | None, sql: str | None, fmt: str | None, output: Path | None, datasette_metadata: Path | None) -> None:
+    """Export a table or view (default: output_summary) or a --sql query, with Altmetric's attribution.
+
+    Rows are streamed, so memory stays flat however many there are. The
+    attribution and provenance (source, endpoints, harvest dates, tool
+    version, query, export time, terms) go into a Parquet file's metadata,
+    into FILE.provenance.json beside a CSV or JSONL file, or to stderr when
+    the data goes to stdout. Data from a free (researcher) key must not be
+    redistributed. Parquet needs pyarrow: pip install 'altmetric-harvester[parquet]'.
+
+    \b
+    Examples:
+      harvester export > summary.csv
+      harvester export outputs --format parquet -o outputs.parquet
+      harvester export --sql "select doi, score from outputs where score > 100" --format jsonl
+      harvester export --datasette-metadata metadata.json && datasette serve harvest.db -m metadata.json -h 127.0.0.1
+    """
+    from harvester import export as export_module
+
+    engine = state.engine(must_exist=True)
+    if datasette_metadata is not None:
+        path = sqlite_path(state.config().database.url)
+        export_module.write_datasette_metadata(engine, datasette_metadata, path.stem if path else "harvest")
+        if state.verbosity >= 0:
+            click.echo(f"wrote {datasette_metadata}: serve it with datasette serve {path or 'DB'} --metadata {datasette_metadata} -h 127.0.0.1", err=True)
+        return
+    if fmt is None:
+        suffix = output.suffix.lower().lstrip(".") if output else ""
+        fmt = {"parquet": "parquet", "pq": "parquet", "jsonl": "jsonl", "ndjson": "jsonl"}.get(suffix, "csv")
+    query = export_module.resolve(engine, table, sql)
+    if fmt == "parquet" and output is None and sys.stdout.isatty():
+        raise click.UsageError("Parquet is binary: give -o FILE or redirect stdout")
+    try:
+        result = export_module.export(engine, query, fmt, output)
+    except BrokenPipeError:  # `| head`: the reader has what it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(0)
+    if state.verbosity < 0:
+        return
+    if result.path is None:
+        for line in export_module.attribution_lines(result.provenance):
+            click.echo(line, err=True)
+    elif result.sidecar is not None:
+        click.echo(f"wrote {result.rows:,} rows to {result.path}; attribution and provenance in {result.sidecar}", err=True)
+    else:
+        click.echo(f"wrote {result.rows:,} rows to {result.path}; attribution and provenance in its Parquet metadata", err=True)
 
 
 @cli.command("mock-api")
@@ -646,10 +902,36 @@ def demo(state: State, count: int, no_progress: bool) -> None:
 
     if state.database is None:
         state.database = "sqlite:///demo.db"
-    outcome, summary = demo_module.run_demo(state.config(), count, Reporter.for_stream(0, not no_progress))
+    outcome, summary = demo_module.run_demo(state.config(), count, Reporter.for_stream(0, state.progress(no_progress)))
     _print_outcome(state, outcome)
-    click.echo(summary)
+    if not state.quiet:
+        click.echo(summary)
     sys.exit(outcome.exit_code)
+
+
+@cli.command()
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path), default="report.html", show_default=True, help="Where to write the HTML file.")
+@pass_state
+@handle_errors
+def report(state: State, output: Path) -> None:
+    """Write one offline HTML report: headline numbers, charts, top outputs, nightlies, job health.
+
+    The file is self-contained (charts are inline SVG, no script, nothing
+    fetched), so it opens anywhere. Needs the `report` extra (matplotlib).
+    It carries Altmetric's attribution: data from a free key must not be
+    published or redistributed.
+
+    \b
+    Example:
+      harvester report -o report.html && xdg-open report.html
+    """
+    from harvester import report as report_module
+
+    report_module.require_matplotlib()
+    data = report_module.write_report(state.engine(must_exist=True), output)
+    if not state.quiet:
+        what = "nothing harvested yet" if data.empty else f"{data.headline['outputs']:,} outputs"
+        click.echo(f"wrote {output} ({what})", err=True)
 
 
 def _split(value: str | None) -> tuple[str, ...] | None:

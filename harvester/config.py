@@ -83,6 +83,9 @@ class NightlyConfig:
     # Every night adds an item per output: after this long a nightly's done items are deleted
     # (their data stays in outputs and counts_snapshots). "never" keeps them all.
     keep_done_items: str = "30d"
+    # An output Citations listed (and no list of the user's holds) is refreshed for this long
+    # after it was last listed, after the user's lists; then it is left alone.
+    follow_discovered: str = "30d"
 
 
 @dataclass(frozen=True)
@@ -148,8 +151,7 @@ def load_config(
 ) -> Config:
     """Build the Config from the file, the environment and the options."""
     env = os.environ if env is None else env
-    if path is None:
-        path = env.get("HARVESTER_CONFIG") or ("harvester.toml" if Path("harvester.toml").is_file() else None)
+    path = config_path(path, env)
     config = Config()
     if path is not None:
         config = _apply(config, _read_toml(Path(path)), str(path))
@@ -160,6 +162,40 @@ def load_config(
         config = config.with_overrides(overrides)
     _validate(config)
     return config
+
+
+def config_path(path: str | os.PathLike[str] | None, env: Mapping[str, str]) -> str | os.PathLike[str] | None:
+    """The file to read: --config, else $HARVESTER_CONFIG, else ./harvester.toml if present."""
+    if path is None:
+        path = env.get("HARVESTER_CONFIG") or ("harvester.toml" if Path("harvester.toml").is_file() else None)
+    return path
+
+
+def explain_config(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> list[tuple[str, Any, str]]:
+    """Every setting as (dotted name, effective value, where it came from), in section order.
+
+    The source is "default", "file PATH", "environment VAR" or "option"; the later layer
+    wins, as in load_config (which this calls, so an invalid configuration raises the same error).
+    """
+    env = os.environ if env is None else env
+    config = load_config(path, env, overrides)
+    path = config_path(path, env)
+    sources: dict[str, str] = {}
+    if path is not None:
+        sources.update({dotted: f"file {path}" for dotted in _read_toml(Path(path))})
+    sources.update({dotted: f"environment {name}" for name, dotted in ENV_VARS.items() if env.get(name)})
+    sources.update({dotted: "option" for dotted, value in (overrides or {}).items() if value is not None})
+    out = []
+    for section, cls in SECTIONS.items():
+        values = getattr(config, section)
+        for f in dataclasses.fields(cls):
+            dotted = f"{section}.{f.name}"
+            out.append((dotted, getattr(values, f.name), sources.get(dotted, "default")))
+    return out
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -278,7 +314,7 @@ def _validate_nightly(n: NightlyConfig, where: str) -> None:
         raise ConfigError(f"{where}: nightly.max_items must be >= 0")
     if n.endpoint not in ("counts", "fetch"):
         raise ConfigError(f"{where}: nightly.endpoint must be counts or fetch, not {n.endpoint!r}")
-    for name in ("refresh_after", "not_found_refresh_after", "keep_done_items"):
+    for name in ("refresh_after", "not_found_refresh_after", "keep_done_items", "follow_discovered"):
         if name == "keep_done_items" and n.keep_done_items == "never":
             continue
         try:
