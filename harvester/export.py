@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
@@ -28,7 +28,7 @@ from typing import IO, Any
 from sqlalchemy import Boolean, Date, DateTime, Engine, Float, Integer, LargeBinary, Numeric, String, inspect
 from sqlalchemy.types import TypeEngine
 
-from harvester import __version__
+from harvester import __version__, jobs
 from harvester.errors import HarvesterError
 
 logger = logging.getLogger(__name__)
@@ -193,7 +193,7 @@ def provenance(engine: Engine, query: Query, fmt: str) -> dict[str, Any]:
         "table": query.name,
         "query": query.sql,
         "format": fmt,
-        "exported_at": datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="seconds") + "Z",
+        "exported_at": jobs.utcnow().isoformat(timespec="seconds") + "Z",
         "attribution": ATTRIBUTION,
         "terms": TERMS,
     }

@@ -43,7 +43,8 @@ from harvester.errors import (
 from harvester.log import redact
 from harvester.parse import ParseError, as_int, decode, lower_doi
 from harvester.ratelimit import CircuitBreaker, RateLimiter, next_utc_midnight
-from harvester.store import ItemResult, WriterProcess, lists_every_post
+from harvester.store import ItemResult, lists_every_post
+from harvester.writer import WriterProcess
 
 logger = logging.getLogger(__name__)
 

@@ -159,10 +159,10 @@ class RateLimiter:
                     await self._give_back()  # every slot held falls in or before the pause: lease anew after it
                     continue
                 late = self.budget.now() - slot
-                # The next slot is ours (or nobody's: the day's budget is spent), so sending late crowds no one.
-                ours_next = (following is None and self._quota_after is not None) or (
-                    following is not None and following - slot <= self._interval * 1.001
-                )
+                # The next slot is ours, or nobody's: once the day's budget is spent no slot is granted
+                # after ours, so sending late crowds no one, and a slot given up then would be lost to
+                # the day (the quota is already recorded as spent) and pause the job until midnight.
+                ours_next = self._quota_after is not None or (following is not None and following - slot <= self._interval * 1.001)
                 if self._free and not ours_next and late > self._interval - self._min_gap:
                     # The next slot may be another process's: sent this late, the two would
                     # come closer than the server allows. Give this one up instead.

@@ -16,14 +16,14 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote
 
 from sqlalchemy import Engine, and_, func, select, text
 
-from harvester import __version__, schema
+from harvester import __version__, jobs, schema
 from harvester.errors import HarvesterError
 from harvester.log import redact
 
@@ -131,7 +131,7 @@ def _as_datetime(value: Any) -> datetime | None:
 
 def collect(engine: Engine, now: datetime | None = None) -> ReportData:
     """Read what the report shows. Current outputs only (not those merged into another)."""
-    data = ReportData(generated_at=now or datetime.now(UTC).replace(tzinfo=None))
+    data = ReportData(generated_at=now or jobs.utcnow())
     [head] = _rows(
         engine,
         """SELECT COUNT(*) AS outputs, COUNT(doi) AS with_doi, COUNT(score) AS scored,

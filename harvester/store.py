@@ -8,15 +8,11 @@ output updates its rows instead of duplicating them.
 from __future__ import annotations
 
 import collections
-import ctypes
 import functools
 import json
 import logging
 import math
-import multiprocessing
 import operator
-import queue
-import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,7 +25,7 @@ from sqlalchemy.exc import DataError, IntegrityError, OperationalError, SQLAlche
 
 from harvester import aliases, archive, jobs, leases, schema
 from harvester.config import ArchiveConfig, filters_text
-from harvester.errors import DatabaseError, HarvesterError, db_message
+from harvester.errors import DatabaseError, db_message
 from harvester.log import redact
 from harvester.parse import FETCH_SOURCES, ParseError, Records, decode, parse_citations, parse_counts, parse_fetch
 
@@ -612,111 +608,3 @@ def _retrying(work: Any, engine: Engine, attempts: int = 5, refused_is_fatal: bo
             raise _Refused(db_message(e)) from None
         except SQLAlchemyError as e:
             raise DatabaseError(f"cannot write to the database: {db_message(e)}") from None
-
-
-class WriterProcess:
-    """The single writer, in a process of its own.
-
-    Parsing and SQL then run on the other core: in one process, the writer
-    thread held the GIL for most of every batch and the event loop (HTTP) waited.
-    One batch is in flight at a time; write() returns when it is committed.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        job_id: int,
-        endpoint: str,
-        runner: str,
-        all_posts: bool = False,
-        params: dict[str, Any] | None = None,
-        archive_config: ArchiveConfig | None = None,
-    ) -> None:
-        ctx = multiprocessing.get_context("spawn")  # no fork of a running event loop and its threads
-        self._inbox: Any = ctx.Queue(maxsize=1)
-        self._outbox: Any = ctx.Queue()
-        self._process = ctx.Process(
-            target=_writer_main,
-            args=(url, job_id, endpoint, runner, all_posts, params or {}, archive_config, self._inbox, self._outbox),
-            name="harvester-writer",
-            daemon=True,
-        )
-
-    def start(self) -> None:
-        # From the main thread: the child's parent-death signal is tied to the creating thread.
-        self._process.start()
-
-    def write(self, batch: list[ItemResult]) -> dict[str, int]:
-        """Commit a batch through the writer process (blocking: call it from a thread)."""
-        self._inbox.put(batch)
-        while True:
-            try:
-                kind, value = self._outbox.get(timeout=1.0)
-            except queue.Empty:
-                if not self._process.is_alive():
-                    raise DatabaseError(f"the writer process died (exit code {self._process.exitcode})") from None
-                continue
-            if kind == "error":
-                raise DatabaseError(value)
-            return dict(value)
-
-    def close(self) -> None:
-        if self._process.is_alive():
-            self._inbox.put(None)
-            self._process.join(timeout=30)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join()
-        self._inbox.close()
-        self._outbox.close()
-
-
-def _writer_main(
-    url: str,
-    job_id: int,
-    endpoint: str,
-    runner: str,
-    all_posts: bool,
-    params: dict[str, Any],
-    archive_config: ArchiveConfig | None,
-    inbox: Any,
-    outbox: Any,
-) -> None:
-    # Signals are the parent's to handle: on Ctrl-C it flushes what it has through us.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    parent = multiprocessing.parent_process()
-    _die_with_parent()
-    from harvester.db import make_engine
-    from harvester.jobs import utcnow
-
-    # BEGIN IMMEDIATE on SQLite: a batch first reads which leases it holds, then writes; a
-    # read transaction that later writes fails when another process wrote in between.
-    engine = make_engine(url, immediate=True)
-    try:
-        while True:
-            try:
-                batch = inbox.get(timeout=1.0)
-            except queue.Empty:
-                if parent is not None and not parent.is_alive():
-                    return  # kill -9 of the parent: whatever it had not sent stays pending
-                continue
-            if batch is None:
-                return
-            try:
-                outbox.put(("ok", write_batch(engine, job_id, endpoint, batch, utcnow(), runner, all_posts, params, archive_config)))
-            except HarvesterError as e:
-                outbox.put(("error", str(e)))
-            except Exception as e:  # a bug: report it rather than hang the parent
-                outbox.put(("error", f"internal error in the writer: {type(e).__name__}: {e}"))
-    finally:
-        engine.dispose()
-
-
-def _die_with_parent() -> None:
-    """Linux: have the kernel kill us when the parent dies, mid-transaction or not (it rolls back)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass  # elsewhere the inbox timeout notices the parent's death

@@ -25,7 +25,7 @@ from tests.conftest import KEY
 from tests.subproc import final_count, query, snapshot, start, wait_until
 
 LONG = os.environ.get("HARVESTER_CHAOS_LONG") == "1"
-N = 20_000 if LONG else 4_000
+N = 20_000 if LONG else 2_500
 KILLS = 5
 # The mix: 5% 5xx, 2% connection resets, 1% garbage (cut-off JSON and HTML pages
 # with status 200), 1% slow answers (past the read timeout), and a little latency so that

@@ -177,7 +177,7 @@ def test_a_second_nightly_is_refused_while_one_runs_but_its_refresh_takes_more_w
 
 
 def test_a_nightly_killed_with_sigkill_is_completed_by_the_next_run(tmp_path: Path) -> None:
-    for world in make_world(tmp_path, concurrency=2, latency=0.03):
+    for world in make_world(tmp_path, concurrency=4, latency=0.03):
         world.seed(db="clean.db")
         code, _, err = world.run(NIGHT, "nightly", "--no-progress", db="clean.db")
         assert code == 0, err
@@ -375,8 +375,8 @@ def test_a_nightly_through_faults_and_two_kills_equals_a_clean_one(tmp_path: Pat
     )
     results = []
     for name, faults in (("clean", {}), ("chaos", {"error_rate": 0.05, "reset_rate": 0.02, "truncate_rate": 0.01, "html_rate": 0.01})):
-        for world in make_world(tmp_path / name, concurrency=2, latency=0.03, **faults):
-            world.config.write_text(world.config.read_text().replace("concurrency = 2", "concurrency = 2\nmax_attempts = 8"))
+        for world in make_world(tmp_path / name, concurrency=4, latency=0.03, **faults):
+            world.config.write_text(world.config.read_text().replace("concurrency = 4", "concurrency = 4\nmax_attempts = 8"))
             world.seed()
             db = world.db()
             proc = world.start(NIGHT, "nightly", "--no-progress")

@@ -1,0 +1,127 @@
+"""The writer process: the single writer of a run, in a process of its own.
+
+The run (pipeline.py) hands it one batch at a time through a queue and waits for the
+commit; the batch's rows and item statuses are written by store.write_batch in one
+transaction (docs/architecture.md, invariants). A process, not a thread: parsing and
+SQL then run on the other core instead of holding the event loop's GIL.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import queue
+import signal
+from typing import Any
+
+from harvester.config import ArchiveConfig
+from harvester.errors import DatabaseError, HarvesterError
+from harvester.store import ItemResult, write_batch
+
+
+class WriterProcess:
+    """The single writer, in a process of its own.
+
+    Parsing and SQL then run on the other core: in one process, the writer
+    thread held the GIL for most of every batch and the event loop (HTTP) waited.
+    One batch is in flight at a time; write() returns when it is committed.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        job_id: int,
+        endpoint: str,
+        runner: str,
+        all_posts: bool = False,
+        params: dict[str, Any] | None = None,
+        archive_config: ArchiveConfig | None = None,
+    ) -> None:
+        ctx = multiprocessing.get_context("spawn")  # no fork of a running event loop and its threads
+        self._inbox: Any = ctx.Queue(maxsize=1)
+        self._outbox: Any = ctx.Queue()
+        self._process = ctx.Process(
+            target=_writer_main,
+            args=(url, job_id, endpoint, runner, all_posts, params or {}, archive_config, self._inbox, self._outbox),
+            name="harvester-writer",
+            daemon=True,
+        )
+
+    def start(self) -> None:
+        # From the main thread: the child's parent-death signal is tied to the creating thread.
+        self._process.start()
+
+    def write(self, batch: list[ItemResult]) -> dict[str, int]:
+        """Commit a batch through the writer process (blocking: call it from a thread)."""
+        self._inbox.put(batch)
+        while True:
+            try:
+                kind, value = self._outbox.get(timeout=1.0)
+            except queue.Empty:
+                if not self._process.is_alive():
+                    raise DatabaseError(f"the writer process died (exit code {self._process.exitcode})") from None
+                continue
+            if kind == "error":
+                raise DatabaseError(value)
+            return dict(value)
+
+    def close(self) -> None:
+        if self._process.is_alive():
+            self._inbox.put(None)
+            self._process.join(timeout=30)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+        self._inbox.close()
+        self._outbox.close()
+
+
+def _writer_main(
+    url: str,
+    job_id: int,
+    endpoint: str,
+    runner: str,
+    all_posts: bool,
+    params: dict[str, Any],
+    archive_config: ArchiveConfig | None,
+    inbox: Any,
+    outbox: Any,
+) -> None:
+    # Signals are the parent's to handle: on Ctrl-C it flushes what it has through us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    parent = multiprocessing.parent_process()
+    _die_with_parent()
+    from harvester.db import make_engine
+    from harvester.jobs import utcnow
+
+    # BEGIN IMMEDIATE on SQLite: a batch first reads which leases it holds, then writes; a
+    # read transaction that later writes fails when another process wrote in between.
+    engine = make_engine(url, immediate=True)
+    try:
+        while True:
+            try:
+                batch = inbox.get(timeout=1.0)
+            except queue.Empty:
+                if parent is not None and not parent.is_alive():
+                    return  # kill -9 of the parent: whatever it had not sent stays pending
+                continue
+            if batch is None:
+                return
+            try:
+                outbox.put(("ok", write_batch(engine, job_id, endpoint, batch, utcnow(), runner, all_posts, params, archive_config)))
+            except HarvesterError as e:
+                outbox.put(("error", str(e)))
+            except Exception as e:  # a bug: report it rather than hang the parent
+                outbox.put(("error", f"internal error in the writer: {type(e).__name__}: {e}"))
+    finally:
+        engine.dispose()
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel kill us when the parent dies, mid-transaction or not (it rolls back)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # elsewhere the inbox timeout notices the parent's death
