@@ -179,7 +179,7 @@ def free_tier(tmp_path: Path, rate: float) -> Path:
 def test_processes_on_one_free_key_stay_within_its_rate_and_use_it(tmp_path: Path, pg_url: str) -> None:
     """Two harvests of their own jobs and a worker on a third, on one key: the server, enforcing
     exactly the key's rate with a bucket of one, answers no 429, and sees at least 0.85 of the rate."""
-    rate, seconds = 8.0, 10  # long enough that the slots each process leaves empty after its first request weigh little
+    rate, seconds = 6.0, 15  # long enough that the slots each process leaves empty after its first request weigh little
     cfg = free_tier(tmp_path, rate)
     per = int(rate * seconds / 3)
     # A bucket of two: this fake shares two cores with seven busy processes, and its own scheduling
