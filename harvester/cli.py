@@ -1,7 +1,7 @@
 """The `harvester` command: thin click commands over importable functions.
 
-Known failures become one line on stderr and an exit code (DESIGN.md
-section 3); tracebacks only with -v, and always with the key redacted.
+Known failures become one line on stderr and an exit code (docs/architecture.md,
+exit codes); tracebacks only with -v, and always with the key redacted.
 """
 
 from __future__ import annotations
@@ -228,7 +228,7 @@ def _outcome(
     resume_job: int | None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """The one JSON object `--json` prints for harvest, resume, worker and nightly (DESIGN.md section 3)."""
+    """The one JSON object `--json` prints for harvest, resume, worker and nightly (README.md, Output)."""
     return {
         "job_id": job_id,
         "status": status,
