@@ -14,13 +14,14 @@ once by the next worker that looks; one on another host, once its leases end.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, delete, func, select, text, tuple_, update
+from sqlalchemy import Connection, Engine, bindparam, delete, func, select, text, update
 
 from harvester import jobs, schema
 from harvester.errors import JobStatus
@@ -158,24 +159,32 @@ def renew(engine: Engine, runner: str, job_id: int | None, lease: timedelta, ite
 
 def held(conn: Connection, job_id: int, runner: str, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
     """Of these items, the ones this worker still holds a live lease on (in the writer's transaction,
-    which PostgreSQL locks them for: nobody can claim them until it commits)."""
+    which PostgreSQL locks them for: nobody can claim them until it commits).
+
+    Plain driver SQL, once per batch: an expanding IN of 500 pairs was compiled anew for every
+    batch and, with its rows fetched through SQLAlchemy, was a third of the writer's time on Counts.
+    """
     if not keys:
         return set()
-    ji = schema.job_items.c
     now = db_now(conn)
-    found: set[tuple[str, str]] = set()
-    for start in range(0, len(keys), 500):
-        query = select(ji.id_type, ji.identifier).where(
-            ji.job_id == job_id,
-            ji.claimed_by == runner,
-            ji.lease_until > now,
-            ji.status == "pending",
-            tuple_(ji.id_type, ji.identifier).in_(keys[start : start + 500]),
-        )
-        if conn.dialect.name == "postgresql":
-            query = query.with_for_update()
-        found.update((r.id_type, r.identifier) for r in conn.execute(query))
-    return found
+    if conn.dialect.name == "postgresql":
+        id_types, identifiers = map(list, zip(*keys, strict=True))
+        rows = conn.exec_driver_sql(_HELD_PG, (job_id, runner, now, id_types, identifiers)).fetchall()
+    else:
+        pairs = json.dumps(keys)
+        rows = conn.exec_driver_sql(_HELD_SQLITE, (pairs, job_id, runner, now.isoformat(" ", "microseconds"))).fetchall()
+    return set(map(tuple, rows))  # type: ignore[arg-type]
+
+
+# The batch's pairs as one parameter (an array, a JSON text), each looked up by the primary key
+# (CROSS JOIN: SQLite keeps that order; left to itself it scanned the pending items instead).
+_HELD_PG = """SELECT id_type, identifier FROM job_items
+WHERE job_id = %s AND claimed_by = %s AND lease_until > %s AND status = 'pending'
+AND (id_type, identifier) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
+FOR UPDATE"""
+_HELD_SQLITE = """SELECT j.id_type, j.identifier FROM json_each(?) AS k CROSS JOIN job_items AS j
+ON j.job_id = ? AND j.id_type = json_extract(k.value, '$[0]') AND j.identifier = json_extract(k.value, '$[1]')
+WHERE j.claimed_by = ? AND j.lease_until > ? AND j.status = 'pending'"""
 
 
 def live_workers(engine: Engine, job_id: int | None = None) -> list[dict[str, Any]]:

@@ -129,6 +129,8 @@ def decode(raw: bytes) -> dict[str, Any]:
 
 def as_int(value: Any) -> int | None:
     """Ints, floats and numeric strings ("9", "9.0") -> int; anything else -> None."""
+    if type(value) is int:  # the common case first: this runs for every number of every body
+        return value
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -142,6 +144,8 @@ def as_float(value: Any) -> float | None:
 
     json.loads accepts NaN and Infinity; neither is a count or a score.
     """
+    if type(value) is float:  # the common case first: this runs for every number of every body
+        return value if math.isfinite(value) else None
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):

@@ -75,6 +75,15 @@ class _CompiledUpsert:
     positional: bool
     processors: tuple[tuple[int, Callable[[Any], Any]], ...]  # (position, bind processor), where one is needed
 
+    values: Callable[[dict[str, Any]], tuple[Any, ...]]  # a row's values in parameter order (an itemgetter: C speed)
+
+    def process(self, values: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The values as the driver takes them (a DateTime as SQLite's text, ...)."""
+        out = list(values)
+        for i, process in self.processors:
+            out[i] = process(out[i])
+        return tuple(out)
+
 
 @functools.lru_cache(maxsize=64)
 def _compiled_upsert(dialect: Dialect, table: Table, columns: tuple[str, ...]) -> _CompiledUpsert:
@@ -93,7 +102,8 @@ def _compiled_upsert(dialect: Dialect, table: Table, columns: tuple[str, ...]) -
     compiled = stmt.compile(dialect=dialect)
     names = tuple(compiled.positiontup or columns)
     processors = tuple((i, p) for i, n in enumerate(names) if (p := table.c[n].type.bind_processor(dialect)) is not None)
-    return _CompiledUpsert(str(compiled), names, bool(compiled.positional), processors)
+    values = operator.itemgetter(*names) if len(names) > 1 else lambda row: (row[names[0]],)
+    return _CompiledUpsert(str(compiled), names, bool(compiled.positional), processors, values)
 
 
 def upsert(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
@@ -116,10 +126,9 @@ def upsert(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> No
         groups[tuple(row)].append(row)
     for columns, group in groups.items():
         up = _compiled_upsert(conn.dialect, table, columns)
-        params: list[Any] = [tuple(row[n] for n in up.names) for row in group]
-        for i, process in up.processors:
-            for n, v in enumerate(params):
-                params[n] = (*v[:i], process(v[i]), *v[i + 1 :])
+        params: list[Any] = list(map(up.values, group))
+        if up.processors:
+            params = list(map(up.process, params))
         if not up.positional:
             params = [dict(zip(up.names, v)) for v in params]
         conn.exec_driver_sql(up.sql, params)
