@@ -6,7 +6,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import aiohttp
 from yarl import URL
@@ -46,7 +46,7 @@ def id_path(endpoint: str, id_type: str, identifier: str) -> str:
 class ApiClient:
     def __init__(self, api: ApiConfig, concurrency: int) -> None:
         self._base = api.url.rstrip("/")
-        self._key = api.key
+        self._key_query = urlencode({"key": api.key}) if api.key else ""
         self._timeout = aiohttp.ClientTimeout(
             total=api.total_timeout, sock_connect=api.connect_timeout, sock_read=api.read_timeout
         )
@@ -74,12 +74,14 @@ class ApiClient:
             await self._session.close()
 
     async def get(self, path: str, params: Mapping[str, str] | None = None) -> Response:
-        """GET base+path (path already encoded); raise TransportError when no response arrives."""
+        """GET base+path (path and any query in it already encoded), with `params` and the key; raise TransportError when no response arrives."""
         assert self._session is not None, "use ApiClient as an async context manager"
-        query = dict(params or {})
-        if self._key:
-            query["key"] = self._key
-        url = URL(self._base + path, encoded=True).update_query(query) if query else URL(self._base + path, encoded=True)
+        if params:
+            path += ("&" if "?" in path else "?") + urlencode(params)
+        if self._key_query:
+            path += ("&" if "?" in path else "?") + self._key_query
+        # Built as text and taken as encoded: yarl's update_query was a tenth of the request path's time.
+        url = URL(self._base + path, encoded=True)
         try:
             async with self._session.get(url, allow_redirects=False) as r:
                 return Response(r.status, r.headers, await r.read())
