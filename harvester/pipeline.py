@@ -91,22 +91,26 @@ class _State:
     abort: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-def fetch_query(options: dict[str, Any]) -> dict[str, str]:
+def fetch_query(options: jobs.FetchOptions | None) -> dict[str, str]:
     """A fetch job's stored options -> the endpoint's query parameters."""
-    query = {}
-    for name in ("include_sources", "exclude_sources", "include_sections"):
-        if options.get(name):
-            query[name] = ",".join(options[name])
-    if options.get("post_types"):
-        query["post_types"] = str(options["post_types"])
+    if options is None:
+        return {}
+    lists = {
+        "include_sources": options.include_sources,
+        "exclude_sources": options.exclude_sources,
+        "include_sections": options.include_sections,
+    }
+    query = {name: ",".join(values) for name, values in lists.items() if values}
+    if options.post_types:
+        query["post_types"] = options.post_types
     return query
 
 
 def request_for(job: jobs.Job, item: jobs.Item, fetch_options: dict[str, str] | None) -> tuple[str, dict[str, str] | None]:
     """The URL path and query parameters of one item: an id on Counts or Fetch, or a page of Citations."""
-    if job.endpoint == "citations":
-        query = {"num_results": str(job.params["num_results"]), "page": item.identifier}
-        return f"/citations/{job.params['timeframe']}", query | (job.params.get("filters") or {})
+    if isinstance(job.params, jobs.CitationsParams):
+        query = {"num_results": str(job.params.num_results), "page": item.identifier}
+        return f"/citations/{job.params.timeframe}", query | job.params.filters
     return id_path(job.endpoint, item.id_type, item.identifier), fetch_options
 
 
@@ -247,7 +251,7 @@ async def run_job(
     if job.status == "paused" and job.resume_after is not None and job.resume_after > jobs.utcnow():
         # Paused on a spent quota that has not reset yet: asking now would only draw 429s.
         raise QuotaExhausted(job.resume_after)
-    query = fetch_query(job.params.get("fetch") or {}) if job.endpoint == "fetch" else None
+    query = fetch_query(job.fetch) if job.endpoint == "fetch" else None
     runner = runner or jobs.new_runner_id()
     lease = parse_duration(config.workers.lease)
     leases.reap(engine)
@@ -501,7 +505,7 @@ async def run_job(
 
     if progress:
         progress(dict(state.counts))  # the baseline that rates and ETAs are measured from
-    all_posts = job.endpoint == "fetch" and lists_every_post(job.params.get("fetch"))
+    all_posts = job.endpoint == "fetch" and lists_every_post(job.fetch)
     writer_process = WriterProcess(
         engine.url.render_as_string(hide_password=False), job_id, job.endpoint, runner, all_posts, job.params, config.archive
     )
