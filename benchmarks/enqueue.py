@@ -8,18 +8,25 @@ run times:
 - **create_job on SQLite**: a fresh database migrated by alembic;
 - **create_job on PostgreSQL** (with --postgres): a throwaway PostgreSQL 15 server (tests/pg.py).
 
-and prints the seconds and the ratio of each to plain sqlite3 (the goal: enqueue
-≤ 1.5× plain sqlite3, benchmarks/README.md).
+and prints the seconds and the ratio of each to plain sqlite3, and the peak RSS of each
+create_job (the goals, benchmarks/README.md: create_job on SQLite ≤ 1.5× plain sqlite3, with a
+peak RSS ≤ 250 MB). Each create_job runs in a child process of its own (this script again, with
+--child), timed inside it around the call alone; its peak RSS is the kernel's ru_maxrss of that
+child (the interpreter and its imports included), from os.wait4.
 
     python benchmarks/enqueue.py                     # 1,000,000 DOIs, SQLite only
     python benchmarks/enqueue.py --postgres          # and PostgreSQL
-    python benchmarks/enqueue.py --ids 200000
+    python benchmarks/enqueue.py --ids 200000 --json # one JSON line of the figures on stdout
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import resource
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +38,9 @@ from harvester.db import open_database
 from harvester.ids import read_ids
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.pg, for --postgres
+
+RATIO_GOAL = 1.5  # create_job on SQLite, times plain sqlite3
+RSS_GOAL_MB = 250.0  # peak RSS of the create_job process
 
 
 def write_ids(path: Path, n: int) -> None:
@@ -64,42 +74,79 @@ def plain_sqlite(tmp: Path, ids: Path) -> float:
     return time.monotonic() - started
 
 
-def create_job(url: str, ids: Path) -> tuple[float, jobs.Job]:
+def create_job_here(url: str, ids: Path) -> dict[str, float | int]:
+    """In the child: open (migrate) the database, then time create_job alone."""
     engine = open_database(url)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     started = time.monotonic()
     job = jobs.create_job(engine, [str(ids)], "doi", "counts", "bench")
     seconds = time.monotonic() - started
     engine.dispose()
-    return seconds, job
+    return {"seconds": seconds, "items": job.total_items, "duplicates": job.duplicate_lines,
+            "rejects": job.rejected_lines, "rss_before_mb": rss_before}
+
+
+def create_job(url: str, ids: Path) -> dict[str, float | int]:
+    """create_job in a child process: its figures, and its peak RSS (MB) as the kernel saw it."""
+    proc = subprocess.Popen([sys.executable, __file__, "--child", url, str(ids)], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"create_job failed in its child process (exit {proc.returncode})")
+    result: dict[str, float | int] = json.loads(out)
+    result["peak_rss_mb"] = usage.ru_maxrss / 1024
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ids", type=int, default=1_000_000)
     parser.add_argument("--postgres", action="store_true", help="also on a throwaway PostgreSQL 15 server")
+    parser.add_argument("--json", action="store_true", help="the table on stderr; one JSON line of the figures on stdout")
+    parser.add_argument("--child", nargs=2, metavar=("URL", "IDS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        print(json.dumps(create_job_here(args.child[0], Path(args.child[1]))))
+        return
+    out = sys.stderr if args.json else sys.stdout
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         ids = tmp / "ids.txt"
         write_ids(ids, args.ids)
         floor = plain_sqlite(tmp, ids)
-        results: list[tuple[str, float, jobs.Job | None]] = [("plain sqlite3 executemany", floor, None)]
-        seconds, job = create_job(f"sqlite:///{tmp / 'harvest.db'}", ids)
-        results.append(("create_job, SQLite", seconds, job))
+        results: list[tuple[str, dict[str, float | int]]] = []
+        results.append(("create_job, SQLite", create_job(f"sqlite:///{tmp / 'harvest.db'}", ids)))
         if args.postgres:
             from tests.pg import Cluster
 
             cluster = Cluster()
             try:
                 cluster.admin("CREATE DATABASE bench")
-                seconds, job = create_job(cluster.url("bench"), ids)
-                results.append(("create_job, PostgreSQL", seconds, job))
+                results.append(("create_job, PostgreSQL", create_job(cluster.url("bench"), ids)))
             finally:
                 cluster.stop()
-    print(f"  {args.ids:,} lines")
-    for label, seconds, loaded in results:
-        counts = f"  items {loaded.total_items:,}, duplicates {loaded.duplicate_lines:,}, rejects {loaded.rejected_lines:,}" if loaded else ""
-        print(f"  {label:<28} {seconds:7.2f} s  {seconds / floor:5.2f}× plain sqlite3{counts}")
+    sqlite_run = results[0][1]
+    ratio = float(sqlite_run["seconds"]) / floor
+    rss = float(sqlite_run["peak_rss_mb"])
+    print(f"  {args.ids:,} lines", file=out)
+    print(f"  {'plain sqlite3 executemany':<28} {floor:7.2f} s", file=out)
+    for label, r in results:
+        print(f"  {label:<28} {r['seconds']:7.2f} s  {float(r['seconds']) / floor:5.2f}× plain sqlite3"
+              f"  peak RSS {r['peak_rss_mb']:.0f} MB ({r['rss_before_mb']:.0f} MB before create_job)"
+              f"  items {r['items']:,}, duplicates {r['duplicates']:,}, rejects {r['rejects']:,}", file=out)
+    print(f"  goal: create_job on SQLite ≤ {RATIO_GOAL}× plain sqlite3: {ratio:.2f}×, "
+          f"{'met' if ratio <= RATIO_GOAL else 'not met'}", file=out)
+    print(f"  goal: its peak RSS ≤ {RSS_GOAL_MB:.0f} MB: {rss:.0f} MB, {'met' if rss <= RSS_GOAL_MB else 'not met'}", file=out)
+    if args.json:
+        print(json.dumps({
+            "case": "enqueue", "value": round(ratio, 4), "goal": RATIO_GOAL, "goal_op": "<=", "met": ratio <= RATIO_GOAL,
+            "rss_mb": round(rss, 1), "rss_goal": RSS_GOAL_MB, "rss_met": rss <= RSS_GOAL_MB,
+            "floor_s": round(floor, 3), "create_job_s": round(float(sqlite_run["seconds"]), 3),
+            "postgres_s": round(float(results[1][1]["seconds"]), 3) if len(results) > 1 else None,
+            "ids": args.ids, "load": round(os.getloadavg()[0], 2), "ok": True,
+        }), flush=True)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from sqlalchemy import Connection, Engine, and_, delete, or_, select, tuple_
 
 from harvester import schema
 from harvester.config import ArchiveConfig
+from harvester.params import CitationsParams, HarvestParams, JobParams
 
 logger = logging.getLogger(__name__)
 
@@ -57,24 +58,25 @@ class Entry:
     latest: bool
 
 
-def fetch_params(endpoint: str, job_params: dict[str, Any]) -> str | None:
+def fetch_params(endpoint: str, job_params: JobParams | None) -> str | None:
     """What the archive keeps of a job's parameters: what shaped its bodies, and nothing else (never the key, which jobs never hold).
 
     A Fetch body filtered by include_sources or include_sections carries only
     part of its sections: reparse must replace no more than the harvest did.
     """
     if endpoint == "fetch":
-        return json.dumps(job_params.get("fetch") or {}, sort_keys=True)
-    if endpoint == "citations":
-        query = {k: job_params.get(k) for k in ("timeframe", "num_results")}
-        return json.dumps(query | {"filters": job_params.get("filters") or {}}, sort_keys=True)
+        fetch = job_params.fetch if isinstance(job_params, HarvestParams) else None
+        return json.dumps(fetch.as_dict() if fetch is not None else {}, sort_keys=True)
+    if endpoint == "citations" and isinstance(job_params, CitationsParams):
+        query = {"timeframe": job_params.timeframe, "num_results": job_params.num_results, "filters": job_params.filters}
+        return json.dumps(query, sort_keys=True)
     return None
 
 
-def page_query(job_params: dict[str, Any], page: str) -> str:
+def page_query(job_params: CitationsParams, page: str) -> str:
     """A Citations page's archive identifier: the query that asks for it again, e.g. '1w?doi_prefix=10.1038&num_results=99&page=3'."""
-    query = dict(job_params.get("filters") or {}) | {"num_results": job_params["num_results"], "page": page}
-    return f"{job_params['timeframe']}?{urlencode(query)}"
+    query = job_params.filters | {"num_results": job_params.num_results, "page": page}
+    return f"{job_params.timeframe}?{urlencode(query)}"
 
 
 def entry(

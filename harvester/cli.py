@@ -27,9 +27,10 @@ from harvester import __version__, dryrun, jobs, leases, pipeline
 from harvester import nightly as nightly_module
 from harvester.config import MAX_NUM_RESULTS, TIMEFRAMES, Config, citation_filters, filters_text, load_config
 from harvester.db import current_revision, head_revision, open_database, sqlite_path
-from harvester.errors import HarvesterError, db_message
+from harvester.errors import ExitCode, HarvesterError, ItemStatus, JobStatus, db_message
 from harvester.ids import ID_TYPES
 from harvester.log import hide_password, redact, register_secret, setup_logging
+from harvester.params import CitationsParams, FetchOptions, HarvestParams, NightlyParams
 from harvester.progress import Reporter, describe, format_eta
 
 logger = logging.getLogger(__name__)
@@ -98,15 +99,15 @@ def handle_errors(func: F) -> F:
             raise
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
-            sys.exit(130)
+            sys.exit(ExitCode.INTERRUPTED)
         except SQLAlchemyError as e:  # locked, full, gone, refused: the driver's line says which
             _debug_traceback()
             click.echo(f"Error: database error: {redact(db_message(e))}", err=True)
-            sys.exit(1)
+            sys.exit(ExitCode.ERROR)
         except Exception as e:  # a bug: still one line, still no key
             _debug_traceback()
             click.echo(f"Error: internal error: {redact(f'{type(e).__name__}: {e}')} (run with -v for details)", err=True)
-            sys.exit(1)
+            sys.exit(ExitCode.ERROR)
 
     return wrapper  # type: ignore[return-value]
 
@@ -178,15 +179,15 @@ def _run_and_report(
     config = config or state.config()
     runs: list[pipeline.RunOutcome] = []
     for job in jobs.chain(engine, jobs.get_job(engine, job_id)):
-        if job.status == "finished":
+        if job.status == JobStatus.FINISHED:
             continue
         outcome = _run_step(state, engine, job.id, progress and state.progress(False), config, command)
         _print_outcome(state, outcome)
         runs.append(outcome)
-        if outcome.status != "finished":
+        if outcome.status != JobStatus.FINISHED:
             break
     last = runs[-1] if runs else None
-    code = last.exit_code if last is not None and last.status != "finished" else max((r.exit_code for r in runs), default=0)
+    code = last.exit_code if last is not None and last.status != JobStatus.FINISHED else max((r.exit_code for r in runs), default=ExitCode.OK)
     if as_json:
         click.echo(_json(_runs_outcome(state, runs, code)))
     sys.exit(code)
@@ -195,11 +196,11 @@ def _run_and_report(
 def _runs_outcome(state: State, runs: list[pipeline.RunOutcome], exit_code: int, message: str | None = None, **extra: Any) -> dict[str, Any]:
     """The --json outcome of harvest, resume and worker: the last run, totals over all, every run."""
     last = runs[-1] if runs else None
-    stopped = [r for r in runs if r.status not in ("finished", "running")]
+    stopped = [r for r in runs if r.status not in (JobStatus.FINISHED, JobStatus.RUNNING)]
     return _outcome(
         state,
         job_id=last.job_id if last else None,
-        status=last.status if last else "finished",
+        status=last.status if last else JobStatus.FINISHED,
         counts=last.counts if last else {},
         exit_code=exit_code,
         requests=sum(r.requests for r in runs),
@@ -249,7 +250,7 @@ def _run_step(state: State, engine: Engine, job_id: int, progress: bool, config:
     except KeyboardInterrupt:
         reporter.close()
         click.echo(f"Interrupted. Resume with: {state.resume_command(job_id)}", err=True)
-        sys.exit(130)
+        sys.exit(ExitCode.INTERRUPTED)
     finally:
         reporter.close()
 
@@ -257,15 +258,15 @@ def _run_step(state: State, engine: Engine, job_id: int, progress: bool, config:
 def _print_outcome(state: State, outcome: pipeline.RunOutcome, resume: bool = True) -> None:
     c = outcome.counts
     state.info(
-        f"job {outcome.job_id} {outcome.status}: {describe(c)} · pending {c['pending']:,} "
+        f"job {outcome.job_id} {outcome.status}: {describe(c)} · pending {c[ItemStatus.PENDING]:,} "
         f"({outcome.processed:,} in {outcome.elapsed:.1f}s, {outcome.rate:,.0f} ids/s, {outcome.requests:,} requests)"
     )
     if outcome.message:
         click.echo(f"Error: {redact(outcome.message)}", err=True)
-    if outcome.status not in ("finished", "running") and resume:
+    if outcome.status not in (JobStatus.FINISHED, JobStatus.RUNNING) and resume:
         click.echo(f"Resume with: {state.resume_command(outcome.job_id)}", err=True)
-    elif c["failed"]:
-        click.echo(f"{c['failed']:,} items failed; see `harvester status {outcome.job_id}`, retry with `harvester retry-failed {outcome.job_id}`", err=True)
+    elif c[ItemStatus.FAILED]:
+        click.echo(f"{c[ItemStatus.FAILED]:,} items failed; see `harvester status {outcome.job_id}`, retry with `harvester retry-failed {outcome.job_id}`", err=True)
 
 
 @cli.command()
@@ -322,9 +323,9 @@ def harvest(
             "fetch.post_types": post_types,
         }
     )
-    params: dict[str, Any] = {"concurrency": concurrency}
+    params = HarvestParams(concurrency=concurrency)
     if endpoint == "fetch":
-        params["fetch"] = config.fetch_options()
+        params = HarvestParams(concurrency=concurrency, fetch=FetchOptions.from_config(config.fetch))
     elif any((include_sources, exclude_sources, include_sections, post_types)):
         raise click.UsageError("--include-sources, --exclude-sources, --include-sections and --post-types need --endpoint fetch")
     engine = state.engine()
@@ -339,7 +340,7 @@ def harvest(
     if enqueue_only:
         if as_json:
             counts = jobs.item_counts(engine, job.id)
-            click.echo(_json(_outcome(state, job_id=job.id, status=job.status, counts=counts, exit_code=0, requests=0, elapsed=0.0, message=None, resume_job=job.id)))
+            click.echo(_json(_outcome(state, job_id=job.id, status=job.status, counts=counts, exit_code=ExitCode.OK, requests=0, elapsed=0.0, message=None, resume_job=job.id)))
         else:
             click.echo(job.id)
         state.info(f"work it with: harvester worker {job.id}  (on any machine with this database), or {state.resume_command(job.id)}")
@@ -361,21 +362,21 @@ def resume(state: State, job_id: int | None, no_progress: bool, as_json: bool) -
     """
     engine = state.engine(must_exist=True)
     job = jobs.get_job(engine, job_id) if job_id is not None else jobs.newest_unfinished(engine)
-    nightly_id = job.id if job.endpoint == "nightly" else job.params.get("nightly")
-    if nightly_id is not None and jobs.get_job(engine, nightly_id).status != "finished":
+    nightly_id = job.id if isinstance(job.params, NightlyParams) else job.params.nightly
+    if nightly_id is not None and jobs.get_job(engine, nightly_id).status != JobStatus.FINISHED:
         nightly_job = jobs.get_job(engine, nightly_id)
         if job.endpoint == "nightly" or not jobs.runner_alive(engine, nightly_job):
             # A nightly whose process is gone is finished by `resume`, steps in order (and refused while another runs).
             _nightly(state, engine, not no_progress, as_json=as_json, resume_only=True)
         # Its process is alive: this one joins the step as one more worker.
-    if all(j.status == "finished" for j in jobs.chain(engine, job)):
+    if all(j.status == JobStatus.FINISHED for j in jobs.chain(engine, job)):
         state.info(f"job {job.id} is already finished")
         if as_json:
             counts = jobs.item_counts(engine, job.id)
-            click.echo(_json(_outcome(state, job_id=job.id, status=job.status, counts=counts, exit_code=0, requests=0, elapsed=0.0, message=None, resume_job=None)))
+            click.echo(_json(_outcome(state, job_id=job.id, status=job.status, counts=counts, exit_code=ExitCode.OK, requests=0, elapsed=0.0, message=None, resume_job=None)))
         return
     # The job keeps the concurrency it was started with on the command line.
-    config = state.config(**{"limits.concurrency": job.params.get("concurrency")})
+    config = state.config(**{"limits.concurrency": job.params.concurrency if isinstance(job.params, HarvestParams) else None})
     _run_and_report(state, engine, job.id, not no_progress, config, command="resume", as_json=as_json)
 
 
@@ -396,7 +397,7 @@ def _job_dict(engine: Engine, job: jobs.Job, details: bool) -> dict[str, Any]:
         "finished_at": job.finished_at,
         "last_error": job.last_error,
         "resume_after": job.resume_after,
-        "params": job.params,
+        "params": job.params.as_dict(),
     }
     if details:
         out["workers"] = [
@@ -405,7 +406,7 @@ def _job_dict(engine: Engine, job: jobs.Job, details: bool) -> dict[str, Any]:
         ]
         rate = jobs.recent_rate(engine, job.id)
         out["rate_per_second"] = round(rate, 1)
-        out["eta_seconds"] = round(counts["pending"] / rate) if rate > 0 else None
+        out["eta_seconds"] = round(counts[ItemStatus.PENDING] / rate) if rate > 0 else None
         out["last_errors"] = jobs.last_errors(engine, job.id)
     return out
 
@@ -436,16 +437,17 @@ def status(state: State, job_id: int | None, as_json: bool) -> None:
         if not all_jobs:
             raise HarvesterError("there are no jobs in this database yet")
         job_id = all_jobs[-1].id
-    info = _job_dict(engine, jobs.get_job(engine, job_id), details=True)
+    job = jobs.get_job(engine, job_id)
+    info = _job_dict(engine, job, details=True)
     if as_json:
         # Errors are redacted when stored; this also covers rows written before that, or elsewhere.
         click.echo(redact(_json(info)))
         return
     c = info["items"]
-    click.echo(f"job {info['id']}{' (' + info['name'] + ')' if info['name'] else ''}: {info['status']}, {_what(info)}")
-    click.echo(f"  items: {info['total_items']:,} · pending {c['pending']:,} · {describe(c)}")
+    click.echo(f"job {info['id']}{' (' + info['name'] + ')' if info['name'] else ''}: {info['status']}, {_what(job)}")
+    click.echo(f"  items: {info['total_items']:,} · pending {c[ItemStatus.PENDING]:,} · {describe(c)}")
     click.echo(f"  input: {info['duplicate_lines']:,} duplicate lines, {info['rejected_lines']:,} rejected lines")
-    if info["status"] == "running" and info["rate_per_second"]:
+    if info["status"] == JobStatus.RUNNING and info["rate_per_second"]:
         click.echo(f"  rate: {info['rate_per_second']:,} ids/s over the last minute · ETA {format_eta(info['eta_seconds'])}")
     if info["resume_after"]:
         click.echo(f"  paused until {info['resume_after']:%Y-%m-%d %H:%M} UTC")
@@ -460,17 +462,17 @@ def status(state: State, job_id: int | None, as_json: bool) -> None:
         click.echo(f"  {e['status']} {e['identifier']}: {redact(e['last_error'])}")
 
 
-def _what(info: dict[str, Any]) -> str:
+def _what(job: jobs.Job) -> str:
     """What a job harvests, in a few words."""
-    p = info["params"]
-    if info["endpoint"] == "citations":
-        filters = filters_text(p.get("filters"))
-        return f"citations {p['timeframe']}{' ' + filters if filters else ''}, one page an item" + (
-            f", then job {p['then_job']}" if p.get("then_job") else ""
+    p = job.params
+    if isinstance(p, CitationsParams):
+        filters = filters_text(p.filters)
+        return f"citations {p.timeframe}{' ' + filters if filters else ''}, one page an item" + (
+            f", then job {p.then_job}" if p.then_job else ""
         )
-    if info["endpoint"] == "nightly":
-        return f"nightly of {p['night']}: discovery job {p.get('discovery_job')}, refresh job {p.get('refresh_job')}"
-    return f"{info['endpoint']} of {info['id_type']}" + (f", after job {p['after_job']}" if p.get("after_job") else "")
+    if isinstance(p, NightlyParams):
+        return f"nightly of {p.night.isoformat()}: discovery job {p.discovery_job}, refresh job {p.refresh_job}"
+    return f"{job.endpoint} of {job.id_type}" + (f", after job {p.after_job}" if p.after_job else "")
 
 
 @cli.command("jobs")
@@ -490,7 +492,7 @@ def jobs_command(state: State, as_json: bool) -> None:
         c = i["items"]
         click.echo(
             f"{i['id']:>5}  {i['status']:<11} {i['endpoint']:<9} {i['id_type']:<6} {i['total_items']:>10,} items  "
-            f"pending {c['pending']:,} · {describe(c)}  {i['name'] or ''}"
+            f"pending {c[ItemStatus.PENDING]:,} · {describe(c)}  {i['name'] or ''}"
         )
 
 
@@ -552,7 +554,7 @@ def citations(
         plan = dryrun.plan_citations(engine, state.config(), timeframe, citation_filters(filters), num_results, None if all_pages else (pages or 1), then)
         _echo_plan(plan.text())
         return
-    then_params = {"fetch": state.config().fetch_options()} if then == "fetch" else None
+    then_params = HarvestParams(fetch=FetchOptions.from_config(state.config().fetch)) if then == "fetch" else None
     with engine.begin() as conn:
         job_id, follow = jobs.create_citations_job(
             conn, timeframe, citation_filters(filters), num_results, None if all_pages else (pages or 1), then, name,
@@ -605,13 +607,13 @@ def _nightly(state: State, engine: Engine, progress: bool, as_json: bool, resume
             click.echo(f"nightly {report.night} {report.status}; the next `harvester nightly` finishes it first", err=True)
     last = reports[-1]
     # Finished: 3 if any night had failed items. Otherwise how the last one stopped.
-    code = max(r.exit_code for r in reports) if last.status == "finished" else last.exit_code
+    code = max(r.exit_code for r in reports) if last.status == JobStatus.FINISHED else last.exit_code
     if as_json:  # one object: the last night's outcome; every report (a leftover night's, then tonight's) under "reports"
         counts = {k: last.as_dict()[k] for k in ("discovered", "new_outputs", "refreshed", "not_found", "failed")}
         click.echo(_json(_outcome(
             state, job_id=last.job_id, status=last.status, counts=counts, exit_code=code, requests=None,
             elapsed=time.monotonic() - started, message=last.message,
-            resume_job=last.job_id if last.status not in ("finished", "running") else None,
+            resume_job=last.job_id if last.status not in (JobStatus.FINISHED, JobStatus.RUNNING) else None,
             reports=[report.as_dict() for report in reports],
         )))  # fmt: skip
     sys.exit(code)
@@ -619,7 +621,7 @@ def _nightly(state: State, engine: Engine, progress: bool, as_json: bool, resume
 
 def _print_report(report: nightly_module.Report) -> None:
     click.echo(f"nightly {report.night} (job {report.job_id}): {report.status}")
-    if report.status != "finished":
+    if report.status != JobStatus.FINISHED:
         return
     click.echo(
         f"  {report.discovered:,} discovered · {report.new_outputs:,} new · {report.refreshed:,} refreshed · "
@@ -665,14 +667,14 @@ def worker(state: State, job_ids: tuple[int, ...], concurrency: int | None, wait
         lambda stop: worker_module.work(engine, config, list(job_ids) or None, stop, progress, wait)
     )
     for run in outcome.runs:
-        if run.processed or run.status != "finished":
+        if run.processed or run.status != JobStatus.FINISHED:
             _print_outcome(state, run, resume=False)
     if outcome.message:
         click.echo(f"Error: {redact(outcome.message)}", err=True)
     if as_json:
         worked = [_job_dict(engine, jobs.get_job(engine, j), details=False) for j in outcome.jobs]
         click.echo(redact(_json(_runs_outcome(state, outcome.runs, outcome.exit_code, outcome.message, jobs=worked))))
-    elif outcome.exit_code == 0 and not outcome.jobs:
+    elif outcome.exit_code == ExitCode.OK and not outcome.jobs:
         state.info("no unfinished jobs")
     sys.exit(outcome.exit_code)
 
@@ -831,7 +833,7 @@ def export_command(state: State, table: str | None, sql: str | None, fmt: str | 
     except BrokenPipeError:  # `| head`: the reader has what it wanted
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        sys.exit(0)
+        sys.exit(ExitCode.OK)
     if state.verbosity < 0:
         return
     if result.path is None:

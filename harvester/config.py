@@ -117,10 +117,6 @@ class Config:
     archive: ArchiveConfig = ArchiveConfig()
     source: str | None = None  # the TOML file read, for messages
 
-    def fetch_options(self) -> dict[str, Any]:
-        """[fetch] as a Fetch job keeps it in jobs.params (JSON: lists, not tuples)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self.fetch).items()}
-
     def with_overrides(self, overrides: Mapping[str, Any]) -> Config:
         """Return a copy with dotted keys ("limits.concurrency") replaced; None values are ignored."""
         return _apply(self, {k: v for k, v in overrides.items() if v is not None}, "the command line")

@@ -401,11 +401,11 @@ def plan_nightly(engine: Engine, config: Config) -> NightlyPlan:
         held = conn.execute(select(schema.jobs.c.id).where(schema.jobs.c.lock_name == nightly.LOCK)).scalar()
         limit, used = nightly.quota_today(conn, config)
         quota = None if limit is None else max(0, limit - used)
-        pages = nightly.discovery_pages(conn, config, p) if p["discover"] else 0
+        pages = nightly.discovery_pages(conn, config, p) if p.discover else 0
         due = [int(conn.execute(select(func.count()).select_from(q.subquery())).scalar_one()) for q in nightly.due_queries(conn, p)]
-        last_total = _last_total(conn, p["timeframe"], p["filters"]) if p["discover"] else None
+        last_total = _last_total(conn, p.timeframe, p.filters) if p.discover else None
         # Pages: the last listing of this query tells how many it takes, within the cap.
-        expected = math.ceil(last_total / p["num_results"]) if last_total else None
+        expected = math.ceil(last_total / p.num_results) if last_total else None
         spent_pages = min(x for x in (pages, expected) if x is not None) if pages is not None or expected is not None else 0
         room = nightly.room_for(p, None if quota is None else max(0, quota - spent_pages))
         planned: dict[str, int] = {}
@@ -416,10 +416,10 @@ def plan_nightly(engine: Engine, config: Config) -> NightlyPlan:
                 room -= take
         est = estimate(conn, config, spent_pages + sum(planned.values()))
     notes = []
-    if config.api.tier == "free" and p["discover"] and not p["filters"]:
-        known = f"{math.ceil(last_total / p['num_results']):,} pages last time" if last_total else "pages unknown until page 1 is read"
+    if config.api.tier == "free" and p.discover and not p.filters:
+        known = f"{math.ceil(last_total / p.num_results):,} pages last time" if last_total else "pages unknown until page 1 is read"
         notes.append(f"warning: discovery without [nightly] filters on a free key ({known}; capped at what the lists leave of the quota)")
     return NightlyPlan(
-        now.date().isoformat(), config.api.tier, held, bool(p["discover"]) and pages != 0, pages, last_total,
-        due[0], due[1], due[2], p["max_items"], limit, quota, planned, p["follow_discovered"], est, notes,
+        now.date().isoformat(), config.api.tier, held, p.discover and pages != 0, pages, last_total,
+        due[0], due[1], due[2], p.max_items, limit, quota, planned, p.follow_discovered, est, notes,
     )  # fmt: skip

@@ -16,14 +16,14 @@ The run (pipeline.py) asks the endpoint; the writer (store.py) parses with it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 from urllib.parse import quote, urlencode
 
 from harvester.client import id_path
-from harvester.jobs import Item
+from harvester.jobs import Item, Job
+from harvester.params import CitationsParams, FetchOptions
 from harvester.parse import ParseError, Records, as_int, decode, lower_doi, parse_counts, parse_fetch
 
 
@@ -142,25 +142,30 @@ class Citations(Endpoint):
         return None
 
 
-def fetch_query(options: dict[str, Any] | None) -> dict[str, str]:
-    """A Fetch job's stored options -> the endpoint's query parameters."""
-    options = options or {}
-    query = {}
-    for name in ("include_sources", "exclude_sources", "include_sections"):
-        if options.get(name):
-            query[name] = ",".join(options[name])
-    if options.get("post_types"):
-        query["post_types"] = str(options["post_types"])
+def fetch_query(options: FetchOptions | None) -> dict[str, str]:
+    """A Fetch job's options -> the endpoint's query parameters."""
+    if options is None:
+        return {}
+    lists = {
+        "include_sources": options.include_sources,
+        "exclude_sources": options.exclude_sources,
+        "include_sections": options.include_sections,
+    }
+    query = {name: ",".join(values) for name, values in lists.items() if values}
+    if options.post_types:
+        query["post_types"] = options.post_types
     return query
 
 
-ENDPOINTS: dict[str, Callable[[dict[str, Any]], Endpoint]] = {
-    "counts": lambda params: Counts(),
-    "fetch": lambda params: Fetch(fetch_query(params.get("fetch"))),
-    "citations": lambda params: Citations(params["timeframe"], params["num_results"], params.get("filters")),
-}
+ENDPOINTS = ("counts", "fetch", "citations")
 
 
-def endpoint_for(name: str, params: dict[str, Any]) -> Endpoint:
-    """The endpoint object of a job (its name and stored params)."""
-    return ENDPOINTS[name](params)
+def endpoint_for(job: Job) -> Endpoint:
+    """The endpoint object of a job, with the job's query parameters."""
+    if isinstance(job.params, CitationsParams):
+        return Citations(job.params.timeframe, job.params.num_results, job.params.filters)
+    if job.endpoint == "fetch":
+        return Fetch(fetch_query(job.fetch))
+    if job.endpoint == "counts":
+        return Counts()
+    raise ValueError(f"job {job.id} is a {job.endpoint} job: no endpoint of the run's")

@@ -6,6 +6,7 @@ query, and only committed work ever advances the state.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -25,6 +26,11 @@ from harvester import schema
 from harvester.errors import ConfigError, JobBusyError, JobError
 from harvester.ids import IdLine, read_ids
 from harvester.log import redact
+
+# CitationsParams and FetchOptions are re-exported (`as`): modules that handle a Job name its params' types as jobs.*.
+from harvester.params import CitationsParams as CitationsParams
+from harvester.params import FetchOptions as FetchOptions
+from harvester.params import HarvestParams, JobParams, for_endpoint
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +104,7 @@ class Job:
     id_type: str
     status: str
     sources: list[str]
-    params: dict[str, Any]
+    params: JobParams  # typed by endpoint (harvester.params); as_dict() is the stored JSON
     total_items: int
     rejected_lines: int
     duplicate_lines: int
@@ -111,6 +117,11 @@ class Job:
     heartbeat_at: datetime | None
     lock_name: str | None = None
 
+    @property
+    def fetch(self) -> FetchOptions | None:
+        """A Fetch job's options; None for any other job (and for a Fetch job created without them)."""
+        return self.params.fetch if isinstance(self.params, HarvestParams) and self.endpoint == "fetch" else None
+
 
 @dataclass(frozen=True, slots=True)
 class Item:
@@ -122,7 +133,7 @@ class Item:
 def _job(row: Any) -> Job:
     values = dict(row._mapping)
     values["sources"] = json.loads(values["sources"] or "[]")
-    values["params"] = json.loads(values["params"] or "{}")
+    values["params"] = for_endpoint(values["endpoint"], json.loads(values["params"] or "{}"))
     return Job(**values)
 
 
@@ -132,7 +143,7 @@ def create_job(
     id_type: str,
     endpoint: str,
     name: str | None = None,
-    params: dict[str, Any] | None = None,
+    params: HarvestParams | None = None,
     stdin: BinaryIO | None = None,
 ) -> Job:
     """Create a job and load its ids, all in one transaction.
@@ -143,7 +154,7 @@ def create_job(
     now = utcnow()
     lines = read_ids(sources, id_type, stdin)
     with engine.begin() as conn:
-        job_id = new_job(conn, endpoint, id_type, name, params or {}, sources, now)
+        job_id = new_job(conn, endpoint, id_type, name, params or HarvestParams(), sources, now)
         load = _copy_lines if conn.dialect.name == "postgresql" else _insert_lines
         valid, rejected = load(conn, job_id, id_type, lines, now)
         total = conn.execute(
@@ -234,7 +245,7 @@ def new_job(
     endpoint: str,
     id_type: str,
     name: str | None,
-    params: dict[str, Any],
+    params: JobParams,
     sources: list[str] | None = None,
     now: datetime | None = None,
 ) -> int:
@@ -246,7 +257,7 @@ def new_job(
             id_type=id_type,
             status="pending",
             sources=json.dumps(sources or []),
-            params=json.dumps(params, sort_keys=True),
+            params=json.dumps(params.as_dict(), sort_keys=True),
             total_items=0,
             rejected_lines=0,
             duplicate_lines=0,
@@ -294,11 +305,15 @@ def add_items(conn: Connection, job_id: int, items: Iterable[tuple[str, str, int
     return items_added(conn, job_id, before)
 
 
-def set_params(conn: Connection, job_id: int, **changes: Any) -> None:
-    """Merge changes into a job's params, in the caller's transaction."""
-    current = conn.execute(select(schema.jobs.c.params).where(schema.jobs.c.id == job_id)).scalar_one()
-    params = json.loads(current or "{}") | changes
-    conn.execute(update(schema.jobs).where(schema.jobs.c.id == job_id).values(params=json.dumps(params, sort_keys=True)))
+def set_params(conn: Connection, job_id: int, **changes: Any) -> JobParams:
+    """Change fields of a job's params (a nightly's steps, a listing's follow-up) in the caller's transaction; returns them.
+
+    The changes apply to the params the row holds in this transaction, not to a copy read before it.
+    """
+    row = conn.execute(select(schema.jobs.c.endpoint, schema.jobs.c.params).where(schema.jobs.c.id == job_id)).one()
+    params = dataclasses.replace(for_endpoint(row.endpoint, json.loads(row.params or "{}")), **changes)
+    conn.execute(update(schema.jobs).where(schema.jobs.c.id == job_id).values(params=json.dumps(params.as_dict(), sort_keys=True)))
+    return params
 
 
 def create_citations_job(
@@ -311,7 +326,7 @@ def create_citations_job(
     name: str | None = None,
     nightly: int | None = None,
     then_name: str | None = None,
-    then_params: dict[str, Any] | None = None,
+    then_params: HarvestParams | None = None,
 ) -> tuple[int, int | None]:
     """A Citations job (a page is an item) and, with `then`, its follow-up harvest, in the caller's transaction.
 
@@ -320,13 +335,13 @@ def create_citations_job(
     (whose options, such as a Fetch job's, are `then_params`). Returns both job ids.
     """
     now = utcnow()
-    params: dict[str, Any] = {"timeframe": timeframe, "filters": filters, "num_results": num_results, "pages": pages}
-    link = {"nightly": nightly} if nightly is not None else {}
-    job_id = new_job(conn, "citations", "page", name, params | link, now=now)
+    params = CitationsParams(timeframe, num_results, filters, pages, nightly=nightly)
+    job_id = new_job(conn, "citations", "page", name, params, now=now)
     follow_id = None
     if then is not None:
         follow_name = then_name or (f"{name}: {then}" if name else f"{then} of the outputs job {job_id} lists")
-        follow_id = new_job(conn, then, "doi", follow_name, (then_params or {}) | {"after_job": job_id} | link, now=now)
+        follow = dataclasses.replace(then_params or HarvestParams(), after_job=job_id, nightly=nightly)
+        follow_id = new_job(conn, then, "doi", follow_name, follow, now=now)
         set_params(conn, job_id, then_job=follow_id, then=then)
     add_items(conn, job_id, [("page", "1", 1)], now)
     return job_id, follow_id
@@ -334,10 +349,11 @@ def create_citations_job(
 
 def chain(engine: Engine, job: Job) -> list[Job]:
     """The jobs that complete `job`, in order: a follow-up harvest runs after the citations job that feeds it."""
-    if job.params.get("after_job"):
-        return [get_job(engine, job.params["after_job"]), job]
-    if job.params.get("then_job"):
-        return [job, get_job(engine, job.params["then_job"])]
+    p = job.params
+    if isinstance(p, HarvestParams) and p.after_job:
+        return [get_job(engine, p.after_job), job]
+    if isinstance(p, CitationsParams) and p.then_job:
+        return [job, get_job(engine, p.then_job)]
     return [job]
 
 

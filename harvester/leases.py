@@ -173,7 +173,7 @@ def held(conn: Connection, job_id: int, runner: str, keys: list[tuple[str, str]]
     else:
         pairs = json.dumps(keys)
         rows = conn.exec_driver_sql(_HELD_SQLITE, (pairs, job_id, runner, now.isoformat(" ", "microseconds"))).fetchall()
-    return set(map(tuple, rows))  # type: ignore[arg-type]
+    return {(r[0], r[1]) for r in rows}
 
 
 # The batch's pairs as one parameter (an array, a JSON text), each looked up by the primary key

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import Any
 
@@ -52,7 +52,8 @@ from sqlalchemy.exc import IntegrityError
 from harvester import jobs, leases, pipeline, schema
 from harvester.budget import key_hash
 from harvester.config import Config, citation_filters, filters_text, parse_duration
-from harvester.errors import JobBusyError, JobError
+from harvester.errors import ExitCode, ItemStatus, JobBusyError, JobError, JobStatus
+from harvester.params import FetchOptions, HarvestParams, NightlyParams
 from harvester.pipeline import ProgressCallback, RunOutcome
 from harvester.store import upsert
 
@@ -106,7 +107,7 @@ def run(engine: Engine, config: Config, progress: ProgressFactory | None = None,
             reports.append(report)
             # A leftover from an earlier night, now finished: tonight's work comes next. (Not after
             # a nightly this run started, even if it ran past midnight.)
-            if created or resume_only or report.status != "finished" or report.night >= jobs.utcnow().date():
+            if created or resume_only or report.status != JobStatus.FINISHED or report.night >= jobs.utcnow().date():
                 return reports
     finally:
         # Its steps ran as a worker under the nightly's runner: it leaves the workers table with it.
@@ -136,7 +137,7 @@ def acquire(engine: Engine, config: Config, runner: str, create: bool = True) ->
                 conn.execute(
                     update(schema.jobs)
                     .where(schema.jobs.c.id == job_id)
-                    .values(lock_name=LOCK, runner=runner, heartbeat_at=now, started_at=now, status="running")
+                    .values(lock_name=LOCK, runner=runner, heartbeat_at=now, started_at=now, status=JobStatus.RUNNING)
                 )
             return jobs.get_job(engine, job_id), True
         except IntegrityError:
@@ -144,53 +145,55 @@ def acquire(engine: Engine, config: Config, runner: str, create: bool = True) ->
     raise JobBusyError("another nightly is starting right now; try again later")
 
 
-def params_for(config: Config, now: datetime) -> dict[str, Any]:
+def params_for(config: Config, now: datetime) -> NightlyParams:
     """The nightly's settings, kept with it: a nightly resumed tomorrow finishes as it began."""
     n = config.nightly
     if "citations" not in config.api.endpoints:
         logger.warning("nightly: no discovery, [api] endpoints excludes citations; refreshing what is due")
-    return {
-        "discover": "citations" in config.api.endpoints,
-        "night": now.date().isoformat(),
-        "timeframe": n.timeframe,
-        "filters": citation_filters(n.filters),
-        "num_results": n.num_results,
-        "pages": n.pages,
-        "refresh_after": n.refresh_after,
-        "not_found_refresh_after": n.not_found_refresh_after,
-        "max_items": n.max_items,
-        "follow_discovered": n.follow_discovered,
-        "endpoint": n.endpoint,
-        "fetch": config.fetch_options() if n.endpoint == "fetch" else None,
-    }
+    return NightlyParams(
+        night=now.date(),
+        discover="citations" in config.api.endpoints,
+        timeframe=n.timeframe,
+        filters=citation_filters(n.filters),
+        num_results=n.num_results,
+        pages=n.pages,
+        refresh_after=n.refresh_after,
+        not_found_refresh_after=n.not_found_refresh_after,
+        max_items=n.max_items,
+        follow_discovered=n.follow_discovered,
+        endpoint=n.endpoint,
+        fetch=FetchOptions.from_config(config.fetch) if n.endpoint == "fetch" else None,
+    )
 
 
 def _run_one(engine: Engine, config: Config, job: jobs.Job, runner: str, progress: ProgressFactory | None) -> Report:
     p = job.params
-    night = date.fromisoformat(p["night"])
-    if "refresh_job" not in p:
+    assert isinstance(p, NightlyParams)  # jobs._job types a nightly row's params by its endpoint
+    night = p.night
+    if p.refresh_job is None:
         name = f"nightly {night}"
         # A Fetch refresh keeps the [fetch] options the nightly started with, as a Fetch harvest does.
-        refresh_params = {"fetch": p["fetch"]} if p.get("fetch") else {}
+        refresh_params = HarvestParams(fetch=p.fetch, nightly=job.id)
         with engine.begin() as conn:
-            pages = discovery_pages(conn, config, p) if p["discover"] else 0
-            discovery = None
+            pages = discovery_pages(conn, config, p) if p.discover else 0
+            discovery_job = None
             if pages != 0:
                 # No follow-up job: the refresh takes what the listing found after the user's lists (add_due).
-                discovery, _ = jobs.create_citations_job(
-                    conn, p["timeframe"], p["filters"], p["num_results"], pages, None, f"{name} discovery", job.id,
+                discovery_job, _ = jobs.create_citations_job(
+                    conn, p.timeframe, p.filters, p.num_results, pages, None, f"{name} discovery", job.id,
                 )  # fmt: skip
-            refresh = jobs.new_job(conn, p["endpoint"], "doi", f"{name} refresh", refresh_params | {"nightly": job.id})
-            jobs.set_params(conn, job.id, discovery_job=discovery, refresh_job=refresh, discovery_pages=pages)
-        p = jobs.get_job(engine, job.id).params
-    discovery, refresh = p["discovery_job"], p["refresh_job"]
+            refresh_job = jobs.new_job(conn, p.endpoint, "doi", f"{name} refresh", refresh_params)
+            jobs.set_params(conn, job.id, discovery_job=discovery_job, refresh_job=refresh_job, discovery_pages=pages)
+            p = replace(p, discovery_job=discovery_job, refresh_job=refresh_job, discovery_pages=pages)
+    discovery, refresh = p.discovery_job, p.refresh_job
+    assert refresh is not None
 
     if discovery is not None:
         outcome = _step(engine, config, discovery, runner, progress)
-        if outcome is not None and outcome.status != "finished":
+        if outcome is not None and outcome.status != JobStatus.FINISHED:
             return _stopped(engine, job, night, runner, outcome)
         _warn_unfiltered(engine, config, discovery, p)
-    if not p.get("refresh_selected"):
+    if not p.refresh_selected:
         # Minutes of SQL on a big database: without beats another process would take the nightly over.
         with jobs.beating(engine, runner), engine.begin() as conn:
             quota = quota_left(conn, config)
@@ -202,7 +205,7 @@ def _run_one(engine: Engine, config: Config, job: jobs.Job, runner: str, progres
             )  # fmt: skip
             jobs.set_params(conn, job.id, refresh_selected=True, refresh_due=due, refresh_quota=quota)
     outcome = _step(engine, config, refresh, runner, progress)
-    if outcome is not None and outcome.status != "finished":
+    if outcome is not None and outcome.status != JobStatus.FINISHED:
         return _stopped(engine, job, night, runner, outcome)
     with jobs.beating(engine, runner):
         report = _finish(engine, job, night, runner, discovery, refresh, p)
@@ -215,10 +218,10 @@ def _run_one(engine: Engine, config: Config, job: jobs.Job, runner: str, progres
     return report
 
 
-def discovery_pages(conn: Connection, config: Config, p: dict[str, Any]) -> int | None:
+def discovery_pages(conn: Connection, config: Config, p: NightlyParams) -> int | None:
     """The pages tonight's discovery may list: [nightly] pages, and on the free tier no more than
     the quota left once the user's lists are refreshed (0: no discovery tonight). None: every page."""
-    pages: int | None = p["pages"]
+    pages = p.pages
     quota = quota_left(conn, config)
     if quota is None:
         return pages
@@ -230,19 +233,19 @@ def discovery_pages(conn: Connection, config: Config, p: dict[str, Any]) -> int 
     return spare if pages is None else min(pages, spare)
 
 
-def _warn_unfiltered(engine: Engine, config: Config, discovery: int, p: dict[str, Any]) -> None:
+def _warn_unfiltered(engine: Engine, config: Config, discovery: int, p: NightlyParams) -> None:
     """Discovery without filters on a free key: say how many pages the whole listing takes."""
-    if config.api.tier != "free" or p["filters"]:
+    if config.api.tier != "free" or p.filters:
         return
     ca = schema.citation_activity.c
     with engine.connect() as conn:
         total = conn.execute(select(func.max(ca.total)).where(ca.job_id == discovery)).scalar()
     if total:
-        pages = -(-int(total) // p["num_results"])
+        pages = -(-int(total) // p.num_results)
         logger.warning(
             "nightly: discovery without [nightly] filters lists %d outputs: %d pages of %d a night, on a free key whose"
             " quota is %d requests a day; set filters (doi_prefix, issns ...) or pages",
-            total, pages, p["num_results"], config.limits.per_day,
+            total, pages, p.num_results, config.limits.per_day,
         )  # fmt: skip
 
 
@@ -261,14 +264,14 @@ def prune(engine: Engine, before: datetime) -> int:
     )
     ji = schema.job_items.c
     with engine.begin() as conn:
-        deleted: int = conn.execute(delete(schema.job_items).where(ji.status == "done", ji.job_id.in_(steps))).rowcount
+        deleted: int = conn.execute(delete(schema.job_items).where(ji.status == ItemStatus.DONE, ji.job_id.in_(steps))).rowcount
     return deleted
 
 
 def _step(engine: Engine, config: Config, job_id: int, runner: str, progress: ProgressFactory | None) -> RunOutcome | None:
     """Run one step's job under the nightly's runner, unless it is already finished."""
     step = jobs.get_job(engine, job_id)
-    if step.status == "finished":
+    if step.status == JobStatus.FINISHED:
         return None
     logger.info("nightly: %s job %d", step.endpoint, job_id)
     callback = progress(job_id) if progress else None
@@ -310,8 +313,7 @@ def user_jobs(conn: Connection) -> list[int]:
     j = schema.jobs.c
     found = []
     for job_id, params in conn.execute(select(j.id, j.params).where(j.endpoint.in_(("counts", "fetch")))):
-        p = json.loads(params or "{}")
-        if "nightly" not in p and "after_job" not in p:
+        if HarvestParams.from_dict(json.loads(params or "{}")).own_list:
             found.append(int(job_id))
     return found
 
@@ -319,7 +321,7 @@ def user_jobs(conn: Connection) -> list[int]:
 PARTS = ("lists", "discovered", "not_found")
 
 
-def due_queries(conn: Connection, p: dict[str, Any], discovery: int | None = None) -> list[Select[Any]]:
+def due_queries(conn: Connection, p: NightlyParams, discovery: int | None = None) -> list[Select[Any]]:
     """What is due tonight, in the order it is refreshed: one query per part of PARTS.
 
     1. lists: outputs of the user's own id lists (harvest jobs), and any output
@@ -337,8 +339,8 @@ def due_queries(conn: Connection, p: dict[str, Any], discovery: int | None = Non
     ji = schema.job_items.c
     o = schema.outputs.c
     ca = schema.citation_activity.c
-    not_found_before = now - parse_duration(p["not_found_refresh_after"])
-    due_before = now - parse_duration(p["refresh_after"])
+    not_found_before = now - parse_duration(p.not_found_refresh_after)
+    due_before = now - parse_duration(p.refresh_after)
     id_type = case((o.doi.is_not(None), "doi"), else_="id")
     identifier = func.coalesce(o.doi, cast(o.altmetric_id, Text))
     # A literal, not a bound parameter: SQLite uses a partial index only for a query whose WHERE
@@ -366,7 +368,7 @@ def due_queries(conn: Connection, p: dict[str, Any], discovery: int | None = Non
         .where(o.harvested_at < due_before, or_(o.altmetric_id.in_(listed), o.altmetric_id.not_in(ever_listed)), *current)
         .order_by(o.harvested_at, o.altmetric_id)
     )
-    follow_from = (now - parse_duration(p.get("follow_discovered") or "30d")).date()
+    follow_from = (now - parse_duration(p.follow_discovered)).date()
     last_listed = func.max(ca.harvested_on)
     tonight = func.max(case((ca.job_id == discovery, 1), else_=0)) if discovery is not None else literal(0)
     seen = (
@@ -397,19 +399,19 @@ def due_queries(conn: Connection, p: dict[str, Any], discovery: int | None = Non
         .where(schema.jobs.c.endpoint.in_(("counts", "fetch")), tuple_(ji.id_type, ji.identifier).in_(old_404))
         .group_by(ji.id_type, ji.identifier)
         .having(last < not_found_before)
-        .having(func.max(ji.updated_at).filter(ji.status == "not_found") == last)
+        .having(func.max(ji.updated_at).filter(ji.status == ItemStatus.NOT_FOUND) == last)
         .order_by(last, ji.id_type, ji.identifier)
     )
     return [lists, discovered, gone]
 
 
-def room_for(p: dict[str, Any], quota: int | None) -> int | None:
+def room_for(p: NightlyParams, quota: int | None) -> int | None:
     """How many items tonight's refresh may take: max_items and (free tier) the quota left today, the smaller."""
-    caps = [c for c in (p.get("max_items"), quota) if c is not None]
+    caps = [c for c in (p.max_items, quota) if c is not None]
     return min(caps) if caps else None
 
 
-def add_due(conn: Connection, refresh_job: int, p: dict[str, Any], quota: int | None = None, discovery: int | None = None) -> dict[str, int]:
+def add_due(conn: Connection, refresh_job: int, p: NightlyParams, quota: int | None = None, discovery: int | None = None) -> dict[str, int]:
     """Add to the refresh job what is due (due_queries), part after part, up to room_for(p, quota) in all.
 
     Returns how many items each part added. INSERT ... SELECT: the database
@@ -428,7 +430,7 @@ def add_due(conn: Connection, refresh_job: int, p: dict[str, Any], quota: int | 
         due = (query.limit(room) if room is not None else query).subquery()
         rows = select(
             literal(refresh_job), due.c.id_type, due.c.identifier, due.c.identifier,
-            literal(_DUE_BASE * (PARTS.index(part) + 1)) + due.c.n, literal("pending"), literal(0), literal(now, DateTime),
+            literal(_DUE_BASE * (PARTS.index(part) + 1)) + due.c.n, literal(ItemStatus.PENDING.value), literal(0), literal(now, DateTime),
         ).where(true())  # fmt: skip
         insert = jobs.insert_for(conn, schema.job_items)
         columns = ["job_id", "id_type", "identifier", "input", "line_no", "status", "attempts", "updated_at"]
@@ -450,13 +452,13 @@ def _stopped(engine: Engine, job: jobs.Job, night: date, runner: str, outcome: R
     return Report(job.id, night, outcome.status, outcome.exit_code, message=outcome.message, stopped_step=outcome.job_id)
 
 
-def _finish(engine: Engine, job: jobs.Job, night: date, runner: str, discovery: int | None, refresh: int, p: dict[str, Any]) -> Report:
+def _finish(engine: Engine, job: jobs.Job, night: date, runner: str, discovery: int | None, refresh: int, p: NightlyParams) -> Report:
     """Count, find the movers, store the report and give the lock up: one transaction."""
     started = job.started_at or jobs.utcnow()
     now = jobs.utcnow()
     with engine.begin() as conn:
         counts = jobs.item_counts_in(conn, refresh)
-        pages_failed = jobs.item_counts_in(conn, discovery)["failed"] if discovery is not None else 0
+        pages_failed = jobs.item_counts_in(conn, discovery)[ItemStatus.FAILED] if discovery is not None else 0
         discovered = conn.execute(
             select(func.count(schema.citation_activity.c.altmetric_id.distinct())).where(
                 schema.citation_activity.c.job_id == discovery
@@ -466,7 +468,7 @@ def _finish(engine: Engine, job: jobs.Job, night: date, runner: str, discovery: 
         harvested = (
             select(o.altmetric_id, o.first_harvested_at)
             .join(schema.job_items, ji.altmetric_id == o.altmetric_id)
-            .where(ji.job_id == refresh, ji.status == "done")
+            .where(ji.job_id == refresh, ji.status == ItemStatus.DONE)
             .distinct()
             .subquery()
         )
@@ -486,17 +488,17 @@ def _finish(engine: Engine, job: jobs.Job, night: date, runner: str, discovery: 
         ).scalar_one()
         movers = movers_of(conn, refresh)
         report = Report(
-            job.id, night, "finished", 3 if counts["failed"] or pages_failed else 0,
+            job.id, night, JobStatus.FINISHED, ExitCode.SOME_FAILED if counts[ItemStatus.FAILED] or pages_failed else ExitCode.OK,
             discovered=discovered, new_outputs=new, refreshed=refreshed,
-            not_found=counts["not_found"], failed=counts["failed"] + pages_failed, movers=movers,
+            not_found=counts[ItemStatus.NOT_FOUND], failed=counts[ItemStatus.FAILED] + pages_failed, movers=movers,
         )  # fmt: skip
         upsert(
             conn,
             schema.nightly_runs,
             [
                 {
-                    "job_id": job.id, "night": night, "timeframe": p["timeframe"],
-                    "filters": filters_text(p["filters"]), "endpoint": p["endpoint"],
+                    "job_id": job.id, "night": night, "timeframe": p.timeframe,
+                    "filters": filters_text(p.filters), "endpoint": p.endpoint,
                     "discovery_job_id": discovery, "refresh_job_id": refresh, "discovered": discovered,
                     "new_outputs": new, "refreshed": refreshed, "not_found": report.not_found,
                     "failed": report.failed, "started_at": started, "finished_at": now,
@@ -509,8 +511,8 @@ def _finish(engine: Engine, job: jobs.Job, night: date, runner: str, discovery: 
         done = conn.execute(
             update(schema.jobs)
             .where(schema.jobs.c.id == job.id, schema.jobs.c.runner == runner)
-            .values(status="finished", finished_at=now, runner=None, lock_name=None, heartbeat_at=now,
-                    last_error=None, resume_after=None, params=json.dumps(p | {"report": report.as_dict()}, sort_keys=True))
+            .values(status=JobStatus.FINISHED, finished_at=now, runner=None, lock_name=None, heartbeat_at=now, last_error=None,
+                    resume_after=None, params=json.dumps(replace(p, report=report.as_dict()).as_dict(), sort_keys=True))
         ).rowcount  # fmt: skip
         if done != 1:
             raise JobError(f"nightly job {job.id} was taken over by another process; its report was not stored")

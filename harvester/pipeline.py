@@ -160,7 +160,7 @@ class Run:
     ) -> None:
         self.engine, self.job, self.config, self.runner = engine, job, config, runner
         self.progress, self.stop, self.drain = progress, stop, drain
-        self.endpoint = endpoint_for(job.endpoint, job.params)
+        self.endpoint = endpoint_for(job)
         limits = config.limits
         self.limits = limits
         self.concurrency = max(1, limits.concurrency)
@@ -200,7 +200,7 @@ class Run:
         self.counts = jobs.item_counts(self.engine, self.job.id)
         if self.progress:
             self.progress(dict(self.counts))  # the baseline that rates and ETAs are measured from
-        all_posts = self.job.endpoint == "fetch" and lists_every_post(self.job.params.get("fetch"))
+        all_posts = self.job.endpoint == "fetch" and lists_every_post(self.job.fetch)
         self.writer = WriterProcess(
             self.engine.url.render_as_string(hide_password=False), self.job.id, self.job.endpoint, self.runner, all_posts,
             self.job.params, self.config.archive,

@@ -27,6 +27,7 @@ from harvester import aliases, archive, jobs, leases, schema
 from harvester.config import ArchiveConfig, filters_text
 from harvester.errors import DatabaseError, db_message
 from harvester.log import redact
+from harvester.params import CitationsParams, FetchOptions, HarvestParams, JobParams
 from harvester.parse import FETCH_SOURCES, ParseError, Records, decode, parse_citations, parse_counts, parse_fetch
 
 logger = logging.getLogger(__name__)
@@ -150,23 +151,23 @@ class Coverage:
 COMPLETE = Coverage()
 
 
-def coverage(fetch_options: dict[str, Any] | None) -> Coverage:
-    """A Fetch job's options (jobs.params["fetch"]) -> the part of each section its bodies carry."""
-    options = fetch_options or {}
+def coverage(fetch_options: FetchOptions | None) -> Coverage:
+    """A Fetch job's options (Job.fetch) -> the part of each section its bodies carry."""
+    options = fetch_options or FetchOptions()
     sources: tuple[str, tuple[str, ...]] | None = None
-    if options.get("include_sources"):
-        sources = ("in", tuple(FETCH_SOURCES.get(s, s) for s in options["include_sources"]))
-    elif options.get("exclude_sources"):
-        sources = ("not in", tuple(FETCH_SOURCES.get(s, s) for s in options["exclude_sources"]))
-    return Coverage(sources, posts=not options.get("post_types"))
+    if options.include_sources:
+        sources = ("in", tuple(FETCH_SOURCES.get(s, s) for s in options.include_sources))
+    elif options.exclude_sources:
+        sources = ("not in", tuple(FETCH_SOURCES.get(s, s) for s in options.exclude_sources))
+    return Coverage(sources, posts=not options.post_types)
 
 
-def lists_every_post(fetch_options: dict[str, Any] | None) -> bool:
+def lists_every_post(fetch_options: FetchOptions | None) -> bool:
     """Whether a Fetch job's bodies list every post of their output (no source filter, no post_types, posts not cut out by include_sections)."""
-    options = fetch_options or {}
-    if options.get("include_sources") or options.get("exclude_sources") or options.get("post_types"):
+    options = fetch_options or FetchOptions()
+    if options.include_sources or options.exclude_sources or options.post_types:
         return False
-    sections = options.get("include_sections")
+    sections = options.include_sections
     return not sections or "posts" in sections
 
 
@@ -345,7 +346,7 @@ def write_batch(
     now: datetime,
     runner: str,
     all_posts: bool = False,
-    params: dict[str, Any] | None = None,
+    params: JobParams | None = None,
     archive_config: ArchiveConfig | None = None,
 ) -> dict[str, int]:
     """Parse the bodies, then commit the data of a batch and its items' final statuses together.
@@ -361,8 +362,7 @@ def write_batch(
     A body the database refuses (a value out of range ...) fails its own item:
     the batch is split until the refused item is alone, and the rest is stored.
     """
-    params = params or {}
-    cover = coverage(params.get("fetch")) if endpoint == "fetch" else COMPLETE
+    cover = coverage(params.fetch if isinstance(params, HarvestParams) else None) if endpoint == "fetch" else COMPLETE
     records_of: dict[int, list[Records]] = {}
     # Parsing lets go of the bodies; the archive keeps them (an unusable one too: a parser fix may read it).
     raw_params = archive.fetch_params(endpoint, params)
@@ -372,6 +372,7 @@ def write_batch(
         if r.body is not None
     }
     if endpoint == "citations":
+        assert isinstance(params, CitationsParams), "a Citations job's batch needs its query"
         pages = _CitationPages(job_id, params, now)
         records_of = pages.parse(results)
         asked_of: dict[int, list[dict[str, Any]]] = {}
@@ -423,9 +424,9 @@ def write_batch(
     return dict(collections.Counter(u.item["status"] for u in written))
 
 
-def _archived_as(endpoint: str, params: dict[str, Any], identifier: str) -> str:
+def _archived_as(endpoint: str, params: JobParams | None, identifier: str) -> str:
     """The archive's identifier of a body: the asked id, or for a Citations page the query that asks for it."""
-    return archive.page_query(params, identifier) if endpoint == "citations" else identifier
+    return archive.page_query(params, identifier) if endpoint == "citations" and isinstance(params, CitationsParams) else identifier
 
 
 class _Refused(Exception):
@@ -483,14 +484,14 @@ def _held(conn: Connection, job_id: int, runner: str, units: list[Unit]) -> list
 class _CitationPages:
     """What a batch of Citations pages writes besides outputs: ranks, further pages, follow-up items."""
 
-    def __init__(self, job_id: int, params: dict[str, Any], now: datetime) -> None:
+    def __init__(self, job_id: int, params: CitationsParams, now: datetime) -> None:
         self.job_id = job_id
         self.now = now
-        self.timeframe: str = params["timeframe"]
-        self.filters = filters_text(params.get("filters"))
-        self.num: int = params["num_results"]
-        self.max_pages: int | None = params.get("pages")
-        self.then_job: int | None = params.get("then_job")
+        self.timeframe = params.timeframe
+        self.filters = filters_text(params.filters)
+        self.num = params.num_results
+        self.max_pages = params.pages
+        self.then_job = params.then_job
         self.activity: list[tuple[str, dict[str, Any]]] = []  # (page, row)
         self.last_page = 0  # the highest page the batch's totals imply
         self.follow: list[tuple[str, tuple[str, str, int]]] = []  # (page, item)

@@ -16,6 +16,7 @@ from typing import Any
 
 from harvester.config import ArchiveConfig
 from harvester.errors import DatabaseError, HarvesterError
+from harvester.params import JobParams
 from harvester.store import ItemResult, write_batch
 
 
@@ -34,7 +35,7 @@ class WriterProcess:
         endpoint: str,
         runner: str,
         all_posts: bool = False,
-        params: dict[str, Any] | None = None,
+        params: JobParams | None = None,
         archive_config: ArchiveConfig | None = None,
     ) -> None:
         ctx = multiprocessing.get_context("spawn")  # no fork of a running event loop and its threads
@@ -42,7 +43,7 @@ class WriterProcess:
         self._outbox: Any = ctx.Queue()
         self._process = ctx.Process(
             target=_writer_main,
-            args=(url, job_id, endpoint, runner, all_posts, params or {}, archive_config, self._inbox, self._outbox),
+            args=(url, job_id, endpoint, runner, all_posts, params, archive_config, self._inbox, self._outbox),
             name="harvester-writer",
             daemon=True,
         )
@@ -83,7 +84,7 @@ def _writer_main(
     endpoint: str,
     runner: str,
     all_posts: bool,
-    params: dict[str, Any],
+    params: JobParams | None,
     archive_config: ArchiveConfig | None,
     inbox: Any,
     outbox: Any,

@@ -716,3 +716,104 @@ async def test_an_altmetric_id_names_the_output_it_was_given_to() -> None:
         # An altmetric id the fake never gave out still names an output of its own.
         st, raw, _ = await get(s, api(server, "/id/4242"))
         assert st == 404 or json.loads(raw)["altmetric_id"] == 4242
+
+
+# ---- the prebuilt cache (FakeConfig.prebuild, for benchmarks) -----------------------------------
+
+# A synthetic DOI, a 404, a real sample, a bogus DOI answered with another output, a scripted
+# trigger, a percent-encoded DOI, and a handle: (path as sent, id as prebuilt).
+PREBUILT_IDS: list[tuple[str, str, str]] = [
+    ("doi", "10.5555/pre.0", "10.5555/pre.0"),
+    ("doi", "10.5555/pre.1", "10.5555/pre.1"),
+    ("doi", "10.1038/news.2011.498", "10.1038/news.2011.498"),
+    ("doi", "10.1001/jama.2013.950", "10.1001/jama.2013.950"),
+    ("doi", "10.5555/bogus-pre", "10.5555/bogus-pre"),
+    ("doi", "10.5555/pre.nulbyte", "10.5555/pre.nulbyte"),
+    ("doi", "10.5555%2Fpre.encoded", "10.5555/pre.encoded"),
+    ("handle", "10012/pre", "10012/pre"),
+]
+
+
+async def _post_json(s: aiohttp.ClientSession, server: FakeServer, spec: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    async with s.post(server.url.removesuffix("/v1") + "/_fake/prebuild", json=spec) as resp:
+        if resp.content_type != "application/json":
+            return resp.status, {"text": await resp.text()}
+        return resp.status, await resp.json()
+
+
+async def _stats(s: aiohttp.ClientSession, server: FakeServer) -> dict[str, Any]:
+    async with s.get(server.url.removesuffix("/v1") + "/_stats") as resp:
+        return await resp.json()
+
+
+@pytest.mark.asyncio
+async def test_prebuilt_answers_are_the_same_bytes() -> None:
+    from harvester.fakeapi import bodies
+
+    # 404s among the synthetic ids too, so that a prebuilt 404 is checked.
+    dois = [f"10.5555/pre.{i}" for i in range(2, 40)]
+    assert any(counts_body("doi", d) is None for d in dois)
+    paths = [(t, sent) for t, sent, _ in PREBUILT_IDS] + [("doi", d) for d in dois]
+    requests = [f"/{t}/{sent}" for t, sent in paths] + [f"/fetch/{t}/{sent}" for t, sent in paths]
+
+    async def answers(server: FakeServer, s: aiohttp.ClientSession) -> list[tuple[int, bytes, str]]:
+        out = []
+        for path in requests:
+            async with s.get(api(server, path)) as resp:
+                out.append((resp.status, await resp.read(), resp.headers["Content-Type"]))
+        return out
+
+    bodies._counts_bytes.cache_clear()
+    bodies._fetch_bytes.cache_clear()
+    async with serve() as (server, s):
+        plain = await answers(server, s)
+    bodies._counts_bytes.cache_clear()
+    bodies._fetch_bytes.cache_clear()
+    async with serve(FakeConfig(prebuild=True)) as (server, s):
+        for endpoint in ("counts", "fetch"):
+            for id_type in ("doi", "handle"):
+                ids = [decoded for t, _, decoded in PREBUILT_IDS if t == id_type]
+                if id_type == "doi":
+                    ids += dois
+                status, built = await _post_json(s, server, {"endpoint": endpoint, "id_type": id_type, "ids": ids})
+                assert status == 200 and built["built"] == len(ids)
+        bodies._counts_bytes.cache_clear()  # what is served now comes from the prebuilt cache
+        bodies._fetch_bytes.cache_clear()
+        prebuilt = await answers(server, s)
+        stats = await _stats(s, server)
+        assert stats["prebuilt_hits"] == len(requests)
+        assert bodies._counts_bytes.cache_info().currsize == bodies._fetch_bytes.cache_info().currsize == 0
+        # A filtered Fetch is not served from the cache, and is what it would be without it.
+        filtered = api(server, "/fetch/doi/10.5555/pre.0", include_sources="twitter")
+        st, body, _ = await get(s, filtered)
+        assert (await _stats(s, server))["prebuilt_hits"] == len(requests)
+        # prefix + count, zero-padded, and clear; DELETE forgets everything.
+        status, built = await _post_json(s, server, {"prefix": "10.5555/pre.", "count": 3, "start": 8, "width": 3, "clear": True})
+        assert status == 200 and built["built"] == built["entries"] == 3
+        assert (await get(s, api(server, "/doi/10.5555/pre.009")))[:2] == (200, bodies._dumps(counts_body("doi", "10.5555/pre.009")))
+        assert (await _stats(s, server))["prebuilt_hits"] == len(requests) + 1
+        assert (await _post_json(s, server, {"endpoint": "fetch", "id_type": "id", "ids": ["1"]}))[0] == 400
+        assert (await _post_json(s, server, {"endpoint": "citations", "ids": ["1"]}))[0] == 400
+        async with s.delete(server.url.removesuffix("/v1") + "/_fake/prebuild") as resp:
+            assert resp.status == 200
+    assert prebuilt == plain
+    assert {st for st, _, _ in plain} == {200, 404}
+    async with serve() as (server, s):
+        assert (await get(s, filtered.with_host(server.host).with_port(server.port)))[:2] == (st, body)
+        # Off (the default), the route does not exist.
+        assert (await _post_json(s, server, {"ids": ["10.5555/pre.0"]}))[0] == 404
+
+
+@pytest.mark.asyncio
+async def test_prebuilt_answers_follow_the_day() -> None:
+    clock = _day_clock(DAY)
+    async with serve(FakeConfig(evolve=True, prebuild=True, clock=clock)) as (server, s):
+        dois = [f"10.5555/grow.{i:03d}" for i in range(20)]
+        assert (await _post_json(s, server, {"ids": dois}))[0] == 200
+        clock.now += 86_400  # the next day: built for yesterday, so not served
+        for doi in dois:
+            st, raw, _ = await get(s, api(server, f"/doi/{doi}"))
+            assert (st, json.loads(raw) if st == 200 else None) == (
+                (404, None) if counts_body("doi", doi) is None else (200, counts_body("doi", doi, day=DAY + 1))
+            )
+        assert (await _stats(s, server))["prebuilt_hits"] == 0

@@ -339,11 +339,12 @@ def test_a_heartbeat_refreshes_every_job_its_runner_holds(h: Harness) -> None:
     from sqlalchemy import update
 
     from harvester import jobs, schema
+    from harvester.params import HarvestParams
 
     engine = h.engine
     old = datetime(2026, 1, 1)
     with engine.begin() as conn:
-        ids = [jobs.new_job(conn, "counts", "doi", None, {}) for _ in range(3)]
+        ids = [jobs.new_job(conn, "counts", "doi", None, HarvestParams()) for _ in range(3)]
         for job_id, runner in zip(ids, ("me:1:a", "me:1:a", "other:2:b"), strict=True):
             conn.execute(update(schema.jobs).where(schema.jobs.c.id == job_id).values(runner=runner, heartbeat_at=old))
     jobs.beat(engine, "me:1:a")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from sqlalchemy import Engine, insert, select, update
 
 from harvester import jobs, nightly, schema
 from harvester.db import open_database
+from harvester.params import HarvestParams, NightlyParams
 from tests.conftest import rows
 
 
@@ -36,10 +37,10 @@ def test_a_recent_404_hides_only_the_output_asked_by_that_very_id(any_engine: En
     now = jobs.utcnow()
     harvested, recently, long_ago = now - timedelta(days=3), now - timedelta(days=1), now - timedelta(days=40)
     with any_engine.begin() as conn:
-        by_doi = jobs.new_job(conn, "counts", "doi", "earlier harvest", {})
-        by_pmid = jobs.new_job(conn, "counts", "pmid", "earlier harvest of PMIDs", {})
-        later = jobs.new_job(conn, "counts", "doi", "a later harvest", {})
-        refresh = jobs.new_job(conn, "counts", "doi", "refresh", {})
+        by_doi = jobs.new_job(conn, "counts", "doi", "earlier harvest", HarvestParams())
+        by_pmid = jobs.new_job(conn, "counts", "pmid", "earlier harvest of PMIDs", HarvestParams())
+        later = jobs.new_job(conn, "counts", "doi", "a later harvest", HarvestParams())
+        refresh = jobs.new_job(conn, "counts", "doi", "refresh", HarvestParams())
         conn.execute(
             insert(schema.outputs),
             [
@@ -67,8 +68,9 @@ def test_a_recent_404_hides_only_the_output_asked_by_that_very_id(any_engine: En
                 _item(later, "doi", "10.1000/found-since", "done", recently, 1),  # its latest answer is not a 404
             ],
         )
+    p = NightlyParams(now.date(), refresh_after="20h", not_found_refresh_after="30d", max_items=None)
     with any_engine.begin() as conn:
-        added = nightly.add_due(conn, refresh, {"refresh_after": "20h", "not_found_refresh_after": "30d", "max_items": None})
+        added = nightly.add_due(conn, refresh, p)
     due = rows(any_engine, "select id_type, identifier, line_no from job_items where job_id = :j order by line_no", j=refresh)
     assert [(r["id_type"], r["identifier"]) for r in due] == [("id", "12345"), ("doi", "10.1000/kept"), ("pmid", "555")]
     assert added == {"lists": 2, "discovered": 0, "not_found": 1}
@@ -79,7 +81,8 @@ def test_a_recent_404_hides_only_the_output_asked_by_that_very_id(any_engine: En
 def test_beating_moves_the_heartbeat_while_a_long_block_holds_a_transaction(any_engine: Engine) -> None:
     old = datetime(2026, 1, 1)
     with any_engine.begin() as conn:
-        mine, theirs = jobs.new_job(conn, "nightly", "-", None, {}), jobs.new_job(conn, "counts", "doi", None, {})
+        mine = jobs.new_job(conn, "nightly", "-", None, NightlyParams(date(2026, 1, 1)))
+        theirs = jobs.new_job(conn, "counts", "doi", None, HarvestParams())
         for job_id, runner in ((mine, "me:1:a"), (theirs, "other:2:b")):
             conn.execute(update(schema.jobs).where(schema.jobs.c.id == job_id).values(runner=runner, heartbeat_at=old))
 

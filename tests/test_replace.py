@@ -23,6 +23,7 @@ from harvester import jobs, schema
 from harvester.db import open_database
 from harvester.fakeapi import counts_body, fetch_body, serve_in_thread
 from harvester.fakeapi.bodies import _filter_fetch
+from harvester.params import FetchOptions, HarvestParams
 from harvester.parse import Records, parse_counts, parse_fetch
 from harvester.store import ItemResult, lists_every_post, write_batch
 from tests.conftest import FAKE, Harness, dois, rows, scalar
@@ -58,7 +59,8 @@ def harvest(
     fetch: dict[str, Any] | None = None,
 ) -> tuple[int, dict[str, int]]:
     """A job of these DOIs written by the writer, as a harvest writes it: (job id, statuses)."""
-    params = {"fetch": fetch or {}} if endpoint == "fetch" else {}
+    options = FetchOptions.from_dict(fetch) if endpoint == "fetch" else None
+    params = HarvestParams(fetch=options)
     with engine.begin() as conn:
         job_id = jobs.new_job(conn, endpoint, "doi", None, params)
         jobs.add_items(conn, job_id, [("doi", doi, n) for n, doi in enumerate(bodies, 1)], now)
@@ -68,7 +70,7 @@ def harvest(
         ItemResult("doi", doi, "done", 1, 200, None, body if isinstance(body, bytes) else json.dumps(body).encode())
         for doi, body in bodies.items()
     ]
-    all_posts = endpoint == "fetch" and lists_every_post(fetch)
+    all_posts = endpoint == "fetch" and lists_every_post(options)
     return job_id, write_batch(engine, job_id, endpoint, results, now, "test", all_posts, params)
 
 
@@ -211,13 +213,13 @@ def test_post_types_leaves_posts_it_did_not_list(db: Engine) -> None:
 
 
 def test_lists_every_post() -> None:
-    assert lists_every_post({}) and lists_every_post(None)
-    assert lists_every_post({"include_sources": [], "exclude_sources": [], "include_sections": [], "post_types": None})
-    assert lists_every_post({"include_sections": ["counts", "posts"]})
-    assert not lists_every_post({"post_types": "original_tweets"})
-    assert not lists_every_post({"include_sources": ["news"]})
-    assert not lists_every_post({"exclude_sources": ["twitter"]})
-    assert not lists_every_post({"include_sections": ["counts"]})
+    assert lists_every_post(FetchOptions()) and lists_every_post(None)
+    assert lists_every_post(FetchOptions.from_dict({"include_sources": [], "exclude_sources": [], "include_sections": [], "post_types": None}))
+    assert lists_every_post(FetchOptions(include_sections=("counts", "posts")))
+    assert not lists_every_post(FetchOptions(post_types="original_tweets"))
+    assert not lists_every_post(FetchOptions(include_sources=("news",)))
+    assert not lists_every_post(FetchOptions(exclude_sources=("twitter",)))
+    assert not lists_every_post(FetchOptions(include_sections=("counts",)))
 
 
 def test_bad_bodies_fail_alone(db: Engine) -> None:

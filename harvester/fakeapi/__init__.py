@@ -18,6 +18,9 @@ Behaviour that the harvester must cope with, and which the fake therefore reprod
   two runs issuing the same requests see the same faults.
 * ``/v1/id/{altmetric_id}`` names the output that was given that id, whichever id it was first
   asked by (the harvester refreshes outputs without a DOI by their altmetric id);
+* with ``FakeConfig(prebuild=True)``, ``POST /_fake/prebuild`` builds and encodes the answers
+  for a list of ids ahead of time (a benchmark's timed phase then costs the fake a dict lookup
+  per request, the same bytes): see :func:`prebuild`;
 * with ``FakeConfig(evolve=True)``, attention that grows from day to day (UTC days of the
   config's clock) and Citations listings that change daily, for nightly harvests: see
   :func:`_evolved` and :func:`_day_listing`. Pass the day to :func:`counts_body`,
@@ -43,7 +46,9 @@ from harvester.fakeapi.listings import citation_listing
 from harvester.fakeapi.server import (
     FakeServer,
     app_stats,
+    clear_prebuilt,
     make_app,
+    prebuild,
     run,
     serve_in_thread,
     start,
@@ -62,10 +67,12 @@ __all__ = [
     "Stats",
     "app_stats",
     "citation_listing",
+    "clear_prebuilt",
     "counts_body",
     "fetch_body",
     "iter_sample_files",
     "make_app",
+    "prebuild",
     "run",
     "serve_in_thread",
     "start",

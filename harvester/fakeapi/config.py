@@ -69,6 +69,10 @@ class FakeConfig:
     # Attention grows day by day (by the UTC day of `clock`): what nightly harvests and their
     # snapshots are tested against. Off, every body is the same whatever the day.
     evolve: bool = False
+    # Benchmarks: accept POST /_fake/prebuild, which builds and encodes the answers for a list of
+    # ids ahead of time; a prebuilt id is then served by a dict lookup (the same bytes). Off, the
+    # route does not exist and nothing is kept beyond the usual bounded caches.
+    prebuild: bool = False
 
 
 @dataclass
@@ -87,6 +91,7 @@ class Stats:
     paused: int = 0  # requests that arrived during a server-imposed pause (pause_after)
     first_at: float | None = None  # time.monotonic() of the first and the last request
     last_at: float | None = None
+    prebuilt_hits: int = 0  # answers served from the prebuilt cache (FakeConfig.prebuild)
 
     @property
     def rate(self) -> float:
@@ -105,6 +110,11 @@ class Stats:
             "rate_limited": self.rate_limited,
             "paused": self.paused,
             "rate": round(self.rate, 3),
+            # CLOCK_MONOTONIC, the same in every process of the machine: another process can
+            # compare these with its own time.monotonic().
+            "first_at": self.first_at,
+            "last_at": self.last_at,
+            "prebuilt_hits": self.prebuilt_hits,
         }
 
 

@@ -11,7 +11,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -79,6 +79,9 @@ class _State:
         self.not_found_pct = float(cfg.not_found_pct)
         self.admitted = 0  # requests past auth, for pause_after
         self.pause_until: float | None = None
+        # (endpoint, id_type, identifier) -> (the day it was built for, (status, body, content type)):
+        # filled only by POST /_fake/prebuild (FakeConfig.prebuild), unbounded, emptied on request.
+        self.prebuilt: dict[tuple[str, str, str], tuple[int | None, tuple[int, bytes, str]]] = {}
 
     def day(self) -> int | None:
         """The UTC day number the bodies are on, or None when they do not evolve."""
@@ -212,6 +215,22 @@ def _route(
     identifier = unquote("/".join(parts[1:]))
     if id_type not in ID_TYPES:
         return 400, f"Bad Request: unknown identifier type {id_type!r}".encode(), "text/plain"
+    if st.prebuilt and (endpoint == "counts" or not _FILTERS.intersection(query)):
+        hit = st.prebuilt.get((endpoint, id_type, identifier))
+        if hit is not None and hit[0] == st.day():
+            st.stats.prebuilt_hits += 1
+            return hit[1]
+    return _route_id(st, endpoint, id_type, identifier, query)
+
+
+# Query parameters that change a Fetch body: such a request is never answered from the prebuilt cache.
+_FILTERS = frozenset(("include_sources", "exclude_sources", "include_sections"))
+
+
+def _route_id(
+    st: _State, endpoint: str, id_type: str, identifier: str, query: Mapping[str, str]
+) -> tuple[int, bytes, str]:
+    """(status, body, content type) for one id of a known type on the counts or fetch endpoint."""
     if "badrequest" in identifier.lower():
         # A scripted trigger: the real API answers 400 to identifiers it cannot parse.
         return 400, f"Bad Request: invalid {id_type} {identifier!r}".encode(), "text/plain"
@@ -425,6 +444,70 @@ async def _stats_handler(request: web.Request) -> web.Response:
     return web.json_response(request.app[_STATS].as_dict())
 
 
+_NO_QUERY: Mapping[str, str] = {}
+
+
+def prebuild(app: web.Application, endpoint: str, id_type: str, identifiers: Iterable[str]) -> tuple[int, int]:
+    """Build and encode now what ``GET /v1[/fetch]/{id_type}/{identifier}`` answers (200 or 404,
+    without a filtering query), and keep it: those requests are then answered by a dict lookup,
+    the same bytes. For benchmarks, so that the client, not the fake, is what they measure.
+
+    ``identifier`` is the id as the request names it once percent-decoded. Returns (ids built,
+    bytes held by the whole cache). Altmetric-id lookups (``id``) are not prebuilt: what they
+    name depends on the requests seen before.
+    """
+    st = app[_STATE]
+    if endpoint not in ("counts", "fetch"):
+        raise ValueError(f"endpoint must be counts or fetch, not {endpoint!r}")
+    if id_type not in ID_TYPES or id_type == "id":
+        raise ValueError(f"cannot prebuild ids of type {id_type!r}")
+    day = st.day()
+    built = 0
+    for identifier in identifiers:
+        st.prebuilt[(endpoint, id_type, identifier)] = (day, _route_id(st, endpoint, id_type, identifier, _NO_QUERY))
+        built += 1
+    return built, sum(len(answer[1]) for _, answer in st.prebuilt.values())
+
+
+def clear_prebuilt(app: web.Application) -> None:
+    """Forget every prebuilt answer."""
+    app[_STATE].prebuilt.clear()
+
+
+async def _prebuild_handler(request: web.Request) -> web.Response:
+    """POST /_fake/prebuild (FakeConfig.prebuild only), a JSON object:
+
+    ``{"endpoint": "counts" | "fetch", "id_type": "doi", "ids": [...]}``, or instead of ``ids``
+    ``"prefix"`` and ``"count"`` (ids prefix + str(i) for i in range(start, start + count), each
+    number zero-padded to ``"width"`` digits, default 0), and ``"clear": true`` to forget what
+    was built before. Answers ``{"built", "entries", "bytes", "seconds"}``. DELETE forgets all.
+    """
+    app = request.app
+    if request.method == "DELETE":
+        clear_prebuilt(app)
+        return web.json_response({"entries": 0})
+    try:
+        spec = await request.json()
+        if not isinstance(spec, dict):
+            raise ValueError("a JSON object is expected")
+        endpoint = str(spec.get("endpoint", "counts"))
+        id_type = str(spec.get("id_type", "doi"))
+        if "ids" in spec:
+            ids = [str(i) for i in spec["ids"]]
+        else:
+            prefix, count = str(spec["prefix"]), int(spec["count"])
+            start, width = int(spec.get("start", 0)), int(spec.get("width", 0))
+            ids = [f"{prefix}{i:0{width}d}" for i in range(start, start + count)]
+        if spec.get("clear"):
+            clear_prebuilt(app)
+        t0 = time.perf_counter()
+        built, size = prebuild(app, endpoint, id_type, ids)
+    except (ValueError, KeyError, TypeError) as e:
+        return web.json_response({"error": str(e)}, status=400)
+    return web.json_response({"built": built, "entries": len(app[_STATE].prebuilt), "bytes": size,
+                              "seconds": round(time.perf_counter() - t0, 3)})
+
+
 def make_app(cfg: FakeConfig) -> web.Application:
     """The fake API as an aiohttp application; :func:`app_stats` gives its Stats."""
     app = web.Application()
@@ -432,6 +515,9 @@ def make_app(cfg: FakeConfig) -> web.Application:
     app[_STATS] = stats
     app[_STATE] = _State(cfg, stats)
     app.router.add_get("/_stats", _stats_handler)
+    if cfg.prebuild:
+        app.router.add_post("/_fake/prebuild", _prebuild_handler)
+        app.router.add_delete("/_fake/prebuild", _prebuild_handler)
     # One catch-all route: DOIs and handles contain '/', and percent-decoding is done on the
     # raw path by the handler so that %2F-free raw and encoded DOIs map to the same id.
     app.router.add_get("/v1/{tail:.*}", _handle)
