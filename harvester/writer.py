@@ -25,7 +25,7 @@ class WriterProcess:
 
     Parsing and SQL then run on the other core: in one process, the writer
     thread held the GIL for most of every batch and the event loop (HTTP) waited.
-    One batch is in flight at a time; write() returns when it is committed.
+    Two batches can be in flight: one committing, the next queued behind it.
     """
 
     def __init__(
@@ -52,20 +52,37 @@ class WriterProcess:
         # From the main thread: the child's parent-death signal is tied to the creating thread.
         self._process.start()
 
-    def write(self, batch: list[tuple[Any, ...]]) -> dict[str, int]:
-        """Commit a batch (ItemResult fields as tuples: a tenth of the pickling cost of the dataclasses,
-        which the event loop's process pays) through the writer process (blocking: call it from a thread)."""
-        self._inbox.put(batch)
+    def send(self, batch: list[tuple[Any, ...]]) -> None:
+        """Hand a batch over (ItemResult fields as tuples: a tenth of the pickling cost of the dataclasses,
+        which the event loop's process pays). Returns once it is queued: the writer may still be
+        committing the one before, so that it never waits for the next (blocking: call it from a thread)."""
+        while True:
+            try:
+                self._inbox.put(batch, timeout=1.0)
+                return
+            except queue.Full:
+                self._check_alive()
+
+    def receive(self) -> dict[str, int]:
+        """How the oldest batch not yet received was committed: items per status (blocking: call it from a thread)."""
         while True:
             try:
                 kind, value = self._outbox.get(timeout=1.0)
             except queue.Empty:
-                if not self._process.is_alive():
-                    raise DatabaseError(f"the writer process died (exit code {self._process.exitcode})") from None
+                self._check_alive()
                 continue
             if kind == "error":
                 raise DatabaseError(value)
             return dict(value)
+
+    def write(self, batch: list[tuple[Any, ...]]) -> dict[str, int]:
+        """Commit one batch and wait for it (blocking: call it from a thread)."""
+        self.send(batch)
+        return self.receive()
+
+    def _check_alive(self) -> None:
+        if not self._process.is_alive():
+            raise DatabaseError(f"the writer process died (exit code {self._process.exitcode})") from None
 
     def close(self) -> None:
         if self._process.is_alive():
