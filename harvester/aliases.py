@@ -16,9 +16,10 @@ import logging
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import Connection, func, select, tuple_, update
+from sqlalchemy import Connection, func, select, text, update
 
 from harvester import schema
+from harvester.db import pairs_relation
 from harvester.parse import Records
 
 logger = logging.getLogger(__name__)
@@ -43,16 +44,13 @@ def detect(conn: Connection, asked: Iterable[dict[str, object]], records: Iterab
     for old, new in asked_ids:
         if old != new:
             moves[old] = (old, new, f"id:{old}")
-    keys = list(named)
-    i = schema.identifiers.c
-    for start in range(0, len(keys), 500):
-        rows = conn.execute(
-            select(i.scheme, i.value, i.altmetric_id).where(tuple_(i.scheme, i.value).in_(keys[start : start + 500]))
-        )
-        for scheme, value, old in rows:
-            new = named[(scheme, value)]
-            if old != new:
-                moves.setdefault(old, (old, new, f"{scheme}:{value}"))
+    # Each name looked up by the primary key (CROSS JOIN: SQLite keeps that order).
+    relation, params = pairs_relation(conn, list(named))
+    rows = conn.execute(text(f"SELECT i.scheme, i.value, i.altmetric_id FROM {relation} CROSS JOIN identifiers AS i WHERE i.scheme = k.a AND i.value = k.b"), params)
+    for scheme, value, old in rows:
+        new = named[(scheme, value)]
+        if old != new:
+            moves.setdefault(old, (old, new, f"{scheme}:{value}"))
     return [m for m in moves.values() if m[1] not in moves]  # an output named twice in one batch: its last name wins later
 
 

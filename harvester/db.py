@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
@@ -145,3 +147,14 @@ def open_database(url: str) -> Engine:
     engine = make_engine(url)
     upgrade(engine)
     return engine
+
+
+def pairs_relation(conn: Connection, pairs: Sequence[tuple[str, str]]) -> tuple[str, dict[str, Any]]:
+    """SQL for a relation `k(a, b)` of these text pairs, and its parameters: one or two, whatever
+    the number of pairs. An expanding `(x, y) IN (...)` of 500 pairs was compiled, and planned,
+    anew for every batch the writer wrote."""
+    if conn.dialect.name == "postgresql":
+        a, b = (list(column) for column in zip(*pairs, strict=True)) if pairs else ([], [])
+        return "unnest(CAST(:pair_a AS TEXT[]), CAST(:pair_b AS TEXT[])) AS k(a, b)", {"pair_a": a, "pair_b": b}
+    relation = "(SELECT json_extract(value, '$[0]') AS a, json_extract(value, '$[1]') AS b FROM json_each(:pairs)) AS k"
+    return relation, {"pairs": json.dumps(pairs)}

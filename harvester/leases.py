@@ -14,7 +14,6 @@ once by the next worker that looks; one on another host, once its leases end.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -24,6 +23,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, bindparam, delete, func, select, text, update
 
 from harvester import jobs, schema
+from harvester.db import pairs_relation
 from harvester.errors import JobStatus
 from harvester.jobs import Item, Job, db_now
 
@@ -161,30 +161,25 @@ def held(conn: Connection, job_id: int, runner: str, keys: list[tuple[str, str]]
     """Of these items, the ones this worker still holds a live lease on (in the writer's transaction,
     which PostgreSQL locks them for: nobody can claim them until it commits).
 
-    Plain driver SQL, once per batch: an expanding IN of 500 pairs was compiled anew for every
-    batch and, with its rows fetched through SQLAlchemy, was a third of the writer's time on Counts.
+    One statement over the batch's pairs (db.pairs_relation): an expanding IN of 500 pairs was
+    compiled anew for every batch and was a third of the writer's time on Counts.
     """
     if not keys:
         return set()
-    now = db_now(conn)
+    relation, params = pairs_relation(conn, keys)
+    # Each pair looked up by the primary key (CROSS JOIN: SQLite keeps that order; left to itself
+    # it scanned the job's pending items). PostgreSQL locks only the batch's rows: a lock writes to every row it takes.
+    query = (
+        f"SELECT j.id_type, j.identifier FROM {relation} CROSS JOIN job_items AS j"
+        " WHERE j.job_id = :job_id AND j.id_type = k.a AND j.identifier = k.b"
+        " AND j.claimed_by = :runner AND j.lease_until > :now AND j.status = 'pending'"
+    )
     if conn.dialect.name == "postgresql":
-        id_types, identifiers = map(list, zip(*keys, strict=True))
-        rows = conn.exec_driver_sql(_HELD_PG, (job_id, runner, now, id_types, identifiers)).fetchall()
-    else:
-        pairs = json.dumps(keys)
-        rows = conn.exec_driver_sql(_HELD_SQLITE, (pairs, job_id, runner, now.isoformat(" ", "microseconds"))).fetchall()
+        query += " FOR UPDATE OF j"
+    ji = schema.job_items.c
+    stmt = text(query).bindparams(bindparam("now", type_=ji.lease_until.type))
+    rows = conn.execute(stmt, params | {"job_id": job_id, "runner": runner, "now": db_now(conn)})
     return {(r[0], r[1]) for r in rows}
-
-
-# The batch's pairs as one parameter (an array, a JSON text), each looked up by the primary key
-# (CROSS JOIN: SQLite keeps that order; left to itself it scanned the pending items instead).
-_HELD_PG = """SELECT id_type, identifier FROM job_items
-WHERE job_id = %s AND claimed_by = %s AND lease_until > %s AND status = 'pending'
-AND (id_type, identifier) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
-FOR UPDATE"""
-_HELD_SQLITE = """SELECT j.id_type, j.identifier FROM json_each(?) AS k CROSS JOIN job_items AS j
-ON j.job_id = ? AND j.id_type = json_extract(k.value, '$[0]') AND j.identifier = json_extract(k.value, '$[1]')
-WHERE j.claimed_by = ? AND j.lease_until > ? AND j.status = 'pending'"""
 
 
 def live_workers(engine: Engine, job_id: int | None = None) -> list[dict[str, Any]]:

@@ -77,6 +77,8 @@ class _CompiledUpsert:
     processors: tuple[tuple[int, Callable[[Any], Any]], ...]  # (position, bind processor), where one is needed
 
     values: Callable[[dict[str, Any]], tuple[Any, ...]]  # a row's values in parameter order (an itemgetter: C speed)
+    # PostgreSQL: the same upsert over arrays, one per column (SELECT * FROM unnest(...)), run once a batch.
+    arrays_sql: str | None = None
 
     def process(self, values: tuple[Any, ...]) -> tuple[Any, ...]:
         """The values as the driver takes them (a DateTime as SQLite's text, ...)."""
@@ -104,7 +106,18 @@ def _compiled_upsert(dialect: Dialect, table: Table, columns: tuple[str, ...]) -
     names = tuple(compiled.positiontup or columns)
     processors = tuple((i, p) for i, n in enumerate(names) if (p := table.c[n].type.bind_processor(dialect)) is not None)
     values = operator.itemgetter(*names) if len(names) > 1 else lambda row: (row[names[0]],)
-    return _CompiledUpsert(str(compiled), names, bool(compiled.positional), processors, values)
+    sql = str(compiled)
+    arrays_sql = None
+    if dialect.name == "postgresql":
+        # psycopg's executemany sends one statement per row: 50 µs of Python each, most of the
+        # writer's time on PostgreSQL. One statement of column arrays sends them all at once.
+        head, rest = sql.split(" VALUES (", 1)
+        _, tail = rest.split(") ON CONFLICT", 1)
+        # In the INSERT's column order, which is the table's.
+        ordered = [c for c in table.columns if c.name in columns]
+        arrays = ", ".join(f"%({c.name})s::{c.type.compile(dialect=dialect)}[]" for c in ordered)
+        arrays_sql = f"{head} SELECT * FROM unnest({arrays}) ON CONFLICT{tail}"
+    return _CompiledUpsert(sql, names, bool(compiled.positional), processors, values, arrays_sql)
 
 
 def upsert(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
@@ -130,6 +143,9 @@ def upsert(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> No
         params: list[Any] = list(map(up.values, group))
         if up.processors:
             params = list(map(up.process, params))
+        if up.arrays_sql is not None:
+            conn.exec_driver_sql(up.arrays_sql, dict(zip(up.names, map(list, zip(*params, strict=True)), strict=True)))
+            continue
         if not up.positional:
             params = [dict(zip(up.names, v)) for v in params]
         conn.exec_driver_sql(up.sql, params)
