@@ -119,14 +119,19 @@ def start_fake(latency: float, **settings: object) -> tuple[subprocess.Popen[byt
     return proc, root
 
 
-def stop_fake(proc: subprocess.Popen[bytes]) -> None:
+def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+    """Ask a process to stop with `sig`; kill it if it has not within `timeout` seconds."""
     if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def stop_fake(proc: subprocess.Popen[bytes]) -> None:
+    stop_process(proc)
     if proc.stderr:
         proc.stderr.close()
 

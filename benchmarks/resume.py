@@ -37,7 +37,7 @@ from sqlalchemy import text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the other benchmarks' helpers
 from enqueue import write_ids  # noqa: E402
-from harvest_counts import fake_stats, harvester_command, harvester_env, start_fake, stop_fake  # noqa: E402
+from harvest_counts import fake_stats, harvester_command, harvester_env, start_fake, stop_fake, stop_process  # noqa: E402
 
 from harvester import jobs  # noqa: E402
 from harvester.db import open_database  # noqa: E402
@@ -90,13 +90,7 @@ def time_to_first_request(root: str, db_url: str, job_id: int, workdir: Path, ti
                     break
                 time.sleep(0.005)
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc, signal.SIGINT, timeout=30)
     return first, proc.returncode
 
 
