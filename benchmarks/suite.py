@@ -127,8 +127,9 @@ def main() -> int:
     ap.add_argument("--ids", type=int, default=20_000, help="ids per phase of the counts and postgres cases (default 20000)")
     ap.add_argument("--fetch-ids", type=int, default=5_000,
                     help="ids per phase of the fetch case (default 5000; the fake holds ~30 kB a body prebuilt)")
-    ap.add_argument("--latency-ids", type=int, default=5_000,
-                    help="ids per phase of the latency case (default 5000: ~8 s a phase at 64 in flight)")
+    ap.add_argument("--latency-ids", type=int, default=20_000,
+                    help="ids per phase of latency (default 20000: ~31 s a phase; at 5,000 the harvester's start-up, "
+                         "about a second, is a tenth of its run phase and the case measures that)")
     ap.add_argument("--big-ids", type=int, default=1_000_000, help="lines of the enqueue and resume id files (default 1000000)")
     ap.add_argument("--log-dir", help="keep each run's table (its stderr) here, as CASE.RUN.log")
     ap.add_argument("--json-out", help="write every run's figures here (a JSON list)")
