@@ -19,7 +19,7 @@ from datetime import datetime
 from sqlalchemy import Connection, func, select, text, update
 
 from harvester import schema
-from harvester.db import pairs_relation
+from harvester.db import lookup_pairs
 from harvester.parse import Records
 
 logger = logging.getLogger(__name__)
@@ -44,9 +44,8 @@ def detect(conn: Connection, asked: Iterable[dict[str, object]], records: Iterab
     for old, new in asked_ids:
         if old != new:
             moves[old] = (old, new, f"id:{old}")
-    # Each name looked up by the primary key (CROSS JOIN: SQLite keeps that order).
-    relation, params = pairs_relation(conn, list(named))
-    rows = conn.execute(text(f"SELECT i.scheme, i.value, i.altmetric_id FROM {relation} CROSS JOIN identifiers AS i WHERE i.scheme = k.a AND i.value = k.b"), params)
+    query, params = lookup_pairs(conn, list(named), "identifiers", ("scheme", "value"), "t.scheme, t.value, t.altmetric_id")
+    rows = conn.execute(text(query), params)
     for scheme, value, old in rows:
         new = named[(scheme, value)]
         if old != new:

@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, bindparam, delete, func, select, text, update
 
 from harvester import jobs, schema
-from harvester.db import pairs_relation
+from harvester.db import lookup_pairs
 from harvester.errors import JobStatus
 from harvester.jobs import Item, Job, db_now
 
@@ -161,23 +161,17 @@ def held(conn: Connection, job_id: int, runner: str, keys: list[tuple[str, str]]
     """Of these items, the ones this worker still holds a live lease on (in the writer's transaction,
     which PostgreSQL locks them for: nobody can claim them until it commits).
 
-    One statement over the batch's pairs (db.pairs_relation): an expanding IN of 500 pairs was
+    One statement over the batch's pairs (db.lookup_pairs): an expanding IN of 500 pairs was
     compiled anew for every batch and was a third of the writer's time on Counts.
     """
     if not keys:
         return set()
-    relation, params = pairs_relation(conn, keys)
-    # Each pair looked up by the primary key (CROSS JOIN: SQLite keeps that order; left to itself
-    # it scanned the job's pending items). PostgreSQL locks only the batch's rows: a lock writes to every row it takes.
-    query = (
-        f"SELECT j.id_type, j.identifier FROM {relation} CROSS JOIN job_items AS j"
-        " WHERE j.job_id = :job_id AND j.id_type = k.a AND j.identifier = k.b"
-        " AND j.claimed_by = :runner AND j.lease_until > :now AND j.status = 'pending'"
+    # PostgreSQL locks only the batch's rows: a lock writes to every row it takes.
+    where = "t.claimed_by = :runner AND t.lease_until > :now AND t.status = 'pending'"
+    query, params = lookup_pairs(
+        conn, keys, "job_items", ("id_type", "identifier"), "t.id_type, t.identifier", where, within="t.job_id = :job_id", lock=True
     )
-    if conn.dialect.name == "postgresql":
-        query += " FOR UPDATE OF j"
-    ji = schema.job_items.c
-    stmt = text(query).bindparams(bindparam("now", type_=ji.lease_until.type))
+    stmt = text(query).bindparams(bindparam("now", type_=schema.job_items.c.lease_until.type))
     rows = conn.execute(stmt, params | {"job_id": job_id, "runner": runner, "now": db_now(conn)})
     return {(r[0], r[1]) for r in rows}
 
