@@ -159,9 +159,11 @@ class Run:
         progress: ProgressCallback | None = None,
         stop: asyncio.Event | None = None,
         drain: bool = True,
+        command: str = "harvest",
     ) -> None:
         self.engine, self.job, self.config, self.runner = engine, job, config, runner
         self.progress, self.stop, self.drain = progress, stop, drain
+        self.command = command  # what `status` shows this worker running
         self.endpoint = endpoint_for(job)
         limits = config.limits
         self.limits = limits
@@ -222,8 +224,6 @@ class Run:
         if self.dropped:
             logger.warning("%d items were dropped: this worker lost their leases (another worker has them)", self.dropped)
         return self.finish(interrupted)
-
-    command = "harvest"  # what `status` shows this worker running; set by run_job
 
     async def supervise(self) -> bool:
         """Run feeder, workers, writer and heartbeat until done or stopped; True if a signal stopped it."""
@@ -583,9 +583,7 @@ async def run_job(
     if job.status == JobStatus.PAUSED and job.resume_after is not None and job.resume_after > jobs.utcnow():
         # Paused on a spent quota that has not reset yet: asking now would only draw 429s.
         raise QuotaExhausted(job.resume_after)
-    the_run = Run(engine, job, config, runner or jobs.new_runner_id(), progress, stop, drain)
-    the_run.command = command
-    return await the_run.execute()
+    return await Run(engine, job, config, runner or jobs.new_runner_id(), progress, stop, drain, command).execute()
 
 
 def pending(engine: Engine, job_id: int) -> int:
