@@ -1,30 +1,30 @@
 """One object per endpoint: what to ask for an item, how to read the answer, what the job does next.
 
-Counts, Fetch and Citations differ in four places, and only here:
+On the run's side, Counts, Fetch and Citations differ in four places, and only here:
 
 - the request: an id's path (`/doi/10.1/x`, `/fetch/doi/10.1/x`) or a listing's page
   (`/citations/1w?num_results=100&page=3`), with the job's query parameters;
 - the body check the run makes before an item counts as done (a JSON object with an
-  altmetric_id; a page with a list of results), and the parser the writer applies;
+  altmetric_id; a page with a list of results);
 - the outcome table's one endpoint-specific row: a Citations page past the end of a
   listing that shrank while we paged is the end of the listing, not a failure;
 - whether the job grows as it is written: each Citations page adds the pages its
   total implies, so a run must wait for its writes before it knows it is done.
 
-The run (pipeline.py) asks the endpoint; the writer (store.py) parses with it.
+The run (pipeline.py) asks the endpoint. The writer process (store.py) parses the bodies with
+parse.py by the endpoint's name: it never imports the HTTP side this module brings along.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, ClassVar
 from urllib.parse import quote, urlencode
 
 from harvester.client import id_path
 from harvester.jobs import Item, Job
 from harvester.params import CitationsParams, FetchOptions
-from harvester.parse import ParseError, Records, as_int, decode, lower_doi, parse_counts, parse_fetch
+from harvester.parse import ParseError, as_int, decode, lower_doi
 
 
 @dataclass(frozen=True)
@@ -56,9 +56,6 @@ class Endpoint:
         if as_int(body.get("altmetric_id")) is None:
             raise ParseError("the body has no altmetric_id")
         return body
-
-    def parse(self, body: dict[str, Any], harvested_at: datetime) -> Records:
-        raise NotImplementedError
 
     def classify(self, item: Item, status: int, raw: bytes) -> Outcome:
         """The HTTP outcome table, as a pure function of the answer."""
@@ -95,9 +92,6 @@ class Counts(Endpoint):
     def url(self, item: Item) -> str:
         return id_path(self.name, item.id_type, item.identifier)
 
-    def parse(self, body: dict[str, Any], harvested_at: datetime) -> Records:
-        return parse_counts(body, harvested_at)
-
 
 class Fetch(Counts):
     name = "fetch"
@@ -108,9 +102,6 @@ class Fetch(Counts):
 
     def url(self, item: Item) -> str:
         return super().url(item) + self._query
-
-    def parse(self, body: dict[str, Any], harvested_at: datetime) -> Records:
-        return parse_fetch(body, harvested_at)
 
 
 class Citations(Endpoint):
@@ -131,9 +122,6 @@ class Citations(Endpoint):
         if not isinstance(body.get("results"), list):
             raise ParseError("the page has no list of results")
         return body
-
-    def parse(self, body: dict[str, Any], harvested_at: datetime) -> Records:
-        raise TypeError("a Citations page holds many outputs: store.py pages it with parse_citations")
 
     def past_the_end(self, item: Item, status: int, raw: bytes) -> Outcome | None:
         if item.identifier != "1" and status == 400:

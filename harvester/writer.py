@@ -75,11 +75,6 @@ class WriterProcess:
                 raise DatabaseError(value)
             return dict(value)
 
-    def write(self, batch: list[tuple[Any, ...]]) -> dict[str, int]:
-        """Commit one batch and wait for it (blocking: call it from a thread)."""
-        self.send(batch)
-        return self.receive()
-
     def _check_alive(self) -> None:
         if not self._process.is_alive():
             raise DatabaseError(f"the writer process died (exit code {self._process.exitcode})") from None
