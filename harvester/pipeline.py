@@ -18,7 +18,7 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -44,7 +44,7 @@ from harvester.errors import (
 )
 from harvester.log import redact
 from harvester.ratelimit import CircuitBreaker, RateLimiter, next_utc_midnight
-from harvester.store import lists_every_post
+from harvester.store import ItemResult, lists_every_post
 from harvester.writer import WriterProcess
 
 logger = logging.getLogger(__name__)
@@ -54,6 +54,8 @@ BATCH_WAIT = 0.5  # seconds before a partial batch is written anyway
 BATCH_BYTES = 8 << 20  # fetch bodies run to megabytes: bound the memory a batch holds
 CLAIM_SECONDS = 2.0  # a claim holds about this much of a worker's work
 MAX_CLAIM = 1000
+# A result is a tuple of ItemResult's fields, in order (Run.fetch): where its body is.
+BODY = [f.name for f in fields(ItemResult)].index("body")
 WRITES_IN_FLIGHT = 2  # batches handed to the writer process and not yet committed
 _DONE = object()
 
@@ -509,7 +511,7 @@ class Run:
             if generation != self.keeper.generation:
                 continue  # fetched under leases given up since: not ours to write
             batch.append(result)
-            size += len(result[6] or b"")
+            size += len(result[BODY] or b"")
         return batch, taken, False
 
     # -- the end --------------------------------------------------------------------------------

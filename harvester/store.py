@@ -81,7 +81,7 @@ class _CompiledUpsert:
     arrays_sql: str | None = None
 
     def process(self, values: tuple[Any, ...]) -> tuple[Any, ...]:
-        """The values as the driver takes them (a DateTime as SQLite's text, ...)."""
+        """The values as the driver takes them (a Float column's value as a float, a Boolean's as the dialect's)."""
         out = list(values)
         for i, process in self.processors:
             out[i] = process(out[i])
