@@ -224,6 +224,7 @@ class HarvestResult:
     tree_series: list[int]  # the sum of RSS over the tree, every 50 ms (memory over time)
     stderr: str
     final: dict[str, str] | None
+    cpu: float = 0.0  # user + system seconds of the harvester and the children it reaped (its writer)
 
 
 def _poll_tree(pid: int, stop: threading.Event, peak: list[int], series: list[int]) -> None:
@@ -293,6 +294,7 @@ def run_harvester(api: str, workdir: Path, ids_file: Path, db: str, concurrency:
         tree_series=series,
         stderr=stderr,
         final=final,
+        cpu=usage.ru_utime + usage.ru_stime,
     )
 
 
