@@ -203,7 +203,8 @@ def _run_one(engine: Engine, config: Config, job: jobs.Job, runner: str, progres
                 due["lists"], due["discovered"], due["not_found"],
                 "" if quota is None else f" (quota left today: {quota})",
             )  # fmt: skip
-            jobs.set_params(conn, job.id, refresh_selected=True, refresh_due=due, refresh_quota=quota)
+            # The report of a nightly that runs straight through reads these too, as a resumed one does.
+            p = jobs.set_params(conn, job.id, refresh_selected=True, refresh_due=due, refresh_quota=quota)  # type: ignore[assignment]
     outcome = _step(engine, config, refresh, runner, progress)
     if outcome is not None and outcome.status != JobStatus.FINISHED:
         return _stopped(engine, job, night, runner, outcome)

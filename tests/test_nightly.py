@@ -136,6 +136,11 @@ def test_two_nights_give_two_snapshots_per_output_and_a_report_naming_the_movers
     assert runs[0]["refreshed"] == len(before) - listed1  # the seed's outputs
     assert runs[1]["refreshed"] == len(before) and runs[1]["new_outputs"] > 0
     assert runs[0]["not_found"] == 0  # seed 404s are asked again only after not_found_refresh_after (30d)
+    # A nightly that ran straight through keeps what its refresh selected, as a resumed one does.
+    first = json.loads(query(db, "select params from jobs where endpoint = 'nightly' order by id")[0][0])
+    assert first["refresh_selected"] is True
+    assert first["refresh_due"]["discovered"] == listed1 and first["refresh_due"]["lists"] == len(before) - listed1
+    assert first["report"]["discovered"] == report["discovered"]
 
     # The key is nowhere: not in the database, not in what was printed.
     assert not [f for f in db.parent.glob(db.name + "*") if KEY.encode() in f.read_bytes()]  # -wal too
