@@ -31,6 +31,7 @@ from sqlalchemy import text
 from harvester import archive, fakeapi, jobs, leases, reparse, schema, store
 from harvester.config import ArchiveConfig
 from harvester.db import open_database
+from harvester.endpoints import Counts
 
 SAMPLES = Path(__file__).resolve().parents[1] / "harvester" / "data"
 BATCH = 500
@@ -69,7 +70,7 @@ def write(url: str, raws: list[bytes], settings: ArchiveConfig) -> tuple[float, 
             store.ItemResult("doi", f"10.5555/w.{i}", "done", 1, 200, None, raws[i])
             for i in range(start, min(start + BATCH, len(raws)))
         ]
-        store.write_batch(engine, job_id, "counts", results, jobs.utcnow(), "bench", archive_config=settings)
+        store.write_batch(engine, job_id, Counts(), results, jobs.utcnow(), "bench", archive_config=settings)
     rates = len(raws) / (time.perf_counter() - t0), len(raws) / (time.process_time() - c0)
     engine.dispose()
     return rates

@@ -21,7 +21,7 @@ from sqlalchemy import Connection, Engine, and_, delete, or_, select, tuple_
 
 from harvester import schema
 from harvester.config import ArchiveConfig
-from harvester.params import CitationsParams, HarvestParams, JobParams
+from harvester.params import CitationsParams
 
 logger = logging.getLogger(__name__)
 
@@ -56,21 +56,6 @@ class Entry:
 
     row: dict[str, Any]
     latest: bool
-
-
-def fetch_params(endpoint: str, job_params: JobParams | None) -> str | None:
-    """What the archive keeps of a job's parameters: what shaped its bodies, and nothing else (never the key, which jobs never hold).
-
-    A Fetch body filtered by include_sources or include_sections carries only
-    part of its sections: reparse must replace no more than the harvest did.
-    """
-    if endpoint == "fetch":
-        fetch = job_params.fetch if isinstance(job_params, HarvestParams) else None
-        return json.dumps(fetch.as_dict() if fetch is not None else {}, sort_keys=True)
-    if endpoint == "citations" and isinstance(job_params, CitationsParams):
-        query = {"timeframe": job_params.timeframe, "num_results": job_params.num_results, "filters": job_params.filters}
-        return json.dumps(query, sort_keys=True)
-    return None
 
 
 def page_query(job_params: CitationsParams, page: str) -> str:

@@ -15,8 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from harvester.client import ApiClient, ConnectError, Response, TransportError, id_path
+from harvester.client import ApiClient, ConnectError, Response, TransportError
 from harvester.config import ENDPOINTS, Config
+from harvester.endpoints import id_path
 from harvester.log import redact
 
 logger = logging.getLogger(__name__)

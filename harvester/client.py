@@ -6,7 +6,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 import aiohttp
 from yarl import URL
@@ -16,11 +16,6 @@ from harvester.config import ApiConfig
 from harvester.log import redact
 
 logger = logging.getLogger(__name__)
-
-# Characters left raw in an id's path segment; everything else is
-# percent-encoded, so '#', '?', '%', ';', '<', '>', '[', ']' in DOIs survive.
-_SAFE = "/:()"
-
 
 @dataclass(frozen=True, slots=True)
 class Response:
@@ -35,12 +30,6 @@ class TransportError(Exception):
 
 class ConnectError(TransportError):
     """The host could not be reached at all (DNS failure, connection refused)."""
-
-
-def id_path(endpoint: str, id_type: str, identifier: str) -> str:
-    """The URL path (already encoded) of one id on the Counts or Fetch endpoint."""
-    prefix = "/fetch" if endpoint == "fetch" else ""
-    return f"{prefix}/{id_type}/{quote(identifier, safe=_SAFE)}"
 
 
 class ApiClient:

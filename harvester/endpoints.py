@@ -1,6 +1,6 @@
 """One object per endpoint: what to ask for an item, how to read the answer, what the job does next.
 
-On the run's side, Counts, Fetch and Citations differ in four places, and only here:
+Counts, Fetch and Citations differ in these places, and only here:
 
 - the request: an id's path (`/doi/10.1/x`, `/fetch/doi/10.1/x`) or a listing's page
   (`/citations/1w?num_results=100&page=3`), with the job's query parameters;
@@ -8,23 +8,100 @@ On the run's side, Counts, Fetch and Citations differ in four places, and only h
   altmetric_id; a page with a list of results);
 - the outcome table's one endpoint-specific row: a Citations page past the end of a
   listing that shrank while we paged is the end of the listing, not a failure;
-- whether the job grows as it is written: each Citations page adds the pages its
-  total implies, so a run must wait for its writes before it knows it is done.
+- the parser, in the writer process (`read`): a body's rows, or a page's results with their
+  ranks; and what part of each section a Fetch job's bodies carry (`coverage`);
+- what a commit does besides storing rows (`Batch.after`): a Citations page adds the pages its
+  total implies and its outputs to the follow-up job, in the page's transaction; so the
+  job grows as it is written (`grows`), and a run must wait for its writes before it knows it is done;
+- what the raw archive records of a body (`archive_params`, `archived_as`).
 
-The run (pipeline.py) asks the endpoint. The writer process (store.py) parses the bodies with
-parse.py by the endpoint's name: it never imports the HTTP side this module brings along.
+The run (pipeline.py) asks the endpoint; the writer process (store.write_batch) is given the
+same object. Nothing here imports the HTTP client: the writer process does not load aiohttp.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote, urlencode
 
-from harvester.client import id_path
+from sqlalchemy import Connection, func, select
+
+from harvester import archive, jobs, schema
+from harvester.config import filters_text
+from harvester.db import upsert
 from harvester.jobs import Item, Job
-from harvester.params import CitationsParams, FetchOptions
-from harvester.parse import ParseError, as_int, decode, lower_doi
+from harvester.params import CitationsParams, FetchOptions, HarvestParams, JobParams
+from harvester.parse import FETCH_SOURCES, ParseError, Records, as_int, decode, lower_doi, parse_citations, parse_counts, parse_fetch
+
+if TYPE_CHECKING:
+    from harvester.store import ItemResult
+
+# Characters left raw in an id's path segment; everything else is
+# percent-encoded, so '#', '?', '%', ';', '<', '>', '[', ']' in DOIs survive.
+_SAFE = "/:()"
+
+
+def id_path(endpoint: str, id_type: str, identifier: str) -> str:
+    """The URL path (already encoded) of one id on the Counts or Fetch endpoint."""
+    prefix = "/fetch" if endpoint == "fetch" else ""
+    return f"{prefix}/{id_type}/{quote(identifier, safe=_SAFE)}"
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """What a job's Fetch options cut from its bodies, so that replacing a section stays within what was asked.
+
+    `sources`: None when every source is in the bodies, else ("in" or "not in",
+    our source names). `posts`: whether a source's posts list is complete
+    (False with `post_types`, which leaves retweets out).
+    """
+
+    sources: tuple[str, tuple[str, ...]] | None = None
+    posts: bool = True
+
+
+COMPLETE = Coverage()
+
+
+def coverage(fetch_options: FetchOptions | None) -> Coverage:
+    """A Fetch job's options (Job.fetch) -> the part of each section its bodies carry."""
+    options = fetch_options or FetchOptions()
+    sources: tuple[str, tuple[str, ...]] | None = None
+    if options.include_sources:
+        sources = ("in", tuple(FETCH_SOURCES.get(s, s) for s in options.include_sources))
+    elif options.exclude_sources:
+        sources = ("not in", tuple(FETCH_SOURCES.get(s, s) for s in options.exclude_sources))
+    return Coverage(sources, posts=not options.post_types)
+
+
+def lists_every_post(fetch_options: FetchOptions | None) -> bool:
+    """Whether a Fetch job's bodies list every post of their output (no source filter, no post_types, posts not cut out by include_sections)."""
+    options = fetch_options or FetchOptions()
+    if options.include_sources or options.exclude_sources or options.post_types:
+        return False
+    sections = options.include_sections
+    return not sections or "posts" in sections
+
+
+@dataclass
+class Batch:
+    """What the writer commits of a batch of results, besides their statuses (Endpoint.read).
+
+    `records`: each done result's parsed outputs, by its index in the batch; `altmetric_ids`:
+    the output a result is of (a page is of none); `asked`: the identifier rows of the ids
+    asked; `after`: what else the commit writes, given the identifiers of the results the
+    database refused (and of those whose lease was lost).
+    """
+
+    records: dict[int, list[Records]] = field(default_factory=dict)
+    altmetric_ids: dict[int, int] = field(default_factory=dict)
+    asked: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    after: Callable[[Connection, set[str]], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +162,20 @@ class Endpoint:
         """An answer that ends the job's listing rather than failing its item (Citations only)."""
         return None
 
+    # -- the writer's side ---------------------------------------------------------------------
+
+    coverage: Coverage = COMPLETE  # the part of each section the bodies carry
+    archive_params: str | None = None  # what raw_bodies records of the job's parameters
+
+    def archived_as(self, identifier: str) -> str:
+        """The archive's identifier of an item's body."""
+        return identifier
+
+    def read(self, results: Sequence[ItemResult], now: datetime, job_id: int) -> Batch:
+        """Parse the batch's bodies (in the writer process), letting go of each; a body that is
+        checked JSON yet unusable fails its item (not transient: asking again gives the same)."""
+        raise NotImplementedError
+
 
 class Counts(Endpoint):
     name = "counts"
@@ -92,26 +183,65 @@ class Counts(Endpoint):
     def url(self, item: Item) -> str:
         return id_path(self.name, item.id_type, item.identifier)
 
+    def parse(self, body: dict[str, Any], now: datetime) -> Records:
+        return parse_counts(body, now)
+
+    def read(self, results: Sequence[ItemResult], now: datetime, job_id: int) -> Batch:
+        batch = Batch()
+        for i, r in enumerate(results):
+            if r.body is None:
+                continue
+            try:
+                rec = self.parse(decode(r.body), now)
+            except ParseError as e:
+                r.status, r.error = "failed", f"unusable body: {e}"
+                continue
+            finally:
+                r.body = None
+            batch.records[i] = [rec]
+            batch.altmetric_ids[i] = rec.altmetric_id
+            # The asked id is an identifier of the output too (an ISBN body may not
+            # list the ISBN it was found by), unless the API answered with another output.
+            if r.note is None and r.id_type != "id":
+                batch.asked[i] = [{"scheme": r.id_type, "value": r.identifier, "altmetric_id": rec.altmetric_id, "asked": True}]
+        return batch
+
 
 class Fetch(Counts):
     name = "fetch"
 
-    def __init__(self, query: dict[str, str] | None = None) -> None:
+    def __init__(self, options: FetchOptions | None = None) -> None:
+        self.options = options
         # The job's [fetch] options, the same for every id of the job: encoded once.
+        query = fetch_query(options)
         self._query = "?" + urlencode(query) if query else ""
+        self.coverage = coverage(options)
+        self.all_posts = lists_every_post(options)
+        # A Fetch body filtered by include_sources or include_sections carries only part of
+        # its sections: reparse must replace no more than the harvest did.
+        self.archive_params = json.dumps(options.as_dict() if options is not None else {}, sort_keys=True)
 
     def url(self, item: Item) -> str:
         return super().url(item) + self._query
+
+    def parse(self, body: dict[str, Any], now: datetime) -> Records:
+        rec = parse_fetch(body, now)
+        if self.all_posts:
+            rec.outputs["posts_seen_at"] = now
+        return rec
 
 
 class Citations(Endpoint):
     name = "citations"
     grows = True
 
-    def __init__(self, timeframe: str, num_results: int, filters: dict[str, str] | None = None) -> None:
-        self._path = f"/citations/{quote(timeframe, safe='')}"
-        self._num_results = str(num_results)
-        self._filters = dict(filters or {})
+    def __init__(self, params: CitationsParams) -> None:
+        self.params = params
+        self._path = f"/citations/{quote(params.timeframe, safe='')}"
+        self._num_results = str(params.num_results)
+        self._filters = dict(params.filters)
+        query = {"timeframe": params.timeframe, "num_results": params.num_results, "filters": params.filters}
+        self.archive_params = json.dumps(query, sort_keys=True)
 
     def url(self, item: Item) -> str:
         query = {"num_results": self._num_results, "page": item.identifier} | self._filters
@@ -128,6 +258,93 @@ class Citations(Endpoint):
             # Past the last page (the listing shrank while we paged): the end, not a failure.
             return Outcome("not_found", note=f"past the last page: {raw.decode('utf-8', 'replace').strip()[:200]}")
         return None
+
+    def archived_as(self, identifier: str) -> str:
+        """A page is archived as the query that asks for it again."""
+        return archive.page_query(self.params, identifier)
+
+    def read(self, results: Sequence[ItemResult], now: datetime, job_id: int) -> Batch:
+        pages = _Pages(job_id, self.params, now)
+        return Batch(pages.parse(results), after=pages.save)
+
+
+class _Pages:
+    """What a batch of Citations pages writes besides outputs: ranks, further pages, follow-up items."""
+
+    def __init__(self, job_id: int, params: CitationsParams, now: datetime) -> None:
+        self.job_id = job_id
+        self.now = now
+        self.timeframe = params.timeframe
+        self.filters = filters_text(params.filters)
+        self.num = params.num_results
+        self.max_pages = params.pages
+        self.then_job = params.then_job
+        self.activity: list[tuple[str, dict[str, Any]]] = []  # (page, row)
+        self.last_page = 0  # the highest page the batch's totals imply
+        self.follow: list[tuple[str, tuple[str, str, int]]] = []  # (page, item)
+
+
+    def parse(self, results: Sequence[ItemResult]) -> dict[int, list[Records]]:
+        records: dict[int, list[Records]] = {}
+        for i, r in enumerate(results):
+            if r.body is None:
+                continue
+            page = int(r.identifier)
+            try:
+                total, parsed = parse_citations(decode(r.body), self.now)
+            except ParseError as e:
+                r.status, r.error = "failed", f"unusable page: {e}"
+                continue
+            finally:
+                r.body = None
+            mine = records[i] = []
+            for index, rec in enumerate(parsed):
+                if rec is None:
+                    continue
+                rank = (page - 1) * self.num + index + 1
+                mine.append(rec)
+                self.activity.append(
+                    (
+                        r.identifier,
+                        {
+                            "timeframe": self.timeframe,
+                            "harvested_on": self.now.date(),
+                            "filters": self.filters,
+                            "altmetric_id": rec.altmetric_id,
+                            "rank": rank,
+                            "score": rec.outputs.get("score"),
+                            "page": page,
+                            "total": total,
+                            "job_id": self.job_id,
+                            "harvested_at": self.now,
+                        },
+                    )
+                )
+                self.follow.append((r.identifier, ("doi", rec.doi, rank) if rec.doi else ("id", str(rec.altmetric_id), rank)))
+            skipped = parsed.count(None)
+            if skipped:
+                r.note = f"{skipped} results without an altmetric_id were skipped"
+            if total is not None:
+                # Keep paging while page * num_results < query.total. Every page
+                # adds the pages its total implies: a listing that grows while we
+                # page is followed, and one that shrinks ends in a 404 (not_found).
+                last = math.ceil(total / self.num)
+                if self.max_pages is not None:
+                    last = min(last, self.max_pages)
+                self.last_page = max(self.last_page, last)
+        return records
+
+    def save(self, conn: Connection, refused: set[str]) -> None:
+        """Ranks and follow-up items of the pages stored; `refused`: pages the database refused."""
+        upsert(conn, schema.citation_activity, [row for page, row in self.activity if page not in refused])
+        # Only pages the job lacks: every page of a 20,000-page listing reports the same total.
+        known = conn.execute(
+            select(func.max(schema.job_items.c.line_no)).where(schema.job_items.c.job_id == self.job_id)
+        ).scalar_one() or 0
+        pages = range(known + 1, self.last_page + 1)
+        jobs.add_items(conn, self.job_id, [("page", str(p), p) for p in pages], self.now)
+        if self.then_job is not None:
+            jobs.add_items(conn, self.then_job, [item for page, item in self.follow if page not in refused], self.now)
 
 
 def fetch_query(options: FetchOptions | None) -> dict[str, str]:
@@ -149,11 +366,20 @@ ENDPOINTS = ("counts", "fetch", "citations")
 
 
 def endpoint_for(job: Job) -> Endpoint:
-    """The endpoint object of a job, with the job's query parameters."""
-    if isinstance(job.params, CitationsParams):
-        return Citations(job.params.timeframe, job.params.num_results, job.params.filters)
-    if job.endpoint == "fetch":
-        return Fetch(fetch_query(job.fetch))
-    if job.endpoint == "counts":
+    """The endpoint object of a job, with the job's parameters."""
+    if job.endpoint not in ENDPOINTS:
+        raise ValueError(f"job {job.id} is a {job.endpoint} job: no endpoint of the run's")
+    return named(job.endpoint, job.params)
+
+
+def named(name: str, params: JobParams | None = None) -> Endpoint:
+    """The endpoint object of this name, with a job's parameters (a Fetch job's options, a Citations job's query)."""
+    if name == "citations":
+        if not isinstance(params, CitationsParams):
+            raise ValueError("a Citations job needs its query")
+        return Citations(params)
+    if name == "fetch":
+        return Fetch(params.fetch if isinstance(params, HarvestParams) else None)
+    if name == "counts":
         return Counts()
-    raise ValueError(f"job {job.id} is a {job.endpoint} job: no endpoint of the run's")
+    raise ValueError(f"no endpoint {name!r}: one of {', '.join(ENDPOINTS)}")

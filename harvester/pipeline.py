@@ -44,7 +44,7 @@ from harvester.errors import (
 )
 from harvester.log import redact
 from harvester.ratelimit import CircuitBreaker, RateLimiter, next_utc_midnight
-from harvester.store import ItemResult, lists_every_post
+from harvester.store import ItemResult
 from harvester.writer import WriterProcess
 
 logger = logging.getLogger(__name__)
@@ -208,11 +208,9 @@ class Run:
         self.counts = jobs.item_counts(self.engine, self.job.id)
         if self.progress:
             self.progress(dict(self.counts))  # the baseline that rates and ETAs are measured from
-        all_posts = self.job.endpoint == "fetch" and lists_every_post(self.job.fetch)
         self.writer = WriterProcess(
-            self.engine.url.render_as_string(hide_password=False), self.job.id, self.job.endpoint, self.runner, all_posts,
-            self.job.params, self.config.archive,
-        )  # fmt: skip
+            self.engine.url.render_as_string(hide_password=False), self.job.id, self.endpoint, self.runner, self.config.archive
+        )
         self.writer.start()
         try:
             async with ApiClient(self.config.api, self.concurrency) as self.client:

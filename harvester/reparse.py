@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
-from harvester import archive, schema, store
+from harvester import archive, endpoints, schema, store
 from harvester.errors import DatabaseError, db_message
 from harvester.params import FetchOptions
 from harvester.parse import ParseError, Records, decode, lower_doi, parse_citations, parse_counts, parse_fetch
@@ -54,7 +54,7 @@ class Outcome:
 class _Chunk:
     """Bodies written together: one endpoint and one set of Fetch options (one Coverage), each output once."""
 
-    cover: store.Coverage
+    cover: endpoints.Coverage
     records: list[Records] = field(default_factory=list)
     asked: list[dict[str, Any]] = field(default_factory=list)
     ids: set[int] = field(default_factory=set)
@@ -79,7 +79,7 @@ def reparse(engine: Engine, endpoint: str | None = None, job_id: int | None = No
             # A new chunk for other Fetch options, and for an output seen twice (two days' bodies with
             # keep = "all"): replacing its sections with both bodies' rows at once would keep the older's.
             if key != body_key or any(r.altmetric_id in chunks[-1].ids for r in records):
-                cover = store.coverage(FetchOptions.from_dict(body.params)) if body.endpoint == "fetch" else store.COMPLETE
+                cover = endpoints.coverage(FetchOptions.from_dict(body.params)) if body.endpoint == "fetch" else endpoints.COMPLETE
                 chunks.append(_Chunk(cover))
                 key = body_key
             chunk = chunks[-1]
@@ -101,7 +101,7 @@ def _parse(body: archive.Archived) -> tuple[list[Records], list[dict[str, Any]]]
         return [r for r in parsed if r is not None], []
     if body.endpoint == "fetch":
         record = parse_fetch(raw, at)
-        if store.lists_every_post(FetchOptions.from_dict(body.params)):
+        if endpoints.lists_every_post(FetchOptions.from_dict(body.params)):
             record.outputs["posts_seen_at"] = at
     else:
         record = parse_counts(raw, at)

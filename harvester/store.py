@@ -8,10 +8,8 @@ output updates its rows instead of duplicating them.
 from __future__ import annotations
 
 import collections
-import functools
 import json
 import logging
-import math
 import operator
 import time
 from collections.abc import Callable, Sequence
@@ -19,21 +17,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Connection, Dialect, Engine, Integer, Table, bindparam, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import BigInteger, Connection, Dialect, Engine, Integer, Table, bindparam, update
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError, SQLAlchemyError
 
 from harvester import aliases, archive, jobs, leases, schema
-from harvester.config import ArchiveConfig, filters_text
+from harvester.config import ArchiveConfig
+from harvester.db import upsert as upsert  # re-exported: the writer's statement, shared with nightly and reparse
+from harvester.endpoints import COMPLETE, Coverage, Endpoint
 from harvester.errors import DatabaseError, db_message
 from harvester.log import redact
-from harvester.params import CitationsParams, FetchOptions, HarvestParams, JobParams
-from harvester.parse import FETCH_SOURCES, ParseError, Records, decode, parse_citations, parse_counts, parse_fetch
+from harvester.parse import Records
 
 logger = logging.getLogger(__name__)
 
-# Columns an upsert never overwrites: when a mention or an output was first seen stays put.
-_KEEP_ON_UPDATE = {"mentions": {"first_seen_at"}, "outputs": {"first_harvested_at"}}
 # What a daily snapshot keeps of an output row.
 SNAPSHOT_COLUMNS = ("score", "posts_count", "accounts_count", "readers_count")
 # The tables one parsed body fills, in the order they are written.
@@ -67,124 +63,6 @@ class ItemResult:
     error: str | None = None
     body: bytes | None = None
     note: str | None = None
-
-
-@dataclass(frozen=True)
-class _CompiledUpsert:
-    sql: str
-    names: tuple[str, ...]  # parameter order
-    positional: bool
-    processors: tuple[tuple[int, Callable[[Any], Any]], ...]  # (position, bind processor), where one is needed
-
-    values: Callable[[dict[str, Any]], tuple[Any, ...]]  # a row's values in parameter order (an itemgetter: C speed)
-    # PostgreSQL: the same upsert over arrays, one per column (SELECT * FROM unnest(...)), run once a batch.
-    arrays_sql: str | None = None
-
-    def process(self, values: tuple[Any, ...]) -> tuple[Any, ...]:
-        """The values as the driver takes them (a Float column's value as a float, a Boolean's as the dialect's)."""
-        out = list(values)
-        for i, process in self.processors:
-            out[i] = process(out[i])
-        return tuple(out)
-
-
-@functools.lru_cache(maxsize=64)
-def _compiled_upsert(dialect: Dialect, table: Table, columns: tuple[str, ...]) -> _CompiledUpsert:
-    """Build and compile one upsert per (dialect, table, columns), once per process."""
-    key = [c.name for c in table.primary_key.columns]
-    insert = postgresql.insert if dialect.name == "postgresql" else sqlite.insert
-    stmt = insert(table).values({c: bindparam(c) for c in columns})
-    # Only the columns the rows carry are updated: counts knows the unique users
-    # of a source but not its posts, so it must not blank what fetch stored.
-    keep = _KEEP_ON_UPDATE.get(table.name, set())
-    update = [c for c in columns if c not in key and c not in keep]
-    if update:
-        stmt = stmt.on_conflict_do_update(index_elements=key, set_={c: stmt.excluded[c] for c in update})
-    else:
-        stmt = stmt.on_conflict_do_nothing(index_elements=key)
-    compiled = stmt.compile(dialect=dialect)
-    names = tuple(compiled.positiontup or columns)
-    processors = tuple((i, p) for i, n in enumerate(names) if (p := table.c[n].type.bind_processor(dialect)) is not None)
-    values = operator.itemgetter(*names) if len(names) > 1 else lambda row: (row[names[0]],)
-    sql = str(compiled)
-    arrays_sql = None
-    if dialect.name == "postgresql":
-        # psycopg's executemany sends one statement per row: 50 µs of Python each, most of the
-        # writer's time on PostgreSQL. One statement of column arrays sends them all at once.
-        head, rest = sql.split(" VALUES (", 1)
-        _, tail = rest.split(") ON CONFLICT", 1)
-        # In the INSERT's column order, which is the table's.
-        ordered = [c for c in table.columns if c.name in columns]
-        arrays = ", ".join(f"%({c.name})s::{c.type.compile(dialect=dialect)}[]" for c in ordered)
-        arrays_sql = f"{head} SELECT * FROM unnest({arrays}) ON CONFLICT{tail}"
-    return _CompiledUpsert(sql, names, bool(compiled.positional), processors, values, arrays_sql)
-
-
-def upsert(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
-    """INSERT ... ON CONFLICT (primary key) DO UPDATE, as one executemany.
-
-    The statement is built from the dialect's insert() and compiled once; rows
-    then go to the driver as plain tuples: SQLAlchemy's per-row parameter
-    processing was most of the writer's time on the batches a harvest makes.
-    """
-    if not rows:
-        return
-    key = operator.itemgetter(*[c.name for c in table.primary_key.columns])
-    # Two rows with one key in a batch (two ids of one output): the last wins,
-    # as it would have with two separate upserts.
-    unique = {key(r): r for r in rows}.values()
-    # Rows that carry different columns (a fetch body without its citation
-    # section) go in separate statements: a missing column is left as it was.
-    groups: dict[tuple[str, ...], list[dict[str, Any]]] = collections.defaultdict(list)
-    for row in unique:
-        groups[tuple(row)].append(row)
-    for columns, group in groups.items():
-        up = _compiled_upsert(conn.dialect, table, columns)
-        params: list[Any] = list(map(up.values, group))
-        if up.processors:
-            params = list(map(up.process, params))
-        if up.arrays_sql is not None:
-            conn.exec_driver_sql(up.arrays_sql, dict(zip(up.names, map(list, zip(*params, strict=True)), strict=True)))
-            continue
-        if not up.positional:
-            params = [dict(zip(up.names, v)) for v in params]
-        conn.exec_driver_sql(up.sql, params)
-
-
-@dataclass(frozen=True)
-class Coverage:
-    """What a job's Fetch options cut from its bodies, so that replacing a section stays within what was asked.
-
-    `sources`: None when every source is in the bodies, else ("in" or "not in",
-    our source names). `posts`: whether a source's posts list is complete
-    (False with `post_types`, which leaves retweets out).
-    """
-
-    sources: tuple[str, tuple[str, ...]] | None = None
-    posts: bool = True
-
-
-COMPLETE = Coverage()
-
-
-def coverage(fetch_options: FetchOptions | None) -> Coverage:
-    """A Fetch job's options (Job.fetch) -> the part of each section its bodies carry."""
-    options = fetch_options or FetchOptions()
-    sources: tuple[str, tuple[str, ...]] | None = None
-    if options.include_sources:
-        sources = ("in", tuple(FETCH_SOURCES.get(s, s) for s in options.include_sources))
-    elif options.exclude_sources:
-        sources = ("not in", tuple(FETCH_SOURCES.get(s, s) for s in options.exclude_sources))
-    return Coverage(sources, posts=not options.post_types)
-
-
-def lists_every_post(fetch_options: FetchOptions | None) -> bool:
-    """Whether a Fetch job's bodies list every post of their output (no source filter, no post_types, posts not cut out by include_sections)."""
-    options = fetch_options or FetchOptions()
-    if options.include_sources or options.exclude_sources or options.post_types:
-        return False
-    sections = options.include_sections
-    return not sections or "posts" in sections
 
 
 # The key of each replaced table besides altmetric_id; a body carrying the section owns all
@@ -357,65 +235,33 @@ def _clean(text: str | None) -> str | None:
 def write_batch(
     engine: Engine,
     job_id: int,
-    endpoint: str,
+    endpoint: Endpoint,
     results: Sequence[ItemResult],
     now: datetime,
     runner: str,
-    all_posts: bool = False,
-    params: JobParams | None = None,
     archive_config: ArchiveConfig | None = None,
 ) -> dict[str, int]:
     """Parse the bodies, then commit the data of a batch and its items' final statuses together.
 
     A crash before the commit leaves the items pending (they are asked again on
     resume); after it, both are there. Nothing in between can be observed.
-    Returns how many items of the batch ended in each status. `all_posts`: a
-    Fetch harvest whose bodies list every post (lists_every_post). `params`:
-    the job's: a Fetch job's options say which part of each section its bodies
-    carry, and a Citations job needs its query and its follow-up job.
+    Returns how many items of the batch ended in each status. `endpoint`: the
+    job's (endpoints.endpoint_for), which parses the bodies and knows what part of
+    each section they carry and what else a commit writes (a Citations page's next pages).
     `archive_config`: whether and how raw_bodies keeps the bodies (default: the newest of each id).
 
     A body the database refuses (a value out of range ...) fails its own item:
     the batch is split until the refused item is alone, and the rest is stored.
     """
-    cover = coverage(params.fetch if isinstance(params, HarvestParams) else None) if endpoint == "fetch" else COMPLETE
-    records_of: dict[int, list[Records]] = {}
     # Parsing lets go of the bodies; the archive keeps them (an unusable one too: a parser fix may read it).
-    raw_params = archive.fetch_params(endpoint, params)
     raws = {
-        i: archive.entry(archive_config, endpoint, r.id_type, _archived_as(endpoint, params, r.identifier), r.body, now, job_id, raw_params)
+        i: archive.entry(
+            archive_config, endpoint.name, r.id_type, endpoint.archived_as(r.identifier), r.body, now, job_id, endpoint.archive_params
+        )
         for i, r in enumerate(results)
         if r.body is not None
     }
-    if endpoint == "citations":
-        assert isinstance(params, CitationsParams), "a Citations job's batch needs its query"
-        pages = _CitationPages(job_id, params, now)
-        records_of = pages.parse(results)
-        asked_of: dict[int, list[dict[str, Any]]] = {}
-        item_ids: dict[int, int | None] = {}
-        more: Callable[[Connection, set[str]], None] | None = pages.save
-    else:
-        parse = parse_fetch if endpoint == "fetch" else parse_counts
-        for i, r in enumerate(results):
-            if r.body is None:
-                continue
-            try:
-                rec = parse(decode(r.body), now)
-                if all_posts:
-                    rec.outputs["posts_seen_at"] = now
-                records_of[i] = [rec]
-            except ParseError as e:  # checked JSON with an altmetric_id, yet unusable: not transient
-                r.status, r.error = "failed", f"unusable body: {e}"
-            r.body = None
-        item_ids = {i: recs[0].altmetric_id for i, recs in records_of.items()}
-        # The asked id is an identifier of the output too (an ISBN body may not
-        # list the ISBN it was found by), unless the API answered with another output.
-        asked_of = {
-            i: [{"scheme": results[i].id_type, "value": results[i].identifier, "altmetric_id": recs[0].altmetric_id, "asked": True}]
-            for i, recs in records_of.items()
-            if results[i].note is None and results[i].id_type != "id"
-        }
-        more = None
+    batch = endpoint.read(results, now, job_id)
     units = [
         Unit(
             {
@@ -426,23 +272,18 @@ def write_batch(
                 "b_attempts": r.attempts,
                 "http_status": r.http_status,
                 "last_error": _clean(None if r.error is None else redact(r.error)),
-                "altmetric_id": item_ids.get(i),
+                "altmetric_id": batch.altmetric_ids.get(i),
                 "note": _clean(None if r.note is None else redact(r.note)),
                 "updated_at": now,
             },
-            records_of.get(i, []),
-            asked_of.get(i, []),
+            batch.records.get(i, []),
+            batch.asked.get(i, []),
             raws.get(i),
         )
         for i, r in enumerate(results)
     ]
-    written = _commit(engine, job_id, units, now, runner, cover, more)
+    written = _commit(engine, job_id, units, now, runner, endpoint.coverage, batch.after)
     return dict(collections.Counter(u.item["status"] for u in written))
-
-
-def _archived_as(endpoint: str, params: JobParams | None, identifier: str) -> str:
-    """The archive's identifier of a body: the asked id, or for a Citations page the query that asks for it."""
-    return archive.page_query(params, identifier) if endpoint == "citations" and isinstance(params, CitationsParams) else identifier
 
 
 class _Refused(Exception):
@@ -495,84 +336,6 @@ def _held(conn: Connection, job_id: int, runner: str, units: list[Unit]) -> list
         if key not in mine:
             u.item["status"] = "lost"
     return [u for u in units if u.item["status"] != "lost"]
-
-
-class _CitationPages:
-    """What a batch of Citations pages writes besides outputs: ranks, further pages, follow-up items."""
-
-    def __init__(self, job_id: int, params: CitationsParams, now: datetime) -> None:
-        self.job_id = job_id
-        self.now = now
-        self.timeframe = params.timeframe
-        self.filters = filters_text(params.filters)
-        self.num = params.num_results
-        self.max_pages = params.pages
-        self.then_job = params.then_job
-        self.activity: list[tuple[str, dict[str, Any]]] = []  # (page, row)
-        self.last_page = 0  # the highest page the batch's totals imply
-        self.follow: list[tuple[str, tuple[str, str, int]]] = []  # (page, item)
-
-    def parse(self, results: Sequence[ItemResult]) -> dict[int, list[Records]]:
-        records: dict[int, list[Records]] = {}
-        for i, r in enumerate(results):
-            if r.body is None:
-                continue
-            page = int(r.identifier)
-            try:
-                total, parsed = parse_citations(decode(r.body), self.now)
-            except ParseError as e:
-                r.status, r.error = "failed", f"unusable page: {e}"
-                continue
-            finally:
-                r.body = None
-            mine = records[i] = []
-            for index, rec in enumerate(parsed):
-                if rec is None:
-                    continue
-                rank = (page - 1) * self.num + index + 1
-                mine.append(rec)
-                self.activity.append(
-                    (
-                        r.identifier,
-                        {
-                            "timeframe": self.timeframe,
-                            "harvested_on": self.now.date(),
-                            "filters": self.filters,
-                            "altmetric_id": rec.altmetric_id,
-                            "rank": rank,
-                            "score": rec.outputs.get("score"),
-                            "page": page,
-                            "total": total,
-                            "job_id": self.job_id,
-                            "harvested_at": self.now,
-                        },
-                    )
-                )
-                self.follow.append((r.identifier, ("doi", rec.doi, rank) if rec.doi else ("id", str(rec.altmetric_id), rank)))
-            skipped = parsed.count(None)
-            if skipped:
-                r.note = f"{skipped} results without an altmetric_id were skipped"
-            if total is not None:
-                # Keep paging while page * num_results < query.total. Every page
-                # adds the pages its total implies: a listing that grows while we
-                # page is followed, and one that shrinks ends in a 404 (not_found).
-                last = math.ceil(total / self.num)
-                if self.max_pages is not None:
-                    last = min(last, self.max_pages)
-                self.last_page = max(self.last_page, last)
-        return records
-
-    def save(self, conn: Connection, refused: set[str]) -> None:
-        """Ranks and follow-up items of the pages stored; `refused`: pages the database refused."""
-        upsert(conn, schema.citation_activity, [row for page, row in self.activity if page not in refused])
-        # Only pages the job lacks: every page of a 20,000-page listing reports the same total.
-        known = conn.execute(
-            select(func.max(schema.job_items.c.line_no)).where(schema.job_items.c.job_id == self.job_id)
-        ).scalar_one() or 0
-        pages = range(known + 1, self.last_page + 1)
-        jobs.add_items(conn, self.job_id, [("page", str(p), p) for p in pages], self.now)
-        if self.then_job is not None:
-            jobs.add_items(conn, self.then_job, [item for page, item in self.follow if page not in refused], self.now)
 
 
 def _write(

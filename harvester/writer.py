@@ -15,8 +15,8 @@ import signal
 from typing import Any
 
 from harvester.config import ArchiveConfig
+from harvester.endpoints import Endpoint
 from harvester.errors import DatabaseError, HarvesterError
-from harvester.params import JobParams
 from harvester.store import ItemResult, write_batch
 
 
@@ -32,10 +32,8 @@ class WriterProcess:
         self,
         url: str,
         job_id: int,
-        endpoint: str,
+        endpoint: Endpoint,
         runner: str,
-        all_posts: bool = False,
-        params: JobParams | None = None,
         archive_config: ArchiveConfig | None = None,
     ) -> None:
         ctx = multiprocessing.get_context("spawn")  # no fork of a running event loop and its threads
@@ -43,7 +41,7 @@ class WriterProcess:
         self._outbox: Any = ctx.Queue()
         self._process = ctx.Process(
             target=_writer_main,
-            args=(url, job_id, endpoint, runner, all_posts, params, archive_config, self._inbox, self._outbox),
+            args=(url, job_id, endpoint, runner, archive_config, self._inbox, self._outbox),
             name="harvester-writer",
             daemon=True,
         )
@@ -93,10 +91,8 @@ class WriterProcess:
 def _writer_main(
     url: str,
     job_id: int,
-    endpoint: str,
+    endpoint: Endpoint,
     runner: str,
-    all_posts: bool,
-    params: JobParams | None,
     archive_config: ArchiveConfig | None,
     inbox: Any,
     outbox: Any,
@@ -124,7 +120,7 @@ def _writer_main(
                 return
             try:
                 results = [ItemResult(*fields) for fields in batch]
-                outbox.put(("ok", write_batch(engine, job_id, endpoint, results, utcnow(), runner, all_posts, params, archive_config)))
+                outbox.put(("ok", write_batch(engine, job_id, endpoint, results, utcnow(), runner, archive_config)))
             except HarvesterError as e:
                 outbox.put(("error", str(e)))
             except Exception as e:  # a bug: report it rather than hang the parent

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from harvester import jobs
+from harvester.endpoints import endpoint_for
 from harvester.fakeapi import FakeConfig, FakeServer, serve_in_thread
 from harvester.store import ItemResult, write_batch
 from tests.conftest import KEY, SAMPLES, Harness, lease_all, rows, scalar
@@ -114,8 +115,8 @@ def test_the_docs_sample_page_is_stored_with_its_rank_and_total(engine: Any) -> 
     with engine.begin() as conn:
         job_id, _ = jobs.create_citations_job(conn, "1m", {}, 99, None)
     lease_all(engine, job_id, "test")
-    write_batch(engine, job_id, "citations", [ItemResult("page", "1", "done", 1, 200, None, raw)], jobs.utcnow(), "test",
-                params=jobs.get_job(engine, job_id).params)  # fmt: skip
+    write_batch(engine, job_id, endpoint_for(jobs.get_job(engine, job_id)), [ItemResult("page", "1", "done", 1, 200, None, raw)],
+                jobs.utcnow(), "test")  # fmt: skip
     assert rows(engine, "select altmetric_id, rank, score, total, page from citation_activity") == [
         {"altmetric_id": 243700, "rank": 1, "score": 114.5, "total": 2418, "page": 1}
     ]

@@ -6,10 +6,11 @@ import pytest
 
 from harvester.endpoints import Citations, Counts, Endpoint, Fetch, Outcome
 from harvester.jobs import Item
+from harvester.params import CitationsParams, FetchOptions
 
 DOI = Item("doi", "10.1038/480426a", 1)
 PAGE_2 = Item("page", "2", 0)
-ENDPOINTS: dict[str, Endpoint] = {"counts": Counts(), "fetch": Fetch(), "citations": Citations("1w", 100)}
+ENDPOINTS: dict[str, Endpoint] = {"counts": Counts(), "fetch": Fetch(), "citations": Citations(CitationsParams("1w", 100))}
 
 
 def classify(endpoint: str, item: Item, status: int, body: bytes) -> Outcome:
@@ -60,8 +61,8 @@ def test_past_the_last_page_says_so() -> None:
 
 def test_each_endpoint_asks_for_its_own_url() -> None:
     assert Counts().url(Item("doi", "10.1038/480426a", 1)) == "/doi/10.1038/480426a"
-    assert Fetch({"include_sources": "news,blogs"}).url(DOI) == "/fetch/doi/10.1038/480426a?include_sources=news%2Cblogs"
-    page = Citations("1w", 100, {"doi_prefix": "10.1038"}).url(PAGE_2)
+    assert Fetch(FetchOptions(include_sources=("news", "blogs"))).url(DOI) == "/fetch/doi/10.1038/480426a?include_sources=news%2Cblogs"
+    page = Citations(CitationsParams("1w", 100, {"doi_prefix": "10.1038"})).url(PAGE_2)
     assert page == "/citations/1w?num_results=100&page=2&doi_prefix=10.1038"
     # An id is one path segment's worth of text: a space or a hash must not end the path.
     assert Counts().url(Item("isbn", "978 0 #1", 1)) == "/isbn/978%200%20%231"

@@ -17,6 +17,7 @@ from sqlalchemy import Engine, text
 
 from harvester import jobs
 from harvester.cli import State
+from harvester.endpoints import Counts
 from harvester.log import hide_password, redact, register_secret
 from harvester.store import ItemResult, write_batch
 from tests.conftest import KEY, Harness, lease_all, rows
@@ -93,7 +94,7 @@ def test_write_batch_and_release_store_redacted_errors(engine: Engine, tmp_path:
     lease_all(engine, job.id, runner)
     url = f"https://api.altmetric.com/v1/doi/10.1000/a?key={KEY}"
     write_batch(
-        engine, job.id, "counts",
+        engine, job.id, Counts(),
         [
             ItemResult("doi", "10.1000/a", "failed", 1, 400, f"HTTP 400: bad request {url}"),
             ItemResult("doi", "10.1000/b", "not_found", 1, 404, None, None, f"asked {url}"),

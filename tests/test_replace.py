@@ -21,11 +21,12 @@ from sqlalchemy import Engine, update
 
 from harvester import jobs, schema
 from harvester.db import open_database
+from harvester.endpoints import lists_every_post, named
 from harvester.fakeapi import counts_body, fetch_body, serve_in_thread
 from harvester.fakeapi.bodies import _filter_fetch
 from harvester.params import FetchOptions, HarvestParams
 from harvester.parse import Records, parse_counts, parse_fetch
-from harvester.store import ItemResult, lists_every_post, write_batch
+from harvester.store import ItemResult, write_batch
 from tests.conftest import FAKE, Harness, dois, rows, scalar
 
 T1 = datetime(2026, 11, 24, 12, 0, 0)
@@ -70,8 +71,7 @@ def harvest(
         ItemResult("doi", doi, "done", 1, 200, None, body if isinstance(body, bytes) else json.dumps(body).encode())
         for doi, body in bodies.items()
     ]
-    all_posts = endpoint == "fetch" and lists_every_post(options)
-    return job_id, write_batch(engine, job_id, endpoint, results, now, "test", all_posts, params)
+    return job_id, write_batch(engine, job_id, named(endpoint, params), results, now, "test")
 
 
 def stored(engine: Engine, table: str, altmetric_id: int) -> set[tuple[Any, ...]]:
