@@ -204,7 +204,9 @@ def _run_one(engine: Engine, config: Config, job: jobs.Job, runner: str, progres
                 "" if quota is None else f" (quota left today: {quota})",
             )  # fmt: skip
             # The report of a nightly that runs straight through reads these too, as a resumed one does.
-            p = jobs.set_params(conn, job.id, refresh_selected=True, refresh_due=due, refresh_quota=quota)  # type: ignore[assignment]
+            selected = jobs.set_params(conn, job.id, refresh_selected=True, refresh_due=due, refresh_quota=quota)
+            assert isinstance(selected, NightlyParams)
+            p = selected
     outcome = _step(engine, config, refresh, runner, progress)
     if outcome is not None and outcome.status != JobStatus.FINISHED:
         return _stopped(engine, job, night, runner, outcome)
