@@ -236,9 +236,11 @@ def _compiled_upsert(dialect: Dialect, table: Table, columns: tuple[str, ...]) -
         # writer's time on PostgreSQL. One statement of column arrays sends them all at once.
         head, rest = sql.split(" VALUES (", 1)
         _, tail = rest.split(") ON CONFLICT", 1)
-        # In the INSERT's column order, which is the table's.
+        # In the INSERT's column order, which is the table's. %(...)b: psycopg sends the arrays in
+        # its binary format, which it dumps several times faster than text (Counts into
+        # PostgreSQL: 0.24 -> 0.28-0.31 of the raw client, benchmarks/README.md).
         ordered = [c for c in table.columns if c.name in columns]
-        arrays = ", ".join(f"%({c.name})s::{c.type.compile(dialect=dialect)}[]" for c in ordered)
+        arrays = ", ".join(f"%({c.name})b::{c.type.compile(dialect=dialect)}[]" for c in ordered)
         arrays_sql = f"{head} SELECT * FROM unnest({arrays}) ON CONFLICT{tail}"
     return _CompiledUpsert(sql, names, bool(compiled.positional), processors, values, arrays_sql)
 
