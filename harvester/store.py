@@ -217,6 +217,43 @@ _mark_item = (
 )
 
 
+# PostgreSQL: the batch's statuses in one statement of column arrays. Each item is found by its
+# primary key first (LATERAL ... OFFSET 0, as in db.lookup_pairs), then updated by its row's
+# address: joined directly, the planner scanned every item of a fresh job (130 ms a batch in a
+# job of 200,000, against 10 ms). The rows are the writer's: leases.held locked them.
+_MARK_ITEMS_PG = """
+UPDATE job_items AS t SET status = v.status, attempts = t.attempts + v.attempts, http_status = v.http_status,
+    last_error = v.last_error, altmetric_id = v.altmetric_id, note = v.note, claimed_by = NULL, lease_until = NULL,
+    updated_at = %(updated_at)s
+FROM (
+    SELECT u.*, x.ctid AS tid
+    FROM unnest(%(id_type)b::text[], %(identifier)b::text[], %(status)b::text[], %(attempts)b::int[], %(http_status)b::int[],
+                %(last_error)b::text[], %(altmetric_id)b::bigint[], %(note)b::text[])
+         AS u(id_type, identifier, status, attempts, http_status, last_error, altmetric_id, note)
+    CROSS JOIN LATERAL (
+        SELECT ctid FROM job_items WHERE job_id = %(job_id)s AND id_type = u.id_type AND identifier = u.identifier OFFSET 0
+    ) AS x
+) AS v
+WHERE t.ctid = v.tid
+"""
+_MARKED = ("b_id_type", "b_identifier", "status", "b_attempts", "http_status", "last_error", "altmetric_id", "note")
+
+
+def _mark_items(conn: Connection, items: list[dict[str, Any]]) -> None:
+    """Record each item's final status (and give its lease up): one statement on PostgreSQL, where
+    an executemany sends one a row; SQLite's executemany is one prepared statement run in C. The
+    items of a batch share one job and one time (write_batch)."""
+    if not items:
+        return
+    if conn.dialect.name != "postgresql":
+        conn.execute(_mark_item, items)
+        return
+    columns = zip(*map(operator.itemgetter(*_MARKED), items), strict=True)
+    names = ("id_type", "identifier", "status", "attempts", "http_status", "last_error", "altmetric_id", "note")
+    params: dict[str, Any] = dict(zip(names, map(list, columns), strict=True))
+    conn.exec_driver_sql(_MARK_ITEMS_PG, params | {"updated_at": items[0]["updated_at"], "job_id": items[0]["b_job_id"]})
+
+
 @dataclass(slots=True)
 class Unit:
     """One item as the writer commits it: its status row, its parsed bodies, the identifier it was asked by."""
@@ -366,9 +403,7 @@ def _write(
         # A page whose lease was lost adds no pages or follow-up items: its new holder will.
         lost = {u.item["b_identifier"] for u in claimed if u.item["status"] == "lost"}
         more(conn, (refused or set()) | lost)
-    items = [u.item for u in units]
-    if items:
-        conn.execute(_mark_item, items)
+    _mark_items(conn, [u.item for u in units])
     # The heartbeat rides on every batch: a live run is one that writes.
     conn.execute(
         update(schema.jobs).where(schema.jobs.c.id == job_id, schema.jobs.c.runner == runner).values(heartbeat_at=jobs.db_now(conn))
