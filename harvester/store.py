@@ -1,8 +1,9 @@
 """The single writer: a batch of results and their item statuses in one transaction.
 
-Upserts are built from the dialect's insert() (INSERT ... ON CONFLICT DO
-UPDATE), so the same code runs on SQLite and PostgreSQL, and re-harvesting an
-output updates its rows instead of duplicating them.
+The same for every endpoint: the job's endpoint object (endpoints.py) parses the bodies
+and says what else a commit writes. Rows go in through db.upsert (INSERT ... ON CONFLICT
+DO UPDATE), so the same code runs on SQLite and PostgreSQL, and re-harvesting an output
+updates its rows instead of duplicating them.
 """
 
 from __future__ import annotations
