@@ -88,6 +88,19 @@ def lists_every_post(fetch_options: FetchOptions | None) -> bool:
     return not sections or "posts" in sections
 
 
+def other_doi(id_type: str, identifier: str, body: dict[str, Any]) -> str | None:
+    """The DOI a body names when a DOI was asked and the body is another output's (else None):
+    the asked DOI is then not an identifier of the output stored."""
+    returned = lower_doi(body.get("doi") or (body.get("citation") or {}).get("doi"))
+    return returned if id_type == "doi" and returned and returned != identifier else None
+
+
+def asked_rows(id_type: str, identifier: str, altmetric_id: int) -> list[dict[str, Any]]:
+    """The asked id as an identifier row of the output it found (an ISBN body may not list the ISBN
+    it was found by); an Altmetric id is not an identifier."""
+    return [] if id_type == "id" else [{"scheme": id_type, "value": identifier, "altmetric_id": altmetric_id, "asked": True}]
+
+
 @dataclass
 class Batch:
     """What the writer commits of a batch of results, besides their statuses (Endpoint.read).
@@ -141,8 +154,8 @@ class Endpoint:
                 body = self.check(raw)
             except ParseError as e:
                 return Outcome("retry", f"unusable body: {e}")
-            returned = lower_doi(body.get("doi") or (body.get("citation") or {}).get("doi"))
-            if item.id_type == "doi" and returned and returned != item.identifier:
+            returned = other_doi(item.id_type, item.identifier, body)
+            if returned:
                 return Outcome("done", note=f"the API returned DOI {returned} for this id")
             return Outcome("done")
         if status in (401, 403):
@@ -200,10 +213,9 @@ class Counts(Endpoint):
                 r.body = None
             batch.records[i] = [rec]
             batch.altmetric_ids[i] = rec.altmetric_id
-            # The asked id is an identifier of the output too (an ISBN body may not
-            # list the ISBN it was found by), unless the API answered with another output.
-            if r.note is None and r.id_type != "id":
-                batch.asked[i] = [{"scheme": r.id_type, "value": r.identifier, "altmetric_id": rec.altmetric_id, "asked": True}]
+            # Unless the API answered with another output (classify noted it).
+            if r.note is None:
+                batch.asked[i] = asked_rows(r.id_type, r.identifier, rec.altmetric_id)
         return batch
 
 

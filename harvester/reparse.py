@@ -1,13 +1,15 @@
 """`harvester reparse`: rebuild the data tables from the raw archive, with zero API requests.
 
 The bodies are replayed in the order they were fetched through the writer's own
-parse-and-save path (parse.py, store.save_records), each as of its fetched_at:
+parse-and-save path (the endpoint's parser, store.save_records), each as of its fetched_at:
 outputs.harvested_at and the day's counts_snapshots row come out as the
 harvest left them, and a parser fix or a new column reaches every stored output.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -18,8 +20,8 @@ from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from harvester import archive, endpoints, schema, store
 from harvester.errors import DatabaseError, db_message
-from harvester.params import FetchOptions
-from harvester.parse import ParseError, Records, decode, lower_doi, parse_citations, parse_counts, parse_fetch
+from harvester.params import FetchOptions, HarvestParams
+from harvester.parse import ParseError, Records, decode, parse_citations
 
 logger = logging.getLogger(__name__)
 
@@ -93,26 +95,25 @@ def reparse(engine: Engine, endpoint: str | None = None, job_id: int | None = No
 
 
 def _parse(body: archive.Archived) -> tuple[list[Records], list[dict[str, Any]]]:
-    """One archived body -> its records and the asked-identifier rows, as store.write_batch makes them."""
+    """One archived body -> its records and the asked-identifier rows, as the harvest's writer makes them."""
     raw = decode(body.body)
     at = body.fetched_at
-    if body.endpoint == "citations":
+    if body.endpoint == "citations":  # archived by its query: a page's results, no asked id
         _, parsed = parse_citations(raw, at)
         return [r for r in parsed if r is not None], []
-    if body.endpoint == "fetch":
-        record = parse_fetch(raw, at)
-        if endpoints.lists_every_post(FetchOptions.from_dict(body.params)):
-            record.outputs["posts_seen_at"] = at
-    else:
-        record = parse_counts(raw, at)
-    # As in the harvest (pipeline.fetch notes it, store.write_batch acts on it): the asked id is an identifier
-    # of the output, unless the API answered a DOI with another output's body.
-    returned = lower_doi(raw.get("doi") or (raw.get("citation") or {}).get("doi"))
-    mismatch = body.id_type == "doi" and returned is not None and returned != body.identifier
-    asked = [] if mismatch or body.id_type == "id" else [
-        {"scheme": body.id_type, "value": body.identifier, "altmetric_id": record.altmetric_id, "asked": True}
-    ]
-    return [record], asked
+    endpoint = _endpoint(body.endpoint, json.dumps(body.params, sort_keys=True) if body.endpoint == "fetch" else None)
+    assert isinstance(endpoint, endpoints.Counts)  # Counts or Fetch
+    record = endpoint.parse(raw, at)
+    if endpoints.other_doi(body.id_type, body.identifier, raw):
+        return [record], []
+    return [record], endpoints.asked_rows(body.id_type, body.identifier, record.altmetric_id)
+
+
+@functools.lru_cache(maxsize=64)
+def _endpoint(name: str, fetch_options: str | None) -> endpoints.Endpoint:
+    """The endpoint that parses a body as its harvest did (a Fetch job's options, as archived)."""
+    options = FetchOptions.from_dict(json.loads(fetch_options) or {}) if fetch_options is not None else None
+    return endpoints.named(name, HarvestParams(fetch=options))
 
 
 def _save(engine: Engine, chunk: _Chunk, outcome: Outcome) -> None:
