@@ -223,7 +223,6 @@ class Fetch(Counts):
     name = "fetch"
 
     def __init__(self, options: FetchOptions | None = None) -> None:
-        self.options = options
         # The job's [fetch] options, the same for every id of the job: encoded once.
         query = fetch_query(options)
         self._query = "?" + urlencode(query) if query else ""
@@ -294,7 +293,6 @@ class _Pages:
         self.activity: list[tuple[str, dict[str, Any]]] = []  # (page, row)
         self.last_page = 0  # the highest page the batch's totals imply
         self.follow: list[tuple[str, tuple[str, str, int]]] = []  # (page, item)
-
 
     def parse(self, results: Sequence[ItemResult]) -> dict[int, list[Records]]:
         records: dict[int, list[Records]] = {}

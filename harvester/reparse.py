@@ -71,17 +71,17 @@ def reparse(engine: Engine, endpoint: str | None = None, job_id: int | None = No
         chunks: list[_Chunk] = []
         key: tuple[str, str | None] | None = None
         for body in bodies:
+            body_key = (body.endpoint, _options(body))
             try:
-                records, asked = _parse(body)
+                records, asked = _parse(body, body_key[1])
             except ParseError as e:
                 outcome.unusable += 1
                 logger.debug("%s %s %s: unusable body: %s", body.endpoint, body.id_type, body.identifier, e)
                 continue
-            body_key = (body.endpoint, repr(body.params) if body.endpoint == "fetch" else None)
             # A new chunk for other Fetch options, and for an output seen twice (two days' bodies with
             # keep = "all"): replacing its sections with both bodies' rows at once would keep the older's.
             if key != body_key or any(r.altmetric_id in chunks[-1].ids for r in records):
-                cover = endpoints.coverage(FetchOptions.from_dict(body.params)) if body.endpoint == "fetch" else endpoints.COMPLETE
+                cover = endpoints.COMPLETE if body.endpoint == "citations" else _endpoint(*body_key).coverage
                 chunks.append(_Chunk(cover))
                 key = body_key
             chunk = chunks[-1]
@@ -94,19 +94,24 @@ def reparse(engine: Engine, endpoint: str | None = None, job_id: int | None = No
     return outcome
 
 
-def _parse(body: archive.Archived) -> tuple[list[Records], list[dict[str, Any]]]:
+def _parse(body: archive.Archived, options: str | None) -> tuple[list[Records], list[dict[str, Any]]]:
     """One archived body -> its records and the asked-identifier rows, as the harvest's writer makes them."""
     raw = decode(body.body)
     at = body.fetched_at
     if body.endpoint == "citations":  # archived by its query: a page's results, no asked id
         _, parsed = parse_citations(raw, at)
         return [r for r in parsed if r is not None], []
-    endpoint = _endpoint(body.endpoint, json.dumps(body.params, sort_keys=True) if body.endpoint == "fetch" else None)
+    endpoint = _endpoint(body.endpoint, options)
     assert isinstance(endpoint, endpoints.Counts)  # Counts or Fetch
     record = endpoint.parse(raw, at)
     if endpoints.other_doi(body.id_type, body.identifier, raw):
         return [record], []
     return [record], endpoints.asked_rows(body.id_type, body.identifier, record.altmetric_id)
+
+
+def _options(body: archive.Archived) -> str | None:
+    """A Fetch body's options as archived (JSON text: a key for the cache below); None for the others."""
+    return json.dumps(body.params, sort_keys=True) if body.endpoint == "fetch" else None
 
 
 @functools.lru_cache(maxsize=64)
