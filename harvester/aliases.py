@@ -1,5 +1,8 @@
 """Following altmetric id changes: when upstream merges records, one DOI names a new altmetric id.
 
+A merge is shown only by a DOI that named another output, or by an Altmetric id that
+answers with another one: other identifiers may be shared by two live outputs.
+
 The writer looks, before it stores a batch, at what the identifiers it is
 about to store (the id each item was asked by, and each body's DOI) pointed
 to until now. An identifier that named another output means that output was
@@ -36,7 +39,11 @@ def detect(conn: Connection, asked: Iterable[dict[str, object]], records: Iterab
     """
     named: dict[tuple[str, str], int] = {}
     for row in asked:
-        named[(str(row["scheme"]), str(row["value"]))] = int(row["altmetric_id"])  # type: ignore[call-overload]
+        # Only a DOI names one output. A PMID, ISBN, handle or PMC id can be shared by two live
+        # outputs (a book and its chapter, a preprint and its paper): the second one seen is not a
+        # merge of the first, and treating it as one moved all the first's identifiers away.
+        if row["scheme"] == "doi":
+            named[("doi", str(row["value"]))] = int(row["altmetric_id"])  # type: ignore[call-overload]
     for rec in records:
         if rec.doi:
             named.setdefault(("doi", rec.doi), rec.altmetric_id)

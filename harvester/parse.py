@@ -7,13 +7,15 @@ function here tolerates all of that and never drops an unknown source.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import orjson
 
@@ -56,6 +58,8 @@ TIMEFRAMES = ("1d", "2d", "3d", "4d", "5d", "6d", "1w", "1m", "3m", "6m", "1y", 
 _ID_KEYS = {
     "pmid": "pmid",
     "pmc": "pmc",
+    # Fetch's citation names the PubMed Central id `pmcid` ("PMC2244806") where Counts says `pmc`.
+    "pmcid": "pmc",
     "arxiv_id": "arxiv",
     "ads_id": "ads",
     "nct_id": "nct_id",
@@ -72,6 +76,35 @@ _ID_LIST_KEYS = {"handles": "handle", "isbns": "isbn"}
 
 class ParseError(ValueError):
     """A 200 body that is not usable JSON of the expected shape; str() says why."""
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+# What a body can make Python raise while it is decoded or read: nesting past the recursion
+# limit, an integer of more than 4,300 digits, a number too large for a float, a shape no
+# branch expected. Not MemoryError or KeyboardInterrupt: those are the process's, not the body's.
+_BODY_ERRORS = (RecursionError, ArithmeticError, LookupError, TypeError, ValueError, AttributeError)
+
+
+def _body_errors(parse: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Whatever a body makes the parser raise becomes a ParseError, which fails that item alone.
+
+    Anything else escaped the run (or the writer process) and stopped the job, and every
+    `resume` stopped again on the same item (issue 17, item 8).
+    """
+
+    @functools.wraps(parse)
+    def guarded(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return parse(*args, **kwargs)
+        except ParseError:
+            raise
+        except RecursionError:
+            raise ParseError("the body is nested too deeply") from None
+        except _BODY_ERRORS as e:
+            raise ParseError(f"unreadable body ({type(e).__name__}: {str(e)[:200]})") from None
+
+    return guarded
 
 
 @dataclass
@@ -91,6 +124,8 @@ class Records:
     mentions: list[dict[str, Any]] = field(default_factory=list)
     mention_citations: list[dict[str, Any]] = field(default_factory=list)
     demographics: list[dict[str, Any]] = field(default_factory=list)
+    downloads: list[dict[str, Any]] = field(default_factory=list)
+    downloads_timeline: list[dict[str, Any]] = field(default_factory=list)
     # The tables whose section the body carries whole: the writer makes the output's rows
     # equal to it (a row the body no longer has is deleted). The others are left alone.
     sections: set[str] = field(default_factory=set)
@@ -103,6 +138,7 @@ class Records:
 _NUL_ESCAPE = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
 
 
+@_body_errors
 def decode(raw: bytes) -> dict[str, Any]:
     """Parse a body that must be a JSON object (truncated bodies and HTML pages fail here).
 
@@ -149,7 +185,10 @@ def as_float(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer literal past 1e308 (JSON allows 4,300 digits): no count or score
+            return None
     elif isinstance(value, str):
         try:
             number = float(value.strip())
@@ -226,11 +265,20 @@ def lower_doi(value: Any) -> str | None:
     return doi.strip().lower() if doi else None
 
 
-def parse_counts(body: dict[str, Any], harvested_at: datetime) -> Records:
-    """One counts-shaped body (Counts endpoint, or a Citations result) -> rows."""
-    altmetric_id = as_int(body.get("altmetric_id"))
+def _altmetric_id(value: Any) -> int:
+    """The body's altmetric_id; one that no BIGINT column holds is no id (and not the database's to refuse)."""
+    altmetric_id = as_int(value)
     if altmetric_id is None:
         raise ParseError("the body has no altmetric_id")
+    if not 0 < altmetric_id < 2**63:
+        raise ParseError(f"the altmetric_id is out of range: {str(altmetric_id)[:40]}")
+    return altmetric_id
+
+
+@_body_errors
+def parse_counts(body: dict[str, Any], harvested_at: datetime) -> Records:
+    """One counts-shaped body (Counts endpoint, or a Citations result) -> rows."""
+    altmetric_id = _altmetric_id(body.get("altmetric_id"))
     doi = lower_doi(body.get("doi"))
     output = {
         "altmetric_id": altmetric_id,
@@ -292,6 +340,7 @@ def parse_counts(body: dict[str, Any], harvested_at: datetime) -> Records:
 _COUNTS_SECTIONS = {"readers": "readers", "history": "score_history", "context": "score_context"}
 
 
+@_body_errors
 def parse_citations(body: dict[str, Any], harvested_at: datetime) -> tuple[int | None, list[Records | None]]:
     """A Citations page -> (query.total, the rows of each result in rank order).
 
@@ -359,12 +408,22 @@ def history_rows(history: Any, altmetric_id: int) -> list[dict[str, Any]]:
 
 # ---- fetch ---------------------------------------------------------------------------------
 
-# `counts` keys that are not sources: readers go to `readers`, total to outputs.posts_count.
-_FETCH_NOT_SOURCES = {"readers", "total"}
+# `counts` keys that are not sources: readers go to `readers`, total to outputs.posts_count,
+# downloads (PMC and publisher views) to `downloads`. Any other key is told by its shape
+# (_is_source), so that an unknown new section never becomes a phantom source row.
+_FETCH_NOT_SOURCES = {"readers", "total", "downloads"}
+# What makes a `counts` entry a source: every source entry of the real bodies has one of these.
+_SOURCE_FIELDS = ("posts_count", "unique_users_count")
 # Demographics names -> our dimension names (after a leading "by_" is dropped).
 _DIMENSIONS = {"poster_types": "poster_type", "cohorts": "cohort", "geo": "country"}
 
 
+def _is_source(name: str, values: Any) -> bool:
+    """A `counts` entry is a source (known or not: `bluesky` is kept under its own name) by its shape."""
+    return name not in _FETCH_NOT_SOURCES and isinstance(values, dict) and any(f in values for f in _SOURCE_FIELDS)
+
+
+@_body_errors
 def parse_fetch(body: dict[str, Any], harvested_at: datetime) -> Records:
     """One Fetch body -> rows of every table, posts and demographics included.
 
@@ -372,9 +431,9 @@ def parse_fetch(body: dict[str, Any], harvested_at: datetime) -> Records:
     accounts_count, last_updated, is_oa, url, details_url), so that storing it
     does not blank what a counts harvest stored.
     """
-    altmetric_id = as_int(body.get("altmetric_id")) if isinstance(body, dict) else None
-    if altmetric_id is None:
+    if not isinstance(body, dict):
         raise ParseError("the body has no altmetric_id")
+    altmetric_id = _altmetric_id(body.get("altmetric_id"))
     citation = _dict(body.get("citation"))
     counts = _dict(body.get("counts"))
     score = _dict(body.get("altmetric_score"))
@@ -415,7 +474,7 @@ def parse_fetch(body: dict[str, Any], harvested_at: datetime) -> Records:
     records.id_schemes = identifier_schemes(citation)
     records.sections = _fetch_sections(body)
     for name, values in counts.items():
-        if name in _FETCH_NOT_SOURCES or not isinstance(values, dict):
+        if not _is_source(name, values):
             continue
         records.source_counts.append(
             {
@@ -426,6 +485,7 @@ def parse_fetch(body: dict[str, Any], harvested_at: datetime) -> Records:
             }
         )
     records.readers = reader_rows(counts.get("readers"), altmetric_id)
+    records.downloads, records.downloads_timeline = download_rows(counts.get("downloads"), altmetric_id)
     records.score_history = history_rows(score.get("score_history"), altmetric_id)
     for scope, values in _dict(score.get("context_for_score")).items():
         if isinstance(values, dict):
@@ -457,6 +517,9 @@ def _fetch_sections(body: dict[str, Any]) -> set[str]:
         sections.add("source_counts")
         if "readers" in counts:
             sections.add("readers")
+        # Present (even null or {}): the body says what the downloads are now; absent: it says nothing.
+        if "downloads" in counts:
+            sections |= {"downloads", "downloads_timeline"}
     if isinstance(score, dict):
         # context_for_score: null is a section that says "no context".
         sections |= {t for k, t in (("score_history", "score_history"), ("context_for_score", "score_context")) if k in score}
@@ -468,6 +531,39 @@ def _fetch_sections(body: dict[str, Any]) -> set[str]:
     if "demographics" in body:
         sections.add("demographics")
     return sections
+
+
+def download_rows(downloads: Any, altmetric_id: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Fetch's `counts.downloads` -> (downloads rows, downloads_timeline rows).
+
+    The documented shape (Altmetric's sample Fetch response): per platform (`pmc`,
+    `publisher`) totals `unique_ips`, `full_text`, `pdf`, `abstract`, and a `timeline`
+    of unique-IP counts per month, {"2012-05": "42", ...}, the numbers often strings.
+    Every numeric total is kept under its own name (a metric the API adds is not lost);
+    a month whose value is an object is read as metric -> count.
+    """
+    totals: dict[tuple[str, str], dict[str, Any]] = {}
+    months: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for platform, values in _dict(downloads).items():
+        for metric, value in _dict(values).items():
+            if metric == "timeline":
+                for month, count in _dict(value).items():
+                    per_metric = count.items() if isinstance(count, dict) else (("unique_ips", count),)
+                    for name, number in per_metric:
+                        n = as_int(number)
+                        if n is not None and n >= 0:
+                            months[(platform, month, name)] = {
+                                "altmetric_id": altmetric_id,
+                                "platform": platform,
+                                "month": month,
+                                "metric": name,
+                                "count": n,
+                            }
+                continue
+            n = as_int(value)
+            if n is not None and n >= 0:  # negative: "not known", as for readers
+                totals[(platform, metric)] = {"altmetric_id": altmetric_id, "platform": platform, "metric": metric, "count": n}
+    return list(totals.values()), list(months.values())
 
 
 def _first(*values: float | None) -> float | None:

@@ -193,6 +193,27 @@ demographics = Table(
     Column("value", Integer),
 )
 
+# Fetch's counts.downloads: views and downloads where Altmetric has them (PubMed Central,
+# some publishers). Not sources: a source_counts row is only ever a source of attention.
+downloads = Table(
+    "downloads",
+    metadata,
+    Column("altmetric_id", AltmetricId, primary_key=True, autoincrement=False),
+    Column("platform", ApiText, primary_key=True, doc="pmc (PubMed Central), publisher ..."),
+    Column("metric", ApiText, primary_key=True, doc="unique_ips, full_text, pdf, abstract ..."),
+    Column("count", BigInteger, nullable=False, doc="the total since the platform's logs began"),
+)
+
+downloads_timeline = Table(
+    "downloads_timeline",
+    metadata,
+    Column("altmetric_id", AltmetricId, primary_key=True, autoincrement=False),
+    Column("platform", ApiText, primary_key=True, doc="as in downloads"),
+    Column("month", ApiText, primary_key=True, doc="'YYYY-MM', as the API names it"),
+    Column("metric", ApiText, primary_key=True, doc="unique_ips (what the API's timeline counts)"),
+    Column("count", BigInteger, nullable=False),
+)
+
 jobs = Table(
     "jobs",
     metadata,

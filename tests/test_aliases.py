@@ -5,11 +5,23 @@ The fake, with --evolve, gives a DOI containing `merged` a new altmetric id ever
 
 from __future__ import annotations
 
-from datetime import timedelta
+import json
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import pytest
+from sqlalchemy import Engine, update
+
+from harvester import jobs, schema
+from harvester.db import open_database
+from harvester.endpoints import named
+from harvester.params import FetchOptions, HarvestParams
+from harvester.store import ItemResult, write_batch
+from tests.conftest import rows
 from tests.subproc import query
 from tests.test_nightly import NIGHT, SEED_KEY, World, make_world
+from tests.test_replace import T1, T2, harvest
 
 DOI = "10.5555/merged.0001"
 
@@ -59,3 +71,49 @@ def _two_nights(world: World) -> None:
     asked = {p: n - before.get(p, 0) for p, n in world.server.stats.per_path.items() if n > before.get(p, 0)}
     assert asked[f"/v1/doi/{DOI}"] == 1
     assert not any(p.startswith("/v1/id/") and p.endswith(tuple(str(o) for o, _ in old)) for p in asked)
+
+
+def test_two_live_outputs_sharing_a_pmid_are_no_merge(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Only a DOI (or an Altmetric id) that names another output shows a merge (issue 17, item 11).
+
+    Two live outputs whose Fetch citations give the same PMID (an erratum and its paper,
+    a book and a chapter): the second must not supersede the first nor take its DOI.
+    Written by the writer into real SQLite and PostgreSQL databases.
+    """
+    for url in (f"sqlite:///{tmp_path / 'shared.db'}", request.getfixturevalue("pg_url")):
+        engine = open_database(url)
+        try:
+            first = {"altmetric_id": 1001, "citation": {"doi": "10.5555/paper", "pmid": "123456", "title": "paper"}}
+            second = {"altmetric_id": 1002, "citation": {"doi": "10.5555/erratum", "pmid": "123456", "title": "erratum"}}
+            _harvest_by(engine, "pmid", {"123456": first}, T1)
+            # Asked by the shared PMID, the API answers with the other output.
+            _harvest_by(engine, "pmid", {"123456": second}, T2)
+            assert rows(engine, "select altmetric_id, superseded_by from outputs order by 1") == [
+                {"altmetric_id": 1001, "superseded_by": None},
+                {"altmetric_id": 1002, "superseded_by": None},
+            ]
+            assert rows(engine, "select * from output_aliases") == []
+            # Each keeps its own DOI; the shared PMID names the output that listed it last.
+            assert rows(engine, "select value, altmetric_id from identifiers where scheme = 'doi' order by 1") == [
+                {"value": "10.5555/erratum", "altmetric_id": 1002},
+                {"value": "10.5555/paper", "altmetric_id": 1001},
+            ]
+            # A DOI that moves is still a merge.
+            merged = {"altmetric_id": 1003, "citation": {"doi": "10.5555/paper", "title": "paper"}}
+            harvest(engine, "fetch", {"10.5555/paper": merged}, T2)
+            assert rows(engine, "select old_altmetric_id, new_altmetric_id, via from output_aliases") == [
+                {"old_altmetric_id": 1001, "new_altmetric_id": 1003, "via": "doi:10.5555/paper"}
+            ]
+        finally:
+            engine.dispose()
+
+
+def _harvest_by(engine: Engine, id_type: str, bodies: dict[str, dict[str, Any]], now: datetime) -> None:
+    """A Fetch job of these ids of one type, written by the writer as a harvest writes it."""
+    params = HarvestParams(fetch=FetchOptions.from_dict({}))
+    with engine.begin() as conn:
+        job_id = jobs.new_job(conn, "fetch", id_type, None, params)
+        jobs.add_items(conn, job_id, [(id_type, i, n) for n, i in enumerate(bodies, 1)], now)
+        conn.execute(update(schema.job_items).where(schema.job_items.c.job_id == job_id).values(claimed_by="test", lease_until=datetime(2100, 1, 1)))
+    results = [ItemResult(id_type, i, "done", 1, 200, None, json.dumps(b).encode()) for i, b in bodies.items()]
+    assert write_batch(engine, job_id, named("fetch", params), results, now, "test") == {"done": len(bodies)}

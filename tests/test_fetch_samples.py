@@ -21,7 +21,7 @@ from sqlalchemy import Engine
 from harvester import schema
 from harvester.parse import ParseError, Records, iso_time, parse_fetch
 from harvester.store import save_records
-from tests.conftest import rows, sample
+from tests.conftest import ROOT, rows, sample
 
 NOW = datetime(2026, 11, 24, 12, 0, 0)
 
@@ -600,3 +600,20 @@ def test_a_body_without_its_citation_section_does_not_blank_the_output(engine: E
         "score": full["altmetric_score"]["score"],
         "posts_count": full["counts"]["total"]["posts_count"],
     }
+
+
+def test_tweet_urls_are_stored_and_the_docs_say_so() -> None:
+    """Real tweet posts carry their link (twitter.com/<account>/status/<id>); the docs example sends ids only.
+
+    A link is no tweet text, so it is kept (issue 17, item 11), and docs/schema.md must not say
+    mentions.url is NULL for tweets.
+    """
+    tweets = [m for m in parse(JAMA).mentions if m["source"] == "twitter"]
+    assert tweets and all(m["url"] and m["url"].startswith(("http://twitter.com/", "https://twitter.com/")) for m in tweets)
+    raw = [p["url"] for p in sample(JAMA)["posts"]["twitter"]]
+    assert [m["url"] for m in tweets] == raw
+    assert all(m["title"] is None and m["summary"] is None for m in tweets)
+    assert all(m["url"] is None for m in parse(DOCS).mentions if m["source"] == "twitter")
+    doc = (ROOT / "docs" / "schema.md").read_text(encoding="utf-8")
+    [url_row] = [line for line in doc.splitlines() if line.startswith("| `url` | TEXT | link to the post")]
+    assert "NULL for tweets" not in url_row and "tweet" in url_row

@@ -539,6 +539,34 @@ def _post(src: str, i: int, p: _Profile, rnd: random.Random) -> dict[str, Any]:
     return base
 
 
+def _pmc(p: _Profile) -> tuple[str, dict[str, Any]] | None:
+    """(pmcid, counts.downloads) of an article in PubMed Central (about a third of the articles), else None.
+
+    The shape of Altmetric's documented Fetch response: per-platform totals and a timeline
+    of unique IPs per month whose numbers are strings. Its own seed: the other parts of the
+    body stay what they were before the fake served downloads.
+    """
+    if p.type != "article" or _unit("pmc", p.key) >= 0.35:
+        return None
+    rnd = random.Random(int.from_bytes(_digest("downloads", str(p.altmetric_id), p.key)[:16], "big"))
+    start = datetime.fromtimestamp(max(p.published_on, 1_262_304_000), tz=UTC)  # PMC's logs begin in Jan 2010
+    timeline: dict[str, str] = {}
+    year, month = start.year, start.month
+    for _ in range(rnd.randint(1, 8)):
+        timeline[f"{year:04d}-{month:02d}"] = str(rnd.randint(0, 90))
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    unique_ips = sum(int(v) for v in timeline.values())
+    downloads = {
+        "unique_ips": unique_ips,
+        "full_text": unique_ips + rnd.randint(0, 40),
+        "pdf": rnd.randint(0, unique_ips),
+        "abstract": rnd.randint(0, 10),
+        # Newest month first, as in the documented example.
+        "timeline": dict(reversed(timeline.items())),
+    }
+    return f"PMC{int.from_bytes(_digest('pmcid', p.key)[:3], 'big') + 1_000_000}", {"pmc": downloads}
+
+
 def _fetch_dict(p: _Profile) -> dict[str, Any]:
     rnd = random.Random(int.from_bytes(_digest("fetch", str(p.altmetric_id), p.key)[:16], "big"))
     jname, issns, jid, subjects, _ = p.journal
@@ -555,6 +583,9 @@ def _fetch_dict(p: _Profile) -> dict[str, Any]:
         counts[src] = entry
     total = sum(n for _, n, _ in p.sources) + p.misc_posts
     counts["total"] = {"posts_count": total}
+    pmc = _pmc(p)
+    if pmc is not None:
+        counts["downloads"] = pmc[1]
 
     citation: dict[str, Any] = {"altmetric_jid": jid, "authors": list(p.authors)}
     if p.doi:
@@ -567,6 +598,8 @@ def _fetch_dict(p: _Profile) -> dict[str, Any]:
         citation["pmid"] = p.asked
     if p.id_type == "handle":
         citation["handles"] = [p.asked]
+    if pmc is not None:
+        citation["pmcid"] = pmc[0]
     citation["journal"] = jname
     if total:
         citation["last_mentioned_on"] = p.last_updated  # an int even in fetch, as in the samples
@@ -641,6 +674,10 @@ def _split_list(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+# `counts` keys a source filter leaves in place: they are no source.
+_NOT_SOURCES = ("readers", "total", "downloads")
+
+
 def _filter_fetch(
     body: dict[str, Any],
     include_sources: list[str] | None,
@@ -663,12 +700,12 @@ def _filter_fetch(
             new_posts = {s: v for s, v in posts.items() if keep(s)} or []
         if isinstance(counts, dict):
             new_counts = {
-                s: v for s, v in counts.items() if s in ("readers", "total") or keep(s)
+                s: v for s, v in counts.items() if s in _NOT_SOURCES or keep(s)
             }
             kept = sum(
                 v.get("posts_count", 0)
                 for s, v in new_counts.items()
-                if s not in ("readers", "total") and isinstance(v, dict)
+                if s not in _NOT_SOURCES and isinstance(v, dict)
             )
             if isinstance(new_posts, dict) and "misc" in new_posts:
                 kept += len(new_posts["misc"])
