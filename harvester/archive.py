@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import zstandard
-from sqlalchemy import Connection, Engine, and_, delete, or_, select, tuple_
+from sqlalchemy import ColumnElement, Connection, Engine, String, and_, delete, or_, select, tuple_, type_coerce
 
 from harvester import schema
 from harvester.config import ArchiveConfig
@@ -124,6 +124,17 @@ class Archived:
 
 
 _ORDER = ("fetched_at", "endpoint", "id_type", "identifier", "harvested_on")
+_TEXT = ("endpoint", "id_type", "identifier")
+
+
+def tie_break(id_type: str, identifier: str) -> tuple[str, str]:
+    """The order among bodies fetched at one instant (one writer batch: one endpoint, one day), as `read` returns them.
+
+    The writer stores a batch in this order, so that where two of its bodies name one
+    identifier, the later one here owns it, in the harvest and in `reparse` alike.
+    Python compares strings by code point: SQLite's BINARY collation, PostgreSQL's "C".
+    """
+    return (id_type, identifier)
 
 
 def read(engine: Engine, endpoint: str | None = None, job_id: int | None = None, batch: int = 500) -> Iterator[list[Archived]]:
@@ -134,25 +145,34 @@ def read(engine: Engine, endpoint: str | None = None, job_id: int | None = None,
     while the caller writes.
     """
     t = schema.raw_bodies
-    order = [t.c[name] for name in _ORDER]
+    # By code point (tie_break), whatever the database's collation: a locale's order (en_US
+    # skips punctuation) would replay one batch's bodies in another order than the writer's.
+    binary = engine.dialect.name == "postgresql"
+    order: list[ColumnElement[Any]] = [t.c[name].collate("C") if binary and name in _TEXT else t.c[name] for name in _ORDER]
+    if not binary:
+        # SQLite keeps a timestamp as the text it was written as: the writer's driver wrote a whole
+        # second without a fraction ('12:00:00'), which a bound datetime ('12:00:00.000000') never
+        # equals, so paging skipped the rest of that second's batch. Paged on the text itself.
+        order[0] = type_coerce(t.c.fetched_at, String)
     last: tuple[Any, ...] | None = None
     while True:
-        query = select(*order, t.c.job_id, t.c.params, t.c.body).order_by(*order).limit(batch)
+        keys = (column.label(name) for column, name in zip(order, _ORDER, strict=True))
+        query = select(*keys, t.c.fetched_at.label("at"), t.c.job_id, t.c.params, t.c.body).order_by(*order).limit(batch)
         if endpoint is not None:
             query = query.where(t.c.endpoint == endpoint)
         if job_id is not None:
             query = query.where(t.c.job_id == job_id)
         if last is not None:
             # fetched_at >= x first, so that the index seeks; the rest breaks ties inside one batch's timestamp.
-            after = or_(t.c.fetched_at > last[0], and_(t.c.fetched_at == last[0], tuple_(*order[1:]) > tuple_(*last[1:])))
-            query = query.where(t.c.fetched_at >= last[0], after)
+            after = or_(order[0] > last[0], and_(order[0] == last[0], tuple_(*order[1:]) > tuple_(*last[1:])))
+            query = query.where(order[0] >= last[0], after)
         with engine.connect() as conn:
             rows = conn.execute(query).all()
         if not rows:
             return
         yield [
             Archived(
-                r.endpoint, r.id_type, r.identifier, r.harvested_on, r.fetched_at, r.job_id,
+                r.endpoint, r.id_type, r.identifier, r.harvested_on, r.at, r.job_id,
                 json.loads(r.params) if r.params else None, decompress(r.body),
             )
             for r in rows

@@ -58,11 +58,15 @@ class Coverage:
 
     `sources`: None when every source is in the bodies, else ("in" or "not in",
     our source names). `posts`: whether a source's posts list is complete
-    (False with `post_types`, which leaves retweets out).
+    (False with `post_types`, which leaves retweets out). `totals`: whether the
+    body's `counts.total` is the output's (False whenever a filter cut sources or
+    posts out: the API then totals only what it sent, and storing that as
+    outputs.posts_count would overwrite the output's total with a part of it).
     """
 
     sources: tuple[str, tuple[str, ...]] | None = None
     posts: bool = True
+    totals: bool = True
 
 
 COMPLETE = Coverage()
@@ -76,7 +80,9 @@ def coverage(fetch_options: FetchOptions | None) -> Coverage:
         sources = ("in", tuple(FETCH_SOURCES.get(s, s) for s in options.include_sources))
     elif options.exclude_sources:
         sources = ("not in", tuple(FETCH_SOURCES.get(s, s) for s in options.exclude_sources))
-    return Coverage(sources, posts=not options.post_types)
+    # post_types counts too: whether the API's total then counts the posts it left out is not
+    # documented, and a total that may be a part's must not replace the whole's.
+    return Coverage(sources, posts=not options.post_types, totals=sources is None and not options.post_types)
 
 
 def lists_every_post(fetch_options: FetchOptions | None) -> bool:
@@ -91,7 +97,9 @@ def lists_every_post(fetch_options: FetchOptions | None) -> bool:
 def other_doi(id_type: str, identifier: str, body: dict[str, Any]) -> str | None:
     """The DOI a body names when a DOI was asked and the body is another output's (else None):
     the asked DOI is then not an identifier of the output stored."""
-    returned = lower_doi(body.get("doi") or (body.get("citation") or {}).get("doi"))
+    # A citation that is not an object (a poison body) names no DOI, rather than stopping the run.
+    citation = body.get("citation")
+    returned = lower_doi(body.get("doi") or (citation.get("doi") if isinstance(citation, dict) else None))
     return returned if id_type == "doi" and returned and returned != identifier else None
 
 
@@ -184,6 +192,10 @@ class Endpoint:
         """The archive's identifier of an item's body."""
         return identifier
 
+    def asked_as(self, archived: str) -> str:
+        """The id an archived body was asked by (the inverse of archived_as, for ids; not for Citations pages)."""
+        return archived
+
     def read(self, results: Sequence[ItemResult], now: datetime, job_id: int) -> Batch:
         """Parse the batch's bodies (in the writer process), letting go of each; a body that is
         checked JSON yet unusable fails its item (not transient: asking again gives the same)."""
@@ -234,6 +246,18 @@ class Fetch(Counts):
 
     def url(self, item: Item) -> str:
         return super().url(item) + self._query
+
+    def archived_as(self, identifier: str) -> str:
+        """A filtered body is archived as the id with the job's query ('10.1/x?include_sources=news'),
+        beside the unfiltered one: under one key it replaced the fuller body, and `reparse`
+        then rebuilt only the filtered part of every section (issue 17, item 7)."""
+        return identifier + self._query
+
+    def asked_as(self, archived: str) -> str:
+        # A body archived before filtered ones were kept apart has no query: it is the id as it is.
+        if self._query and archived.endswith(self._query):
+            return archived[: -len(self._query)]
+        return archived
 
     def parse(self, body: dict[str, Any], now: datetime) -> Records:
         rec = parse_fetch(body, now)

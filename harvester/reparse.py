@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
-from harvester import archive, endpoints, schema, store
+from harvester import archive, endpoints, store
 from harvester.errors import DatabaseError, db_message
 from harvester.params import FetchOptions, HarvestParams
 from harvester.parse import ParseError, Records, decode, parse_citations
@@ -58,7 +58,7 @@ class _Chunk:
 
     cover: endpoints.Coverage
     records: list[Records] = field(default_factory=list)
-    asked: list[dict[str, Any]] = field(default_factory=list)
+    asked: list[list[dict[str, Any]]] = field(default_factory=list)  # beside each record: its body's asked-id rows
     ids: set[int] = field(default_factory=set)
 
 
@@ -86,7 +86,10 @@ def reparse(engine: Engine, endpoint: str | None = None, job_id: int | None = No
                 key = body_key
             chunk = chunks[-1]
             chunk.records += records
-            chunk.asked += asked
+            # Beside the body's last record, as the writer passes them (store._write): an identifier's
+            # owner is the latest body naming it, listed or asked, however the bodies are chunked.
+            if records:
+                chunk.asked += [[] for _ in records[1:]] + [asked]
             chunk.ids.update(r.altmetric_id for r in records)
         for chunk in chunks:
             _save(engine, chunk, outcome)
@@ -104,9 +107,10 @@ def _parse(body: archive.Archived, options: str | None) -> tuple[list[Records], 
     endpoint = _endpoint(body.endpoint, options)
     assert isinstance(endpoint, endpoints.Counts)  # Counts or Fetch
     record = endpoint.parse(raw, at)
-    if endpoints.other_doi(body.id_type, body.identifier, raw):
+    asked = endpoint.asked_as(body.identifier)  # a filtered Fetch body is archived with its query
+    if endpoints.other_doi(body.id_type, asked, raw):
         return [record], []
-    return [record], endpoints.asked_rows(body.id_type, body.identifier, record.altmetric_id)
+    return [record], endpoints.asked_rows(body.id_type, asked, record.altmetric_id)
 
 
 def _options(body: archive.Archived) -> str | None:
@@ -125,8 +129,7 @@ def _save(engine: Engine, chunk: _Chunk, outcome: Outcome) -> None:
     """One transaction; a value the database refuses costs only its own body (the chunk is split until it is alone)."""
     try:
         with engine.begin() as conn:
-            store.save_records(conn, chunk.records, chunk.cover)
-            store.upsert(conn, schema.identifiers, chunk.asked)
+            store.save_records(conn, chunk.records, chunk.cover, chunk.asked)
         outcome.outputs += len(chunk.records)
     except (DataError, IntegrityError, OverflowError, UnicodeEncodeError) as e:
         if len(chunk.records) <= 1:
@@ -134,8 +137,8 @@ def _save(engine: Engine, chunk: _Chunk, outcome: Outcome) -> None:
             logger.warning("the database refused output %s: %s", chunk.records[0].altmetric_id if chunk.records else "?", e)
             return
         half = len(chunk.records) // 2
-        for part in (chunk.records[:half], chunk.records[half:]):
-            ids = {r.altmetric_id for r in part}
-            _save(engine, _Chunk(chunk.cover, list(part), [a for a in chunk.asked if a["altmetric_id"] in ids], ids), outcome)
+        for part in (slice(None, half), slice(half, None)):
+            records = chunk.records[part]
+            _save(engine, _Chunk(chunk.cover, records, chunk.asked[part], {r.altmetric_id for r in records}), outcome)
     except SQLAlchemyError as e:
         raise DatabaseError(f"cannot write to the database: {db_message(e)}") from None

@@ -12,17 +12,17 @@ import collections
 import json
 import logging
 import operator
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import BigInteger, Connection, Dialect, Engine, Integer, Table, update
-from sqlalchemy.exc import DataError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from harvester import aliases, archive, jobs, leases, schema
 from harvester.config import ArchiveConfig
+from harvester.db import patiently
 from harvester.db import upsert as upsert  # re-exported: the writer's statement, shared with nightly and reparse
 from harvester.endpoints import COMPLETE, Coverage, Endpoint
 from harvester.errors import DatabaseError, db_message
@@ -33,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 # What a daily snapshot keeps of an output row.
 SNAPSHOT_COLUMNS = ("score", "posts_count", "accounts_count", "readers_count")
+# The outputs columns that are totals over every source: a body filtered to some sources
+# (Coverage.totals False) totals only those, so it leaves them, and the snapshot's, as they were.
+TOTAL_COLUMNS = ("posts_count", "accounts_count")
 # The tables one parsed body fills, in the order they are written.
 DATA_TABLES = (
     "outputs",
@@ -45,6 +48,8 @@ DATA_TABLES = (
     "mentions",
     "mention_citations",
     "demographics",
+    "downloads",
+    "downloads_timeline",
 )
 
 
@@ -75,6 +80,8 @@ _REPLACED = {
     "score_context": ("scope",),
     "output_relations": ("related_altmetric_id", "relation"),
     "demographics": ("platform", "dimension", "key"),
+    "downloads": ("platform", "metric"),
+    "downloads_timeline": ("platform", "month", "metric"),
 }
 
 
@@ -178,21 +185,57 @@ def replace_sections(conn: Connection, batch: Sequence[Records], cover: Coverage
         _delete_missing(conn, schema.mentions, ("altmetric_id",), [(r.altmetric_id,) for r in carrying], ("mention_id",), keep_posts, where, params)
 
 
-def save_records(conn: Connection, batch: Sequence[Records], cover: Coverage = COMPLETE) -> None:
-    """Make each output's rows equal its latest body: replace the sections it carries, upsert every table's rows, add the day's snapshot."""
+def owned_identifiers(named: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Identifier rows in the order their bodies were received -> one row per identifier, as if each body had been stored alone.
+
+    The owner is that of the identifier's last row (the latest answer wins), and it
+    is `asked` if any row was the id a job asked by (a later body listing the id
+    does not make it unasked). Written at once, a batch's asked rows used to go in
+    after every body's listed ones: an older body's asked id then won over a newer
+    body, and the owner depended on how bodies were batched (issue 17, item 10).
+    """
+    owners: dict[tuple[str, str], int] = {}
+    asked: set[tuple[str, str]] = set()
+    for row in named:
+        key = (row["scheme"], row["value"])
+        owners[key] = row["altmetric_id"]
+        if row.get("asked"):
+            asked.add(key)
+    # Rows without `asked` leave the column as it is: an id asked by an earlier batch stays asked.
+    return [
+        {"scheme": scheme, "value": value, "altmetric_id": owner, "asked": True} if (scheme, value) in asked else {"scheme": scheme, "value": value, "altmetric_id": owner}
+        for (scheme, value), owner in owners.items()
+    ]
+
+
+def save_records(conn: Connection, batch: Sequence[Records], cover: Coverage = COMPLETE, asked: Sequence[Sequence[dict[str, Any]]] = ()) -> None:
+    """Make each output's rows equal its latest body: replace the sections it carries, upsert every table's rows, add the day's snapshot.
+
+    `batch` in the order the bodies were received (archive.tie_break within one
+    instant); `asked`: beside each record, the identifier rows of the id its item
+    was asked by (endpoints.asked_rows), which count as that body's answer.
+    """
     replace_sections(conn, batch, cover)
     tables: dict[str, list[dict[str, Any]]] = {name: [] for name in (*DATA_TABLES, "counts_snapshots")}
-    for records in batch:
+    named: list[dict[str, Any]] = []
+    for i, records in enumerate(batch):
+        named += records.identifiers
+        if i < len(asked):
+            named += asked[i]
         output = records.outputs
+        if not cover.totals:
+            output = {k: v for k, v in output.items() if k not in TOTAL_COLUMNS}
         output["first_harvested_at"] = output["harvested_at"]
         tables["outputs"].append(output)
-        for name in DATA_TABLES[1:]:
-            tables[name].extend(getattr(records, name))
+        for name in DATA_TABLES:
+            if name not in ("outputs", "identifiers"):
+                tables[name].extend(getattr(records, name))
         # Every harvest adds to the time series: one row per output and UTC day, the day's last harvest wins.
         values = {c: output[c] for c in SNAPSHOT_COLUMNS if c in output}
         if values:
             at = output["harvested_at"]
             tables["counts_snapshots"].append({"altmetric_id": records.altmetric_id, "harvested_on": at.date(), "harvested_at": at, **values})
+    tables["identifiers"] = owned_identifiers(named)
     for name, rows in tables.items():
         upsert(conn, schema.metadata.tables[name], rows)
 
@@ -307,6 +350,9 @@ def write_batch(
         )
         for i, r in enumerate(results)
     ]
+    # The batch's bodies share one fetched_at: stored in the archive's order among them, so that where
+    # two name one identifier, the owner the harvest leaves is the one `reparse` rebuilds.
+    units.sort(key=lambda u: archive.tie_break(u.item["b_id_type"], endpoint.archived_as(u.item["b_identifier"])))
     written = _commit(engine, job_id, units, now, runner, endpoint.coverage, batch.after)
     return dict(collections.Counter(u.item["status"] for u in written))
 
@@ -382,10 +428,12 @@ def _write(
         [rec for u in units for rec in u.records],
         [(int(u.item["b_identifier"]), u.item["altmetric_id"]) for u in units if u.item["b_id_type"] == "id" and u.item["altmetric_id"] is not None],
     )
-    save_records(conn, [rec for u in units for rec in u.records], cover)
+    # A unit's asked rows go with its last record (a Citations page, the only unit of many records, asks by no id).
+    records = [rec for u in units for rec in u.records]
+    asked = [u.asked if i == len(u.records) - 1 else [] for u in units for i in range(len(u.records))]
+    save_records(conn, records, cover, asked)
     # In the transaction of the data parsed from them, and only for the units written: archive and tables never disagree.
     upsert(conn, schema.raw_bodies, archive.replace(conn, [u.raw for u in units if u.raw is not None]))
-    upsert(conn, schema.identifiers, [row for u in units for row in u.asked])
     aliases.follow(conn, moves, now)
     if more is not None:
         # A page whose lease was lost adds no pages or follow-up items: its new holder will.
@@ -398,25 +446,20 @@ def _write(
     )
 
 
-def _retrying(work: Any, engine: Engine, attempts: int = 5, refused_is_fatal: bool = False) -> None:
-    """Run one transaction; retry while the database is locked, raise _Refused for a value it refuses, stop on anything else."""
-    for attempt in range(1, attempts + 1):
-        try:
-            with engine.begin() as conn:
-                work(conn)
-            return
-        except OperationalError as e:
-            message = str(e.orig)
-            if "locked" in message or "busy" in message:
-                if attempt < attempts:
-                    logger.warning("database is locked; retrying the batch (%d/%d)", attempt, attempts)
-                    time.sleep(0.5 * attempt)
-                    continue
-            raise DatabaseError(f"cannot write to the database: {message}") from None
-        except (DataError, IntegrityError, OverflowError, UnicodeEncodeError) as e:
-            # OverflowError: an int past SQLite's 64 bits; UnicodeEncodeError: a lone surrogate (\ud800) in a text.
-            if refused_is_fatal:
-                raise DatabaseError(f"cannot write to the database: {db_message(e)}") from None
-            raise _Refused(db_message(e)) from None
-        except SQLAlchemyError as e:
+def _retrying(work: Any, engine: Engine, refused_is_fatal: bool = False) -> None:
+    """Run one transaction; wait while another holds the lock (db.patiently), raise _Refused for a value
+    the database refuses, stop on anything else."""
+
+    def once() -> None:
+        with engine.begin() as conn:
+            work(conn)
+
+    try:
+        patiently(once, "writing a batch")
+    except (DataError, IntegrityError, OverflowError, UnicodeEncodeError) as e:
+        # OverflowError: an int past SQLite's 64 bits; UnicodeEncodeError: a lone surrogate (\ud800) in a text.
+        if refused_is_fatal:
             raise DatabaseError(f"cannot write to the database: {db_message(e)}") from None
+        raise _Refused(db_message(e)) from None
+    except SQLAlchemyError as e:
+        raise DatabaseError(f"cannot write to the database: {db_message(e)}") from None

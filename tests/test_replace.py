@@ -296,3 +296,22 @@ def test_counts_after_fetch_through_the_cli_leaves_fetch_only_tables(h: Harness)
     assert h.run("harvest", "--endpoint", "fetch", "--no-progress", ids).exit_code == 0
     strip = lambda rs: [{k: v for k, v in r.items() if k != "last_seen_at"} for r in rs]  # noqa: E731
     assert {t: strip(rows(h.engine, f"select * from {t} order by 1, 2")) for t in FETCH_ONLY} == {t: strip(r) for t, r in fetch_only.items()}
+
+
+@pytest.mark.parametrize("fetch", [{"include_sources": ["news"]}, {"exclude_sources": ["twitter"]}, {"post_types": "original_tweets"}])
+def test_a_filtered_fetch_leaves_the_totals_alone(db: Engine, fetch: dict[str, Any]) -> None:
+    """A filter that cuts sources or posts out totals only what it sent: outputs.posts_count and the day's snapshot keep the full body's."""
+    doi, served = a_full_body()
+    aid = served["altmetric_id"]
+    harvest(db, "fetch", {doi: served}, T1)
+    part = copy.deepcopy(served)
+    part["counts"]["total"]["posts_count"] = 1
+    part["altmetric_score"]["score"] = 12.5
+    assert harvest(db, "fetch", {doi: part}, T1.replace(hour=13), fetch=fetch)[1] == {"done": 1}
+    full = served["counts"]["total"]["posts_count"]
+    assert full > 1
+    assert rows(db, "select posts_count, score from outputs") == [{"posts_count": full, "score": 12.5}]
+    assert rows(db, "select posts_count, score from counts_snapshots where altmetric_id = :a", a=aid) == [{"posts_count": full, "score": 12.5}]
+    # A filtered body on a day of its own leaves that day's total unknown, not a part's.
+    harvest(db, "fetch", {doi: part}, T2, fetch=fetch)
+    assert rows(db, "select harvested_on, posts_count from counts_snapshots order by 1")[1]["posts_count"] is None
