@@ -427,6 +427,22 @@ def _target(path: Path | None, stdout: IO[bytes]) -> Iterator[IO[bytes]]:
         raise
 
 
+def replace_file(path: Path, data: bytes) -> None:
+    """Write `data` to a temporary file beside `path`, then rename it over `path` (os.replace).
+
+    A failed write (disk full, a file size limit) raises OSError and leaves an earlier `path`
+    intact and no temporary file behind: a report or a provenance file is never half written.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def export(engine: Engine, query: Query, fmt: str, path: Path | None = None, stdout: IO[bytes] | None = None) -> ExportResult:
     """Write the query's rows to `path` (or `stdout`) in `fmt`, with the provenance; returns the row count."""
     if fmt not in FORMATS:
@@ -453,7 +469,7 @@ def export(engine: Engine, query: Query, fmt: str, path: Path | None = None, std
     if path is not None and fmt != "parquet":
         sidecar = sidecar_path(path)
         try:
-            sidecar.write_text(json.dumps({**info, "file": path.name}, indent=2) + "\n", encoding="utf-8")
+            replace_file(sidecar, (json.dumps({**info, "file": path.name}, indent=2) + "\n").encode("utf-8"))
         except OSError as e:
             raise ExportError(f"cannot write the attribution file {sidecar}: {e.strerror or e}") from None
     return ExportResult(n, path, sidecar, info)
@@ -503,7 +519,7 @@ def datasette_metadata(engine: Engine, database_name: str) -> dict[str, Any]:
 def write_datasette_metadata(engine: Engine, path: Path, database_name: str) -> dict[str, Any]:
     metadata = datasette_metadata(engine, database_name)
     try:
-        path.write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+        replace_file(path, (json.dumps(metadata, indent=2) + "\n").encode("utf-8"))
     except OSError as e:
         raise ExportError(f"cannot write {path}: {e.strerror or e}") from None
     return metadata

@@ -6,6 +6,7 @@ reject with its reason; the caller records both and the run goes on.
 
 from __future__ import annotations
 
+import csv
 import re
 import sys
 import unicodedata
@@ -59,6 +60,17 @@ _PMID_PREFIX = re.compile(r"(?i)^pmid:\s*")
 _ISBN_PREFIX = re.compile(r"(?i)^(?:urn:isbn:|isbn(?:-1[03])?:?\s*)")
 _ISBN_SEPARATORS = re.compile(r"[\s\-\u2010\u2011\u2012\u2013]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# No real id of any type comes near this (DOIs run to a few hundred characters): a longer
+# "id" is a whole file on one line, never to be sent to the API or stored.
+MAX_ID_CHARS = 1000
+# A line is read whole up to this many bytes (the UTF-8 of the longest id, with room for a
+# label and quotes); past it, the rest of the line is skipped, never held in memory.
+_MAX_LINE_BYTES = 4 * MAX_ID_CHARS + 64
+_READ_SIZE = 1 << 16
+_EOL = re.compile(rb"\r\n|\r|\n")  # universal newlines: a CR-only file (old Mac exports) reads line by line
+_SEPARATORS = ("\t", ",", ";")
+TOO_LONG = f"longer than {MAX_ID_CHARS:,} characters (no real id is)"
+UTF16 = "this file looks UTF-16: save it as UTF-8"
 
 
 class InvalidId(ValueError):
@@ -83,6 +95,8 @@ def normalize(text: str, id_type: str) -> tuple[str, str]:
     value = text.strip()
     if not value:
         raise InvalidId("empty")
+    if len(value) > MAX_ID_CHARS:
+        raise InvalidId(TOO_LONG)
     if _CONTROL.search(value):
         raise InvalidId("contains control characters")
     if id_type == "doi":
@@ -186,27 +200,111 @@ def _isbn(value: str) -> tuple[str, str]:
     return key, compact
 
 
-def read_ids(sources: Iterable[str], id_type: str, stdin: BinaryIO | None = None) -> Iterator[IdLine]:
-    """Yield every non-blank, non-comment line of the sources ('-' is stdin), in order."""
+def read_ids(sources: Iterable[str], id_type: str, stdin: BinaryIO | None = None, require_ids: bool = True) -> Iterator[IdLine]:
+    """Yield every non-blank, non-comment line of the sources ('-' is stdin), in order.
+
+    With `require_ids`, input of which every line is rejected raises InputError at its end,
+    naming the first reject's reason (a CSV export, a UTF-16 file): a job of nothing would
+    "succeed", and a nightly fed a broken export would report success. Raised inside the
+    caller's loading transaction, so no empty job is left behind.
+    """
     if id_type not in ID_TYPES:
         raise InputError(f"unknown id type {id_type!r} (known: {', '.join(ID_TYPES)})")
     line_no = 0
+    accepted = 0
+    first_reject: IdLine | None = None
     for source in sources:
+        table = _Table()
         for source_line, text in _lines(source, stdin):
             line_no += 1
-            if text is None:
-                yield IdLine(line_no, source, source_line, "", reason="not valid UTF-8")
-                continue
-            stripped = text.strip()
-            if not stripped or stripped.startswith("#"):
-                line_no -= 1  # blank lines and comments are not counted as ids
-                continue
-            try:
-                key, exact = normalize(stripped, id_type)
-            except InvalidId as e:
-                yield IdLine(line_no, source, source_line, stripped, reason=str(e))
+            if text is _TOO_LONG or text is _UTF16:
+                reject = IdLine(line_no, source, source_line, "", reason=TOO_LONG if text is _TOO_LONG else UTF16)
+            elif text is None:
+                reject = IdLine(line_no, source, source_line, "", reason="not valid UTF-8")
             else:
-                yield IdLine(line_no, source, source_line, stripped, key=key, exact=exact)
+                stripped = text.strip()
+                if not stripped or stripped.startswith("#"):
+                    line_no -= 1  # blank lines and comments are not counted as ids
+                    continue
+                csv_reason = table.reason(stripped, id_type)
+                try:
+                    if csv_reason is not None:
+                        raise InvalidId(csv_reason)
+                    key, exact = normalize(stripped, id_type)
+                except InvalidId as e:
+                    reject = IdLine(line_no, source, source_line, stripped[:MAX_ID_CHARS], reason=str(e))
+                else:
+                    accepted += 1
+                    yield IdLine(line_no, source, source_line, stripped, key=key, exact=exact)
+                    continue
+            first_reject = first_reject or reject
+            yield reject
+    if require_ids and accepted == 0 and first_reject is not None:
+        where = "stdin" if first_reject.source == "-" else first_reject.source
+        raise InputError(
+            f"no valid {id_type} in the input: all {line_no:,} lines were rejected, nothing to harvest "
+            f"(line {first_reject.source_line} of {where}: {first_reject.reason})"
+        )
+
+
+class _Table:
+    """Notices a CSV/TSV export given where one id a line is expected, from its first line.
+
+    A header line (cells on a tab, comma or semicolon, itself no id) makes every later line
+    that has the separator a row, rejected as such: a quoted row "10.1/x","Title" would
+    otherwise pass for the DOI `10.1/x","title`. The reason names the id column when the
+    header or the row shows it.
+    """
+
+    def __init__(self) -> None:
+        self.lines = 0
+        self.separator: str | None = None
+        self.header: list[str] = []
+
+    def reason(self, line: str, id_type: str) -> str | None:
+        self.lines += 1
+        if self.lines == 1:
+            counts = {sep: line.count(sep) for sep in _SEPARATORS}
+            separator = max(_SEPARATORS, key=lambda sep: counts[sep])
+            if counts[separator] == 0:
+                return None
+            try:
+                normalize(line, id_type)
+                return None  # an id that holds the character: not a header
+            except InvalidId:
+                pass
+            self.separator, self.header = separator, _cells(line, separator)
+            return self._reason(self.header, id_type)
+        if self.separator is None or self.separator not in line:
+            return None
+        return self._reason(_cells(line, self.separator), id_type)
+
+    def _reason(self, cells: list[str], id_type: str) -> str:
+        kind = "TSV" if self.separator == "\t" else "CSV"
+        named = [h for h in self.header if h.strip().lower() == id_type] or [h for h in self.header if id_type in h.strip().lower()]
+        column = named[0].strip() if named else None
+        if column is None:
+            for i, cell in enumerate(cells):
+                try:
+                    normalize(cell, id_type)
+                except InvalidId:
+                    continue
+                column = self.header[i].strip() if i < len(self.header) and self.header is not cells else f"number {i + 1}"
+                break
+        where = f' (the {id_type}s are in column "{column}")' if column else ""
+        return f"this looks like a {kind} export{where}: give one id a line, e.g. only that column"
+
+
+def _cells(line: str, separator: str) -> list[str]:
+    try:
+        return next(csv.reader([line], delimiter=separator))
+    except (csv.Error, StopIteration):
+        return line.split(separator)
+
+
+# What _lines yields instead of a line's text when the line cannot be one id.
+_TOO_LONG = "\x00too long"
+_UTF16 = "\x00utf-16"
 
 
 def _lines(source: str, stdin: BinaryIO | None) -> Iterator[tuple[int, str | None]]:
@@ -226,10 +324,71 @@ def _lines(source: str, stdin: BinaryIO | None) -> Iterator[tuple[int, str | Non
 
 
 def _decode(f: BinaryIO) -> Iterator[tuple[int, str | None]]:
-    for number, raw in enumerate(f, start=1):
-        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-            raw = raw[3:]
-        try:
-            yield number, raw.decode("utf-8").rstrip("\r\n")
-        except UnicodeDecodeError:
-            yield number, None
+    """(line number, text): None for a line that is not UTF-8, _TOO_LONG, or _UTF16 for every line of a UTF-16 file."""
+    chunks = _chunks(f)
+    head = next(chunks, b"")
+    utf16 = _looks_utf16(head)
+    if head.startswith(b"\xef\xbb\xbf"):
+        head = head[3:]
+    number = 0
+    for raw, too_long in _raw_lines(_prepend(head, chunks)):
+        number += 1
+        if utf16:
+            yield number, _UTF16
+        elif too_long:
+            yield number, _TOO_LONG
+        else:
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError:
+                yield number, None
+
+
+def _looks_utf16(head: bytes) -> bool:
+    """A UTF-16 byte order mark, or ASCII text with a NUL after (or before) every character."""
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return True
+    sample = head[:4096]
+    return len(sample) >= 8 and sample.count(0) * 3 >= len(sample)
+
+
+def _chunks(f: BinaryIO) -> Iterator[bytes]:
+    # read1 where there is one: stdin hands over what it has instead of waiting for 64 KB.
+    read = getattr(f, "read1", f.read)
+    while chunk := read(_READ_SIZE):
+        yield chunk
+
+
+def _prepend(head: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    if head:
+        yield head
+    yield from rest
+
+
+def _raw_lines(chunks: Iterable[bytes]) -> Iterator[tuple[bytes, bool]]:
+    """Lines ending at LF, CRLF or a lone CR, without their ending: (bytes, True if the line was
+    longer than _MAX_LINE_BYTES). A longer line keeps only its start; the rest is skipped as it is
+    read, so a 10 MB "line" costs one chunk of memory, not ten megabytes several times over."""
+    line = bytearray()
+    too_long = after_cr = False
+    for chunk in chunks:
+        pos = 1 if after_cr and chunk[:1] == b"\n" else 0  # a CRLF split between two chunks
+        after_cr = False
+        while True:
+            m = _EOL.search(chunk, pos)
+            end = len(chunk) if m is None else m.start()
+            if not too_long:
+                room = _MAX_LINE_BYTES - len(line)
+                line += chunk[pos : min(end, pos + room + 1)]
+                if len(line) > _MAX_LINE_BYTES:
+                    too_long = True
+                    del line[_MAX_LINE_BYTES:]
+            if m is None:
+                break
+            yield bytes(line), too_long
+            line.clear()
+            too_long = False
+            after_cr = m.group() == b"\r" and m.end() == len(chunk)
+            pos = m.end()
+    if line or too_long:
+        yield bytes(line), too_long

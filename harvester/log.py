@@ -14,6 +14,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 _secrets: set[str] = set()
+# What setup_logging was given, so that a child process (the writer) logs the same way.
+_verbosity: int | None = None
 # Any key=... query parameter, whatever its value, in case a URL slips through.
 _KEY_PARAM = re.compile(r"(?i)([?&]key=)[^&\s'\")\]]+")
 # The password of any URL with one (postgresql+psycopg://user:secret@host/db) in free text;
@@ -67,6 +69,8 @@ class UtcFormatter(logging.Formatter):
 
 def setup_logging(verbosity: int) -> None:
     """-q: errors only; default: warnings and run notes; -v: info; -vv: debug."""
+    global _verbosity
+    _verbosity = verbosity
     level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
     handler = logging.StreamHandler()
     handler.addFilter(RedactingFilter())
@@ -77,3 +81,17 @@ def setup_logging(verbosity: int) -> None:
     # aiohttp and alembic are chatty at INFO; keep them to warnings unless -vv.
     for name in ("aiohttp", "alembic"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbosity > 1 else logging.WARNING)
+
+
+def child_settings() -> tuple[int, tuple[str, ...]]:
+    """(verbosity, secrets) for a child process: a spawned process starts with neither, and
+    its log lines would bypass the redaction, -q and the UTC format (writer.py)."""
+    return (0 if _verbosity is None else _verbosity), tuple(_secrets)
+
+
+def setup_child(settings: tuple[int, tuple[str, ...]]) -> None:
+    """In a child process: register the parent's secrets, then log as the parent does."""
+    verbosity, secrets = settings
+    for secret in secrets:
+        register_secret(secret)
+    setup_logging(verbosity)

@@ -25,6 +25,7 @@ from sqlalchemy import Engine, and_, func, select, text
 
 from harvester import __version__, jobs, schema
 from harvester.errors import HarvesterError
+from harvester.export import replace_file
 from harvester.log import redact
 
 if TYPE_CHECKING:
@@ -101,7 +102,8 @@ def write_report(engine: Engine, path: Path, now: datetime | None = None) -> Rep
     data = collect(engine, now)
     page = render(data)
     try:
-        path.write_text(page, encoding="utf-8")
+        # Beside it, then renamed over it: a full disk leaves the earlier report whole, not a truncated one.
+        replace_file(path, page.encode("utf-8"))
     except OSError as e:
         raise ReportError(f"cannot write {path}: {e.strerror or e}") from None
     return data

@@ -17,6 +17,7 @@ from typing import Any
 from harvester.config import ArchiveConfig
 from harvester.endpoints import Endpoint
 from harvester.errors import DatabaseError, HarvesterError
+from harvester.log import child_settings, setup_child
 from harvester.store import ItemResult, write_batch
 
 
@@ -41,7 +42,8 @@ class WriterProcess:
         self._outbox: Any = ctx.Queue()
         self._process = ctx.Process(
             target=_writer_main,
-            args=(url, job_id, endpoint, runner, archive_config, self._inbox, self._outbox),
+            # The parent's verbosity and secrets: the child starts with neither (spawn).
+            args=(url, job_id, endpoint, runner, archive_config, self._inbox, self._outbox, child_settings()),
             name="harvester-writer",
             daemon=True,
         )
@@ -96,10 +98,13 @@ def _writer_main(
     archive_config: ArchiveConfig | None,
     inbox: Any,
     outbox: Any,
+    log_settings: tuple[int, tuple[str, ...]],
 ) -> None:
     # Signals are the parent's to handle: on Ctrl-C it flushes what it has through us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Before anything can log: redacted, -q honoured, the same UTC lines as the parent's.
+    setup_child(log_settings)
     parent = multiprocessing.parent_process()
     _die_with_parent()
     from harvester.db import make_engine

@@ -270,3 +270,36 @@ def test_parquet_never_truncates_a_fraction_in_an_integer_column(db: Path, tmp_p
     assert not (tmp_path / "x.parquet").exists()
     result = export(f"sqlite:///{db}", "--sql", sql.replace("ELSE i END", "ELSE CAST(i AS REAL) END"), "--format", "parquet", "-o", str(tmp_path / "x.parquet"))
     assert result.returncode == 0 and pq.read_table(tmp_path / "x.parquet").column("v").to_pylist()[-2:] == [14999.0, 0.5]
+
+
+def test_a_failed_write_leaves_the_earlier_export_and_its_provenance_whole(tmp_path: Path) -> None:
+    """A file size limit (as a full disk would) fails the provenance file's write midway:
+    the earlier export and provenance stay whole, no temporary file is left, one line, exit 1."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    from click.testing import CliRunner
+
+    from harvester.cli import cli
+
+    db = tmp_path / "harvest.db"
+    assert CliRunner().invoke(cli, ["--database", f"sqlite:///{db}", "db", "upgrade"]).exit_code == 0
+    out, sidecar = tmp_path / "small.csv", tmp_path / "small.csv.provenance.json"
+    out.write_text("earlier\n")
+    sidecar.write_text('{"earlier": true}\n')
+
+    def limited() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the writer instead of failing the write
+        resource.setrlimit(resource.RLIMIT_FSIZE, (300, 300))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "harvester", "--database", f"sqlite:///{db}", "export", "--sql", "select 1 as x", "-o", str(out)],
+        capture_output=True, text=True, timeout=120, preexec_fn=limited, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    [line] = proc.stderr.splitlines()
+    assert line.startswith(f"Error: cannot write the attribution file {sidecar}: File too large"), line
+    assert sidecar.read_text() == '{"earlier": true}\n'
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("harvest.db")) == ["small.csv", "small.csv.provenance.json"]

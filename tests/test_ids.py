@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import io
+import tracemalloc
 from pathlib import Path
 
 import pytest
+from click.testing import Result
 from sqlalchemy import Engine
 
 from harvester.errors import InputError
+from harvester.fakeapi import FakeServer
 from harvester.ids import InvalidId, normalize, read_ids
 from harvester.jobs import create_job
-from tests.conftest import rows
+from tests.conftest import Harness, rows
 
 
 @pytest.mark.parametrize(
@@ -248,3 +251,89 @@ def test_create_job_collapses_duplicates_and_records_rejects(engine: Engine, tmp
     assert rows(engine, "select line_no, source, source_line, line, reason from job_rejects") == [
         {"line_no": 4, "source": str(a), "source_line": 4, "line": "garbage", "reason": "not a DOI (10.NNNN/suffix)"}
     ]
+
+
+# -- input that yields no id (issue 17, item 14): through the CLI, against the fake API ---------
+
+
+def _harvest_file(h: Harness, path: Path, *options: str) -> Result:
+    return h.run("harvest", "--no-progress", *options, str(path))
+
+
+def test_a_csv_export_exits_1_naming_csv_and_the_doi_column_and_creates_no_job(h: Harness, fake: FakeServer) -> None:
+    path = h.tmp / "export.csv"
+    path.write_text('Title,DOI,Year\n"A paper, with a comma",10.1038/news.2011.490,2011\n"Another",10.1038/abc,2012\n')
+    for options in ((), ("--enqueue-only",), ("--json",)):
+        result = _harvest_file(h, path, *options)
+        assert result.exit_code == 1, result.output
+        assert result.stdout == ""  # no job id, no outcome: there is no job
+        [line] = result.stderr.splitlines()
+        assert line.startswith("Error: no valid doi in the input: all 3 lines were rejected"), line
+        assert 'looks like a CSV export (the dois are in column "DOI")' in line, line
+    assert rows(h.engine, "select * from jobs") == []
+    assert fake.stats.total == 0
+
+
+def test_a_quoted_csv_row_is_not_taken_for_a_doi(tmp_path: Path) -> None:
+    path = tmp_path / "export.csv"
+    path.write_text('"doi","title"\n"10.1038/abc","x"\n')
+    lines = list(read_ids([str(path)], "doi", require_ids=False))
+    assert [line.key for line in lines] == [None, None]
+    assert lines[1].reason == 'this looks like a CSV export (the dois are in column "doi"): give one id a line, e.g. only that column'
+
+
+def test_a_utf16_file_exits_1_saying_it_looks_utf16(h: Harness) -> None:
+    path = h.tmp / "dois.txt"
+    path.write_bytes("10.1038/news.2011.490\r\n10.1038/abc\r\n".encode("utf-16"))  # what Excel's "Unicode text" saves
+    result = _harvest_file(h, path)
+    assert result.exit_code == 1, result.output
+    [line] = result.stderr.splitlines()
+    assert "this file looks UTF-16: save it as UTF-8" in line, line
+    assert rows(h.engine, "select * from jobs") == []
+    path.write_bytes("10.1038/news.2011.490\n".encode("utf-16-le"))  # no byte order mark
+    assert "looks UTF-16" in _harvest_file(h, path).stderr
+
+
+def test_a_cr_only_file_is_read_line_by_line(h: Harness) -> None:
+    path = h.tmp / "dois.txt"
+    path.write_bytes(b"10.5555/cr.1\r10.5555/cr.2\r\r10.5555/cr.3\r\n10.5555/cr.4")
+    result = _harvest_file(h, path)
+    assert result.exit_code == 0, result.output
+    items = rows(h.engine, "select identifier, line_no from job_items order by line_no")
+    assert [(r["identifier"], r["line_no"]) for r in items] == [(f"10.5555/cr.{i}", i) for i in range(1, 5)]
+
+
+def test_a_10_mb_line_is_rejected_unsent_and_unstored(h: Harness, fake: FakeServer) -> None:
+    path = h.tmp / "dois.txt"
+    with path.open("wb") as f:
+        f.write(b"10.5555/ok.1\n10.5555/" + b"x" * 10_000_000 + b"\n10.5555/ok.2\n")
+    result = _harvest_file(h, path)
+    assert result.exit_code == 0, result.output
+    assert sorted(h.items()) == ["10.5555/ok.1", "10.5555/ok.2"]
+    [reject] = rows(h.engine, "select line_no, reason, length(line) as n from job_rejects")
+    assert reject == {"line_no": 2, "reason": "longer than 1,000 characters (no real id is)", "n": 0}
+    assert fake.stats.total == 2 and all(len(p) < 100 for p in fake.stats.per_path)
+    assert h.db.stat().st_size < 2_000_000
+    # Alone in a file, it is input that yields no id: exit 1.
+    path.write_bytes(b"10.5555/" + b"y" * 10_000_000)
+    result = _harvest_file(h, path)
+    assert result.exit_code == 1 and "longer than 1,000 characters" in result.stderr
+
+
+def test_reading_a_10_mb_line_holds_a_chunk_not_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "dois.txt"
+    path.write_bytes(b"10.5555/" + b"x" * 10_000_000 + b"\r10.5555/ok\n")
+    tracemalloc.start()
+    try:
+        lines = list(read_ids([str(path)], "doi"))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [line.reason for line in lines] == ["longer than 1,000 characters (no real id is)", None]
+    assert peak < 1_000_000, peak
+
+
+def test_ids_longer_than_any_real_id_are_rejected() -> None:
+    with pytest.raises(InvalidId, match="longer than 1,000"):
+        normalize("10.5555/" + "x" * 1000, "doi")
+    assert normalize("10.5555/" + "x" * 900, "doi")[0].startswith("10.5555/")

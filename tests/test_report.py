@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import shutil
+import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
@@ -210,3 +212,30 @@ def test_without_matplotlib_a_one_line_hint(tmp_path: Path, monkeypatch: pytest.
     result = CliRunner().invoke(cli, ["--database", f"sqlite:///{db}", "report", "-o", str(tmp_path / "r.html")], env={"HARVESTER_CONFIG": ""})
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == ["Error: the report needs matplotlib: pip install 'altmetric-harvester[report]'"]
+
+
+def _limited(limit: int) -> Callable[[], None]:
+    """A child whose files cannot grow past `limit` bytes: a write past it fails with EFBIG, as on a full disk."""
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the writer instead of failing the write
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_a_failed_write_leaves_the_earlier_report_whole_and_no_temporary_file(tmp_path: Path) -> None:
+    db = tmp_path / "harvest.db"
+    assert CliRunner().invoke(cli, ["--database", f"sqlite:///{db}", "db", "upgrade"]).exit_code == 0
+    earlier = tmp_path / "report.html"
+    earlier.write_text("<html>the earlier report</html>")
+    proc = subprocess.run(
+        [sys.executable, "-m", "harvester", "--database", f"sqlite:///{db}", "report", "-o", str(earlier)],
+        capture_output=True, text=True, timeout=120, preexec_fn=_limited(1000), cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    [line] = proc.stderr.splitlines()
+    assert line.startswith(f"Error: cannot write {earlier}: File too large"), line
+    assert earlier.read_text() == "<html>the earlier report</html>"
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith("harvest.db")] == ["report.html"]  # no temporary file
+

@@ -8,6 +8,7 @@ asked again.
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -115,3 +116,38 @@ def test_a_resume_of_a_live_run_joins_it_as_a_second_worker(tmp_path: Path, id_f
     assert mine > 0, err  # the second worker did its share
     assert snapshot(db) == undisturbed
     assert query(db, "select count(*) from workers") == [(0,)]
+
+
+@pytest.mark.parametrize(
+    ("first", "gap"),
+    [(signal.SIGINT, 0.0), (signal.SIGINT, 0.005), (signal.SIGINT, 0.02), (signal.SIGINT, 0.05), (signal.SIGTERM, 0.01)],
+)
+def test_a_second_signal_quits_at_once_with_130_the_resume_line_and_the_job_not_left_running(
+    tmp_path: Path, fake: FakeServer, id_file: Path, undisturbed: dict[str, Any], first: signal.Signals, gap: float
+) -> None:
+    """Ctrl-C twice (or SIGTERM then Ctrl-C) within 50 ms: no CancelledError traceback, exit 130,
+    the resume line, and the job recorded as interrupted rather than running under a dead process."""
+    db = tmp_path / "twice.db"
+    proc = start(db, fake, "harvest", "--no-progress", "--concurrency", "8", str(id_file))
+    wait_until(db, N // 4, proc)
+    proc.send_signal(first)
+    time.sleep(gap)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "CancelledError" not in err, err
+    assert f"Resume with: harvester --database sqlite:///{db} resume 1" in err
+    assert query(db, "select status, runner from jobs") == [("interrupted", None)]
+    assert query(db, "select count(*) from job_items where claimed_by is not null") == [(0,)]
+    assert query(db, "select count(*) from workers") == [(0,)]
+    shown = start(db, fake, "status")
+    status_out, _ = shown.communicate(timeout=60)
+    assert status_out.startswith("job 1: interrupted"), status_out
+    listed = start(db, fake, "jobs")
+    jobs_out, _ = listed.communicate(timeout=60)
+    assert " interrupted " in jobs_out and "running" not in jobs_out, jobs_out
+    if gap == 0.0:  # once: what was written is whole, and resume finishes the job
+        proc = start(db, fake, "resume", "--no-progress")
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert snapshot(db) == undisturbed
