@@ -37,6 +37,7 @@ from sqlalchemy import Connection, Engine, select, update
 
 from harvester import jobs, schema
 from harvester.config import LimitsConfig
+from harvester.db import patient
 from harvester.errors import QuotaExhausted
 from harvester.jobs import insert_for
 
@@ -167,6 +168,7 @@ class SharedBudget:
         if changes:
             conn.execute(update(schema.rate_budgets).where(self._where()).values(**changes))  # type: ignore[arg-type]
 
+    @patient
     def read(self) -> State:
         """The row as it is now (a primary-key read, no lock)."""
         with self.engine.connect() as conn:
@@ -175,6 +177,7 @@ class SharedBudget:
 
     # -- leasing slots ------------------------------------------------------------------------
 
+    @patient
     def lease(self, want: int | None = None) -> tuple[list[float], State]:
         """Lease up to `want` consecutive request slots (database epoch seconds, evenly spaced).
 
@@ -256,6 +259,7 @@ class SharedBudget:
         n = min(n, max(1, math.ceil((hour_start + 3600.0 - start) / interval)))
         return [start + i * interval for i in range(n)]
 
+    @patient
     def give_back(self, slots: Sequence[float], interval: float, rewind: bool = True) -> None:
         """Return leased slots that were never used: they do not count, and the schedule takes them back
         when they were its last ones (a process that stops leaves no hole in it)."""
@@ -276,6 +280,7 @@ class SharedBudget:
 
     # -- what the server says ------------------------------------------------------------------
 
+    @patient
     def pause(self, until: float, reason: str) -> State:
         """Hold every process until `until` (database epoch seconds; the longest pause asked for wins)."""
         with self.engine.begin() as conn:
@@ -285,16 +290,18 @@ class SharedBudget:
                 self._save(conn, {"paused_until": row["paused_until"], "pause_reason": reason})
             return _state(row)
 
+    @patient
     def spend_quota(self, until: datetime, kind: str) -> None:
         """The daily (or tweet-id) quota is spent until `until`: every process pauses its job."""
         with self.engine.begin() as conn:
             self._locked(conn)
             self._save(conn, {"quota_until": until, "quota_kind": kind})
 
+    @patient
     def observe(self, hour_limit: int | None, hour_left: int | None, day_limit: int | None, day_left: int | None) -> None:
-        """What the rate-limit headers say, when it is tighter than what the row knows.
+        """What the rate-limit headers say.
 
-        A lower announced limit replaces the configured one; what is left in the
+        The latest announced limit is kept (the tighter of it and the configured one applies); what is left in the
         current hour or day raises the row's count (never lowers it: requests this
         row granted may still be on their way to the server).
         """
@@ -302,12 +309,16 @@ class SharedBudget:
             row = self._locked(conn)
             now = to_epoch(jobs.db_now(conn))
             changes: dict[str, object] = {}
-            if hour_limit is not None and 0 < hour_limit < (_tightest(self.per_hour, row["hour_limit"]) or math.inf):  # type: ignore[arg-type]
-                logger.info("the API allows %d requests an hour: tightening to that", hour_limit)
-                changes["hour_limit"] = hour_limit
-            if day_limit is not None and 0 < day_limit < (_tightest(self.per_day, row["day_limit"]) or math.inf):  # type: ignore[arg-type]
-                logger.info("the API allows %d requests a day: tightening to that", day_limit)
-                changes["day_limit"] = day_limit
+            # The latest announcement replaces the one before, higher or lower: a key's limits can be
+            # raised (a new contract) as well as lowered. The configured limits still bound it (_tightest).
+            for column, announced, configured, per in (
+                ("hour_limit", hour_limit, self.per_hour, "an hour"),
+                ("day_limit", day_limit, self.per_day, "a day"),
+            ):
+                if announced is not None and announced > 0 and announced != row[column]:
+                    if announced < (configured or math.inf):
+                        logger.info("the API allows %d requests %s: keeping to that", announced, per)
+                    changes[column] = announced
             hour_limit = _tightest(self.per_hour, changes.get("hour_limit", row["hour_limit"]))  # type: ignore[arg-type]
             day_limit = _tightest(self.per_day, changes.get("day_limit", row["day_limit"]))  # type: ignore[arg-type]
             if hour_left is not None and hour_limit is not None:
@@ -324,6 +335,7 @@ class SharedBudget:
                     changes["day_used"] = used
             self._save(conn, changes)
 
+    @patient
     def slow_down(self, floor: float) -> float | None:
         """429s persist: halve the shared rate (at most once a second, not below `floor` of it).
         Returns the new factor, or None when it was changed less than a second ago."""

@@ -7,11 +7,15 @@ import functools
 import json
 import logging
 import operator
+import os
+import random
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
@@ -20,11 +24,14 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Dialect, Engine, Table, bindparam, create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlchemyError
 
 from harvester.errors import DatabaseError
 
 logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 IDLE_IN_TRANSACTION_MS = 30_000
 _MIGRATION_LOCK = 0x616C746D  # pg_advisory_xact_lock key of schema upgrades ('altm')
@@ -86,8 +93,84 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={sqlite_busy_ms()}")
     cursor.close()
+
+
+def sqlite_busy_ms() -> int:
+    """How long one SQLite statement waits for another process's write lock before it reports it:
+    30 s, or HARVESTER_SQLITE_BUSY_TIMEOUT seconds (the tests shorten it). Writers then wait again
+    (see `patiently`): the timeout only sets how often they look up and say so."""
+    try:
+        return max(1, int(float(os.environ.get("HARVESTER_SQLITE_BUSY_TIMEOUT", "30")) * 1000))
+    except ValueError:
+        return 30_000
+
+
+# SQLSTATEs that mean "another transaction was in the way; run this one again":
+# deadlock_detected, serialization_failure, lock_not_available.
+_PG_TRANSIENT = frozenset({"40P01", "40001", "55P03"})
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+# A deadlock is broken by the server at once; one that keeps coming back is a bug, not bad luck.
+PG_ATTEMPTS = 10
+LOCK_WARN_EVERY = 60.0  # seconds between "still waiting" warnings
+# Set on Ctrl-C/SIGTERM (pipeline.with_signals): a writer waiting for a lock stops waiting.
+stopping = threading.Event()
+
+
+def lock_conflict(e: BaseException) -> bool:
+    """True when `e` says another transaction held what this one needed (SQLite busy or locked;
+    PostgreSQL deadlock, serialization failure, lock not available): by the driver's error code,
+    never the message's words ("blocked by process" is part of a deadlock's text, not its kind)."""
+    orig = getattr(e, "orig", e)
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate is not None:
+        return sqlstate in _PG_TRANSIENT
+    code = getattr(orig, "sqlite_errorcode", None)
+    # Extended codes (SQLITE_BUSY_SNAPSHOT, ...) keep the primary code in the low byte.
+    return isinstance(code, int) and code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+
+
+def patiently(work: Callable[[], T], what: str) -> T:
+    """Run `work` (one transaction) again while another transaction is in its way.
+
+    SQLite: for as long as it takes, with a warning every minute. SQLite cannot take a lock
+    back from a process that holds it, and one that is frozen (Ctrl-Z, SIGSTOP, a laptop lid)
+    holds it until it is continued or killed: the others wait, they never fail the run for it
+    (docs/scale-out.md). PostgreSQL: a deadlock or serialization failure, up to PG_ATTEMPTS times.
+    """
+    attempt, since, warned_at = 0, time.monotonic(), 0.0
+    while True:
+        try:
+            return work()
+        except DBAPIError as e:
+            if not lock_conflict(e) or stopping.is_set():
+                raise
+            attempt += 1
+            sqlstate = getattr(e.orig, "sqlstate", None)
+            if sqlstate is not None and attempt >= PG_ATTEMPTS:
+                raise
+            waited = time.monotonic() - since
+            if sqlstate is not None:
+                logger.info("%s: %s; running it again (%d/%d)", what, type(e.orig).__name__, attempt, PG_ATTEMPTS)
+            elif waited - warned_at >= LOCK_WARN_EVERY or attempt == 1:
+                warned_at = waited
+                logger.warning(
+                    "%s: the database is locked by another process (for %.0fs so far); waiting for it. "
+                    "A stopped or frozen harvester holds SQLite's lock until it is continued or killed",
+                    what, waited,
+                )  # fmt: skip
+            time.sleep(min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0))
+
+
+def patient(fn: Callable[P, T]) -> Callable[P, T]:
+    """`patiently` for a function that is one transaction."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        return patiently(lambda: fn(*args, **kwargs), fn.__qualname__)
+
+    return wrapper
 
 
 def migrations_dir() -> Path:

@@ -20,10 +20,10 @@ import socket
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, delete, func, select, text, update
+from sqlalchemy import Connection, Engine, bindparam, delete, func, select, text, tuple_, update
 
 from harvester import jobs, schema
-from harvester.db import lookup_pairs
+from harvester.db import lookup_pairs, patient
 from harvester.errors import JobStatus
 from harvester.jobs import Item, Job, db_now
 
@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 STALE_AFTER = jobs.STALE_AFTER  # a worker whose heartbeat is older is not counted as live
 
 
+@patient
 def register(engine: Engine, runner: str, command: str) -> None:
     """Add this process to `workers` (or refresh its row)."""
     host, pid = runner.split(":")[0], os.getpid()
@@ -42,6 +43,7 @@ def register(engine: Engine, runner: str, command: str) -> None:
         conn.execute(stmt.on_conflict_do_update(index_elements=["runner"], set_={"heartbeat_at": now, "command": command}))
 
 
+@patient
 def unregister(engine: Engine, runner: str) -> None:
     """This process stops: its leases are released and its row deleted."""
     with engine.begin() as conn:
@@ -58,6 +60,7 @@ def _release(conn: Connection, runner: str, job_id: int | None = None) -> int:
     return n
 
 
+@patient
 def release_all(engine: Engine, runner: str) -> int:
     """Give up every lease of this worker (after it lost track of them: frozen past their end)."""
     with engine.begin() as conn:
@@ -76,6 +79,7 @@ def _pid_is_gone(host: str, pid: int) -> bool:
     return False
 
 
+@patient
 def reap(engine: Engine) -> int:
     """Forget workers that are gone: a dead process on this host (its leases are released now),
     or a worker silent for ten times STALE_AFTER (its leases have ended by then). Returns how many."""
@@ -91,6 +95,7 @@ def reap(engine: Engine) -> int:
     return len(gone)
 
 
+@patient
 def join(engine: Engine, job_id: int, runner: str) -> Job:
     """Start working on a job, alongside whatever other workers it has."""
     with engine.begin() as conn:
@@ -121,6 +126,7 @@ RETURNING id_type, identifier, line_no""",
 }
 
 
+@patient
 def claim(engine: Engine, job_id: int, runner: str, limit: int, lease: timedelta) -> list[Item]:
     """Lease the next claimable items (pending, and unleased or whose lease ended), in input order."""
     with engine.begin() as conn:
@@ -133,6 +139,7 @@ def claim(engine: Engine, job_id: int, runner: str, limit: int, lease: timedelta
     return sorted((Item(r.id_type, r.identifier, r.line_no) for r in rows), key=lambda i: i.line_no)
 
 
+@patient
 def renew(engine: Engine, runner: str, job_id: int | None, lease: timedelta, items_done: int, requests: int) -> int:
     """The heartbeat: renew the leases this worker still holds, and refresh its row and its jobs'.
 
@@ -142,9 +149,18 @@ def renew(engine: Engine, runner: str, job_id: int | None, lease: timedelta, ite
     ji, w = schema.job_items.c, schema.workers.c
     with engine.begin() as conn:
         now = db_now(conn)
+        # Locked in key order, skipping what is locked: the writer's lease check (held) locks a batch's
+        # items in the batch's order, and a renewal that waited for it while holding others deadlocked
+        # with it. An item the writer holds is being written in that transaction: it needs no renewal.
+        mine = (
+            select(ji.job_id, ji.id_type, ji.identifier)
+            .where(ji.claimed_by == runner, ji.status == "pending", ji.lease_until > now)
+            .order_by(ji.job_id, ji.id_type, ji.identifier)
+            .with_for_update(skip_locked=True)
+        )
         held: int = conn.execute(
             update(schema.job_items)
-            .where(ji.claimed_by == runner, ji.status == "pending", ji.lease_until > now)
+            .where(tuple_(ji.job_id, ji.id_type, ji.identifier).in_(mine))
             .values(lease_until=now + lease)
         ).rowcount
         conn.execute(
@@ -195,6 +211,7 @@ def live_workers(engine: Engine, job_id: int | None = None) -> list[dict[str, An
     return out
 
 
+@patient
 def leave(
     engine: Engine, job_id: int, runner: str, status: str, error: str | None = None, resume_after: datetime | None = None
 ) -> str:

@@ -20,12 +20,12 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from harvester import jobs, leases
+from harvester import db, jobs, leases
 from harvester.budget import SharedBudget
 from harvester.client import ApiClient, ConnectError, Response, TransportError
 from harvester.config import Config, parse_duration
@@ -388,9 +388,18 @@ class Run:
         while True:
             if limiter.tweet_quota_spent:
                 raise QuotaExhausted(next_utc_midnight(), "tweet-id")
-            await breaker.admit()
-            await limiter.acquire()
             if not self.keeper.valid(generation):
+                return None
+            probe = await breaker.admit()
+            try:
+                await limiter.acquire()
+            except BaseException:
+                if probe:
+                    breaker.release()
+                raise
+            if not self.keeper.valid(generation):
+                if probe:
+                    breaker.release()  # a probe that sent nothing must not hold the breaker shut
                 return None
             self.requests += 1
             status: int | None = None
@@ -604,8 +613,13 @@ def run(
     """
     own = runner is None
     runner = runner or jobs.new_runner_id()
+    started = time.monotonic()
     try:
         return with_signals(lambda stop: run_job(engine, job_id, config, progress, stop, runner, command=command))
+    except Interrupted:
+        # A second signal cut the run short before Run.finish: record the end here, or the job
+        # would go on looking `running` under a process that is gone (issue 17, item 12).
+        return _quit_at_once(engine, job_id, runner, time.monotonic() - started)
     finally:
         if own:
             try:
@@ -614,16 +628,39 @@ def run(
                 logger.warning("could not leave the workers table: %s", db_message(e))
 
 
+class Interrupted(KeyboardInterrupt):
+    """A second SIGINT/SIGTERM stopped the run at once (with_signals), before the run recorded its end."""
+
+
+def _quit_at_once(engine: Engine, job_id: int, runner: str, elapsed: float) -> RunOutcome:
+    """The outcome of a run a second signal stopped: its leases go back and the job is `interrupted`
+    (or stays with the other live workers that still run it). Only committed batches counted, so
+    every item is final with its rows or pending: `resume` picks up the rest."""
+    status: str = JobStatus.INTERRUPTED
+    try:
+        status = leases.leave(engine, job_id, runner, JobStatus.INTERRUPTED)
+        counts = jobs.item_counts(engine, job_id)
+    except SQLAlchemyError as e:
+        logger.warning("could not record the job's end: %s", db_message(e))
+        counts = dict.fromkeys(jobs.STATUSES, 0)
+    return RunOutcome(job_id, status, counts, ExitCode.INTERRUPTED, elapsed=elapsed)
+
+
 def with_signals(work: Callable[[asyncio.Event], Awaitable[T]]) -> T:
     """Run `work(stop)` in a fresh event loop; the first SIGINT/SIGTERM sets `stop`.
 
-    A second signal cancels at once: still safe, since only committed batches
-    count and every other item is still pending.
+    A second signal cancels every task at once and raises Interrupted (a KeyboardInterrupt):
+    still safe, since only committed batches count and every other item is still pending; the
+    caller records the job's end. Once a signal has come, later ones are ignored until the
+    process exits: it is stopping already, and a KeyboardInterrupt raised in the middle of
+    recording the job's end or printing the resume line would lose them.
     """
+    import signal
+
+    quit_at_once = False
 
     async def main() -> T:
-        import signal
-
+        nonlocal quit_at_once
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         task = asyncio.current_task()
@@ -635,18 +672,48 @@ def with_signals(work: Callable[[asyncio.Event], Awaitable[T]]) -> T:
             if signals == 1:
                 logger.warning("stopping: writing what was already fetched (press Ctrl-C again to quit at once)")
                 stop.set()
-            elif task is not None:
-                task.cancel()
+            elif signals == 2 and task is not None and not task.done():
+                db.stopping.set()  # a thread waiting for a lock another process holds gives up
+                # Futures that gathered the cancelled tasks (the run's workers) end cancelled with
+                # nobody left to look: that is the point, not an error to print with a traceback.
+                default = loop.get_exception_handler()
+
+                def quiet(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+                    if isinstance(context.get("exception"), asyncio.CancelledError):
+                        return
+                    if default is not None:
+                        default(loop, context)
+                    else:
+                        loop.default_exception_handler(context)
+
+                loop.set_exception_handler(quiet)
+                # Every task, not only this one: workers left running would use the HTTP session
+                # and the writer while the run closes them, and die with errors at the loop's end.
+                for other in asyncio.all_tasks(loop):
+                    other.cancel()
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
         try:
             return await work(stop)
+        except asyncio.CancelledError:
+            if signals < 2:
+                raise
+            quit_at_once = True
+            # Returned, not raised: a KeyboardInterrupt out of a task is re-raised by the event
+            # loop itself, past asyncio.run's cleanup of the other tasks.
+            return cast(T, None)
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+            if signals:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    signal.signal(sig, signal.SIG_IGN)
 
-    return run_loop(main())
+    result = run_loop(main())
+    if quit_at_once:
+        raise Interrupted
+    return result
 
 
 def run_loop(coro: Awaitable[T]) -> T:

@@ -158,11 +158,16 @@ class RateLimiter:
                 if self._paused():
                     await self._give_back()  # every slot held falls in or before the pause: lease anew after it
                     continue
-                late = self.budget.now() - slot
+                now = self.budget.now()
+                late = now - slot
                 # The next slot is ours, or nobody's: once the day's budget is spent no slot is granted
                 # after ours, so sending late crowds no one, and a slot given up then would be lost to
                 # the day (the quota is already recorded as spent) and pause the job until midnight.
-                ours_next = self._quota_after is not None or (following is not None and following - slot <= self._interval * 1.001)
+                # Ours only while it is still ahead: a process whose requests all waited on slow answers
+                # comes back holding slots that have all passed, and "now" is then in someone else's slot.
+                ours_next = self._quota_after is not None or (
+                    following is not None and following - slot <= self._interval * 1.001 and following > now
+                )
                 if self._free and not ours_next and late > self._interval - self._min_gap:
                     # The next slot may be another process's: sent this late, the two would
                     # come closer than the server allows. Give this one up instead.
@@ -360,8 +365,11 @@ class CircuitBreaker:
     def is_open(self) -> bool:
         return self._open_until is not None
 
-    async def admit(self) -> None:
-        """Wait while the breaker is open; after the cool-down, one caller goes ahead as the probe."""
+    async def admit(self) -> bool:
+        """Wait while the breaker is open; after the cool-down, one caller goes ahead as the probe.
+
+        True for that caller: it must `record()` its answer, or `release()` when it sends nothing
+        (its item's lease was lost, its quota spent), so that another caller can probe at once."""
         loop = asyncio.get_running_loop()
         while self._open_until is not None:
             assert self._outage_since is not None
@@ -372,12 +380,19 @@ class CircuitBreaker:
             stale_probe = self._probing and loop.time() - self._probe_started > 120.0
             if wait <= 0 and (not self._probing or stale_probe):
                 self._probing, self._probe_started = True, loop.time()
-                return
+                return True
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), max(wait, 0.05) if wait > 0 else 1.0)
             except TimeoutError:
                 pass
+        return False
+
+    def release(self) -> None:
+        """The probe sent nothing: let the next caller probe, now."""
+        if self._probing:
+            self._probing = False
+            self._changed.set()
 
     def record(self, ok: bool) -> None:
         """The health of one attempt: False for 5xx, resets, timeouts and unusable bodies."""

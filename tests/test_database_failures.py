@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from harvester.fakeapi import FakeServer, serve_in_thread
-from tests.conftest import FAKE
+from harvester.fakeapi import FakeConfig, FakeServer, serve_in_thread
+from tests.conftest import FAKE, KEY
 from tests.subproc import query, snapshot, start, wait_until
 
 
@@ -100,3 +102,45 @@ def test_a_full_disk_stops_the_job_with_items_pending_and_resume_finishes(
     assert proc.returncode == 0, err
     assert snapshot(db) == snapshot(calm)
 
+
+
+def test_a_process_frozen_with_the_sqlite_write_lock_holds_a_worker_but_never_fails_it(tmp_path: Path) -> None:
+    """Another process takes SQLite's write lock and is frozen (SIGSTOP) for far longer than the
+    busy timeout: the worker waits, says so, and finishes once the lock is free (before the fix it
+    retried a batch 5 times and exited 1)."""
+    db = tmp_path / "locked.db"
+    ids = tmp_path / "ids.txt"
+    ids.write_text("".join(f"10.5555/lock.{i:03d}\n" for i in range(60)))
+    with serve_in_thread(FakeConfig(keys=(KEY,), latency=0.05)) as server:
+        cfg = tmp_path / "harvester.toml"
+        cfg.write_text("[limits]\nconcurrency = 2\n")
+        # One second of SQLite's busy wait a statement, not 30: the lock outlasts it many times over.
+        worker = start(db, server, "harvest", "--no-progress", str(ids), config=cfg, HARVESTER_SQLITE_BUSY_TIMEOUT="1")
+        try:
+            wait_until(db, 5, worker)
+            holder = subprocess.Popen(
+                [sys.executable, "-c", LOCK_AND_FREEZE, str(db)], stdout=subprocess.PIPE, text=True
+            )
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+            time.sleep(15)  # frozen with the lock
+            assert worker.poll() is None, worker.communicate()
+            holder.send_signal(signal.SIGCONT)
+            assert holder.wait(timeout=30) == 0
+            code = worker.wait(timeout=120)
+            _, err = worker.communicate()
+        finally:
+            worker.kill()
+    assert code == 0, err
+    assert "locked by another process" in err
+    assert query(db, "select count(*) from job_items where status = 'pending'") == [(0,)]
+
+
+# Takes SQLite's write lock, says so, and freezes itself; continued, it lets go and exits.
+LOCK_AND_FREEZE = """
+import os, signal, sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+os.kill(os.getpid(), signal.SIGSTOP)
+conn.execute("ROLLBACK")
+"""

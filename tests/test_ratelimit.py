@@ -107,12 +107,26 @@ def test_lower_server_limits_tighten_the_budget_for_every_process(engine: Engine
     async def main() -> None:
         lim = limiter(engine)
         await lim.observe({"X-HourlyRateLimit-Limit": "100", "X-DailyRateLimit-Limit": "1000"}, "counts")
-        # Higher server limits never loosen the configuration.
-        await limiter(engine).observe({"X-HourlyRateLimit-Limit": "99999"}, "counts")
 
     run(main())
     row = budget_row(engine)
     assert (row["hour_limit"], row["day_limit"]) == (100, 1000)
+    # Another process on the key is held to them too.
+    budget = SharedBudget(engine, KEY, LimitsConfig(per_second=1000.0, per_hour=3600, per_day=86400), "free")
+    assert len(budget.lease(500)[0]) == 100
+
+
+def test_a_limit_announced_once_is_not_kept_when_the_api_raises_it(engine: Engine) -> None:
+    """The row holds the latest announced limit: 20 an hour once, then 10**9, is the configured rate again."""
+    limits = LimitsConfig(per_second=1000.0, per_hour=3600, per_day=86400)
+    budget = SharedBudget(engine, KEY, limits, "free")
+    budget.observe(20, None, 20, None)
+    assert len(budget.lease(500)[0]) == 20
+    budget.observe(10**9, None, 10**9, None)
+    row = budget_row(engine)
+    assert (row["hour_limit"], row["day_limit"]) == (10**9, 10**9)
+    # The configured limits bound it again: the hour's 3,600 less the 20 already granted.
+    assert len(budget.lease(5000)[0]) == 3600 - 20
 
 
 def test_remaining_headers_raise_the_shared_counts(engine: Engine) -> None:

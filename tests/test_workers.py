@@ -248,3 +248,52 @@ def test_a_bulk_harvest_and_a_nightly_share_one_key_on_sqlite(tmp_path: Path) ->
     assert stats.total == 60 + 1 + 20  # the bulk ids, a Citations page, the 20 listed outputs
     assert stats.rate <= rate
     assert query(db, "select count(*) from job_items where status = 'pending'") == [(0,)]
+
+
+def test_slow_answers_never_send_a_stale_slot_into_another_process(tmp_path: Path) -> None:
+    """Two workers at concurrency 1 whose answers take 2.5 slots: each comes back holding slots
+    that have passed. Sending one of them late would land in the other's slot, and the server,
+    enforcing the key's rate with a bucket of one, would answer 429 (8 in 31 before the fix)."""
+    rate, n = 2.0, 24
+    cfg = config(tmp_path, f'[api]\ntier = "free"\n[limits]\nper_second = {rate}\nper_hour = 7200\nper_day = 172800\nconcurrency = 1\n')
+    db = tmp_path / "slow.db"
+    server_limits = dict(per_second=rate, burst=1, per_hour=7200, per_day=172800, latency=1.25)
+    with serve_in_thread(replace(FAKE, **server_limits)) as server:
+        job = enqueue(db, server, ids(tmp_path, n, "slow"), cfg)
+        procs = [start(db, server, "worker", str(job), "--no-progress", "--concurrency", "1", config=cfg, HARVESTER_TIER="free") for _ in range(2)]
+        for code, err in finish(procs):
+            assert code == 0, err
+        stats = server.stats
+    print(f"\nslow answers, 2 workers at concurrency 1: {stats.rate_limited} 429s in {stats.total} requests")
+    assert stats.total == n
+    assert stats.rate_limited == 0
+
+
+def test_a_worker_frozen_past_its_lease_during_an_outage_recovers(tmp_path: Path, reaper: list[subprocess.Popen[str]]) -> None:
+    """The API fails until the circuit breaker opens; the worker is frozen past its lease; the API
+    comes back. The breaker's probe may be an item of the lost lease: it must not hold the breaker
+    (before the fix, every other request waited two minutes for that probe, in turn)."""
+    cfg = config(tmp_path, '[limits]\nconcurrency = 16\nbackoff_base = 0.2\n[workers]\nlease = "2s"\n')
+    db = tmp_path / "outage.db"
+    n = 60
+    with serve_in_thread(replace(FAKE, error_rate=1.0)) as failing:
+        port = failing.port
+        job = enqueue(db, failing, ids(tmp_path, n, "outage"), cfg)
+        worker = start(db, failing, "worker", str(job), "--no-progress", config=cfg)
+        reaper.append(worker)
+        deadline = time.monotonic() + 60
+        while failing.stats.total < 20:  # the breaker opens at 20 failures of the last 30
+            assert time.monotonic() < deadline and worker.poll() is None
+            time.sleep(0.05)
+        time.sleep(0.5)
+        worker.send_signal(signal.SIGSTOP)
+    time.sleep(3.5)  # past the lease, and past the breaker's cool-down
+    with serve_in_thread(FAKE, port=port) as healthy:
+        worker.send_signal(signal.SIGCONT)
+        try:
+            code, err = finish([worker], timeout=60)[0]
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the worker made no progress after it was continued: {healthy.stats.total} requests since")
+    assert code == 0, err
+    assert "the API is failing" in err
+    assert query(db, f"select count(*) from job_items where job_id = {job} and status in ('pending', 'failed')") == [(0,)]

@@ -564,12 +564,14 @@ async def start(cfg: FakeConfig, host: str = "127.0.0.1", port: int = 0) -> Fake
 
 
 @contextlib.contextmanager
-def serve_in_thread(cfg: FakeConfig) -> Iterator[FakeServer]:
-    """Run the fake API on its own event loop in a daemon thread, for callers that are not async."""
+def serve_in_thread(cfg: FakeConfig, port: int = 0) -> Iterator[FakeServer]:
+    """Run the fake API on its own event loop in a daemon thread, for callers that are not async.
+
+    ``port`` 0 picks a free port; a given one lets a test replace a server with another at the same URL."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="fake-api", daemon=True)
     thread.start()
-    server = asyncio.run_coroutine_threadsafe(start(cfg), loop).result(timeout=30)
+    server = asyncio.run_coroutine_threadsafe(start(cfg, port=port), loop).result(timeout=30)
     try:
         yield server
     finally:
