@@ -540,11 +540,19 @@ def download_rows(downloads: Any, altmetric_id: int) -> tuple[list[dict[str, Any
     `publisher`) totals `unique_ips`, `full_text`, `pdf`, `abstract`, and a `timeline`
     of unique-IP counts per month, {"2012-05": "42", ...}, the numbers often strings.
     Every numeric total is kept under its own name (a metric the API adds is not lost);
-    a month whose value is an object is read as metric -> count.
+    a month whose value is an object is read as metric -> count. Metrics given without the
+    platform level are PMC's.
     """
     totals: dict[tuple[str, str], dict[str, Any]] = {}
     months: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for platform, values in _dict(downloads).items():
+    given = _dict(downloads)
+    # Some bodies give the PMC figures without the platform level ({"unique_ips": 12, "timeline": {...}}):
+    # an entry that is not an object of metrics is then a metric of PMC, not a platform with nothing in it.
+    flat = {k: v for k, v in given.items() if k == "timeline" or not isinstance(v, dict)}
+    platforms = {k: v for k, v in given.items() if k not in flat}
+    if flat:
+        platforms["pmc"] = _dict(platforms.get("pmc")) | flat
+    for platform, values in platforms.items():
         for metric, value in _dict(values).items():
             if metric == "timeline":
                 for month, count in _dict(value).items():

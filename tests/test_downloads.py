@@ -137,3 +137,11 @@ def test_the_documented_downloads_query_runs_on_a_real_harvest(tmp_path: Path, c
         assert pmc == len(stored)
     finally:
         engine.dispose()
+
+
+def test_downloads_without_the_platform_level_are_pmcs() -> None:
+    flat = {"unique_ips": "12", "full_text": 7, "pdf": 3, "timeline": {"2012-05": "5", "2012-06": 7}}
+    rec = parse_fetch(body_with_downloads(flat), T1)
+    assert {(r["platform"], r["metric"], r["count"]) for r in rec.downloads} == {("pmc", "unique_ips", 12), ("pmc", "full_text", 7), ("pmc", "pdf", 3)}
+    assert {(r["platform"], r["month"], r["count"]) for r in rec.downloads_timeline} == {("pmc", "2012-05", 5), ("pmc", "2012-06", 7)}
+    assert "downloads" not in {r["source"] for r in rec.source_counts}
