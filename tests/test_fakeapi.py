@@ -107,6 +107,12 @@ async def test_auth_statuses_and_counts_only_tier() -> None:
 # ---- counts -----------------------------------------------------------------------------------
 
 
+def _found(body: dict[str, Any] | None) -> dict[str, Any]:
+    """A body the fake serves (None would be its 404)."""
+    assert body is not None
+    return body
+
+
 def _first_found(prefix: str, pred: Callable[[dict[str, Any]], bool] = lambda b: True) -> str:
     for i in range(5000):
         doi = f"{prefix}{i}"
@@ -131,12 +137,24 @@ async def test_counts_shape_and_determinism() -> None:
     assert isinstance(body["altmetric_id"], int) and 0 < body["altmetric_id"] < 2**40
     assert list(body["history"]) == list(HISTORY_TIMEFRAMES)
     assert set(body["context"]) == {"all", "journal", "similar_age_3m", "similar_age_journal_3m"}
-    for k in ("title", "journal", "issns", "type", "score", "url", "details_url", "images",
-              "published_on", "added_on", "last_updated", "readers", "readers_count"):
+    for k in (
+        "title",
+        "journal",
+        "issns",
+        "type",
+        "score",
+        "url",
+        "details_url",
+        "images",
+        "published_on",
+        "added_on",
+        "last_updated",
+        "readers",
+        "readers_count",
+    ):
         assert k in body, k
     per_source = {
-        k: v for k, v in body.items()
-        if k.startswith("cited_by_") and k not in ("cited_by_posts_count", "cited_by_accounts_count")
+        k: v for k, v in body.items() if k.startswith("cited_by_") and k not in ("cited_by_posts_count", "cited_by_accounts_count")
     }
     assert per_source and all(v > 0 for v in per_source.values())  # zeros are left out
     assert body["cited_by_accounts_count"] == sum(per_source.values())
@@ -155,13 +173,13 @@ def test_counts_quirks_across_ids() -> None:
             int(v)  # numeric, whether int or string
 
     pmid = next(str(n) for n in range(1000, 2000) if counts_body("pmid", str(n)) is not None)
-    assert counts_body("pmid", pmid)["pmid"] == pmid  # type: ignore[index]
+    assert _found(counts_body("pmid", pmid))["pmid"] == pmid
     isbn = next(f"97800000{n:05d}" for n in range(2000) if counts_body("isbn", f"97800000{n:05d}"))
-    assert counts_body("isbn", isbn)["isbns"] == [isbn]  # type: ignore[index]
+    assert _found(counts_body("isbn", isbn))["isbns"] == [isbn]
     handle = next(f"10986/{n}" for n in range(2000) if counts_body("handle", f"10986/{n}"))
-    assert counts_body("handle", handle)["handles"] == [handle]  # type: ignore[index]
+    assert _found(counts_body("handle", handle))["handles"] == [handle]
     aid = next(str(n) for n in range(100, 2000) if counts_body("id", str(n)))
-    assert counts_body("id", aid)["altmetric_id"] == int(aid)  # type: ignore[index]
+    assert _found(counts_body("id", aid))["altmetric_id"] == int(aid)
 
 
 def test_bogus_doi_returns_a_different_doi() -> None:
@@ -355,8 +373,7 @@ async def test_faults_are_seeded_and_retries_eventually_succeed() -> None:
     assert {"200", "reset", "200-bad"} <= kinds and kinds & {"500", "502", "503"}
     for i in range(40):
         assert "200" in first[i * 5 : i * 5 + 5]  # a retry gets through
-    other = await _outcomes(FakeConfig(seed=8, error_rate=0.3, reset_rate=0.15,
-                                       truncate_rate=0.15, not_found_pct=0), paths)
+    other = await _outcomes(FakeConfig(seed=8, error_rate=0.3, reset_rate=0.15, truncate_rate=0.15, not_found_pct=0), paths)
     assert other != first
 
 
@@ -366,8 +383,7 @@ async def test_faults_are_seeded_and_retries_eventually_succeed() -> None:
 @pytest.mark.asyncio
 async def test_samples_are_served_verbatim() -> None:
     samples = list(iter_sample_files())
-    assert ("counts", "doi", "10.1038/news.2011.490",
-            "counts_researchhub-pyliteral_10.1038-news.2011.490.json") in samples
+    assert ("counts", "doi", "10.1038/news.2011.490", "counts_researchhub-pyliteral_10.1038-news.2011.490.json") in samples
     async with serve() as (server, s):
         for endpoint, id_type, ident, name in samples:
             prefix = "" if endpoint == "counts" else f"/{endpoint}"
@@ -376,11 +392,11 @@ async def test_samples_are_served_verbatim() -> None:
             assert h["Content-Type"].startswith("application/json")
             packaged = (resources.files("harvester") / "data" / name).read_bytes()
             assert body == packaged, name
-    assert isinstance(counts_body("doi", "10.1038/480426a")["readers"]["mendeley"], str)  # type: ignore[index]
-    assert fetch_body("doi", "10.1038/NATURE.2014.14583")["altmetric_id"] == 2068207  # type: ignore[index]
+    assert isinstance(_found(counts_body("doi", "10.1038/480426a"))["readers"]["mendeley"], str)
+    assert _found(fetch_body("doi", "10.1038/NATURE.2014.14583"))["altmetric_id"] == 2068207
     # The other endpoint of a sample's DOI is synthetic but names the same output.
-    assert counts_body("doi", "10.1038/nature.2014.14583")["altmetric_id"] == 2068207  # type: ignore[index]
-    assert fetch_body("doi", "10.1038/news.2011.490")["altmetric_id"] == 241939  # type: ignore[index]
+    assert _found(counts_body("doi", "10.1038/nature.2014.14583"))["altmetric_id"] == 2068207
+    assert _found(fetch_body("doi", "10.1038/news.2011.490"))["altmetric_id"] == 241939
 
 
 # ---- fetch ---------------------------------------------------------------------------------------------
@@ -414,23 +430,34 @@ def test_fetch_quirks_appear() -> None:
 @pytest.mark.asyncio
 async def test_fetch_shape_and_source_filters() -> None:
     doi = _find_fetch(
-        lambda b: isinstance(b["posts"], dict) and "twitter" in b["posts"] and len(b["posts"]) >= 2
-        and b["altmetric_score"]["context_for_score"] is not None
+        lambda b: (
+            isinstance(b["posts"], dict)
+            and "twitter" in b["posts"]
+            and len(b["posts"]) >= 2
+            and b["altmetric_score"]["context_for_score"] is not None
+        )
     )
     async with serve() as (server, s):
         st, raw, _ = await get(s, api(server, f"/fetch/doi/{doi}"))
         assert st == 200
         body = json.loads(raw)
         assert body == fetch_body("doi", doi)
-        assert body["altmetric_id"] == counts_body("doi", doi)["altmetric_id"]  # type: ignore[index]
-        assert {"altmetric_id", "counts", "citation", "altmetric_score", "demographics",
-                "posts", "score", "images"} <= set(body)
+        assert body["altmetric_id"] == _found(counts_body("doi", doi))["altmetric_id"]
+        assert {"altmetric_id", "counts", "citation", "altmetric_score", "demographics", "posts", "score", "images"} <= set(body)
         assert body["citation"]["doi"] == doi
         datetime.fromisoformat(body["citation"]["first_seen_on"])
         ctx = body["altmetric_score"]["context_for_score"]
         assert set(ctx) == {"all", "this_journal", "similar_age_3m", "similar_age_this_journal_3m"}
-        assert {"total_number_of_other_articles", "mean", "rank", "this_scored_higher_than_pct",
-                "this_scored_higher_than", "rank_type", "sample_size", "percentile"} == set(ctx["all"])
+        assert {
+            "total_number_of_other_articles",
+            "mean",
+            "rank",
+            "this_scored_higher_than_pct",
+            "this_scored_higher_than",
+            "rank_type",
+            "sample_size",
+            "percentile",
+        } == set(ctx["all"])
         tweet = body["posts"]["twitter"][0]
         assert tweet["tweet_id"] and tweet["author"]["tweeter_id"]
         assert "followers" in tweet["author"] and "id_on_source" in tweet["author"]
@@ -445,9 +472,7 @@ async def test_fetch_shape_and_source_filters() -> None:
         st, raw, _ = await get(s, api(server, f"/fetch/doi/{doi}", exclude_sources="twitter"))
         assert "twitter" not in json.loads(raw)["counts"]
 
-        st, raw, _ = await get(
-            s, api(server, f"/fetch/doi/{doi}", include_sections="counts,citation",
-                   post_types="original_tweets"))
+        st, raw, _ = await get(s, api(server, f"/fetch/doi/{doi}", include_sections="counts,citation", post_types="original_tweets"))
         assert set(json.loads(raw)) == {"altmetric_id", "counts", "citation"}
 
 
@@ -467,16 +492,14 @@ async def test_citations_paging() -> None:
         page = 1
         while page * 99 < total:
             page += 1
-            st, raw, _ = await get(s, api(server, "/citations/1w", num_results=99, page=page,
-                                          doi_prefix="10.1038"))
+            st, raw, _ = await get(s, api(server, "/citations/1w", num_results=99, page=page, doi_prefix="10.1038"))
             assert st == 200
             dois += [r["doi"] for r in json.loads(raw)["results"]]
         assert len(dois) == len(set(dois)) == total
         assert all(d.startswith("10.1038/") for d in dois)
         assert all(counts_body("doi", d) is not None for d in dois[:50])
 
-        st, body, _ = await get(s, api(server, "/citations/1w", num_results=99, page=page + 1,
-                                       doi_prefix="10.1038"))
+        st, body, _ = await get(s, api(server, "/citations/1w", num_results=99, page=page + 1, doi_prefix="10.1038"))
         assert st == 404 and body == b"Not Found"
 
         # Stable per (timeframe, filters, rank); the default page size is 25.
@@ -530,8 +553,7 @@ def _compact(body: Any) -> bytes:
 async def _served(cfg: FakeConfig, requests: list[tuple[str, dict[str, str | int]]]) -> list[tuple[int, bytes]]:
     async with serve(cfg) as (server, s):
         # str values: api()'s own `key` parameter takes str | None.
-        return [(st, body) for st, body, _ in
-                [await get(s, api(server, p, **{k: str(v) for k, v in q.items()})) for p, q in requests]]
+        return [(st, body) for st, body, _ in [await get(s, api(server, p, **{k: str(v) for k, v in q.items()})) for p, q in requests]]
 
 
 def _digest_of(answers: list[tuple[int, bytes]]) -> str:
@@ -556,13 +578,16 @@ async def test_evolve_off_serves_the_same_bytes_whatever_the_day() -> None:
 @pytest.mark.asyncio
 async def test_evolve_same_day_same_bytes() -> None:
     requests: list[tuple[str, dict[str, str | int]]] = [
-        ("/doi/10.5555/pin.0", {}), ("/fetch/doi/10.5555/pin.0", {}), ("/citations/1d", {"num_results": 30}),
+        ("/doi/10.5555/pin.0", {}),
+        ("/fetch/doi/10.5555/pin.0", {}),
+        ("/citations/1d", {"num_results": 30}),
     ]
     early = await _served(FakeConfig(evolve=True, clock=_day_clock(DAY, 1.0)), requests)
     late = await _served(FakeConfig(evolve=True, clock=_day_clock(DAY, 86_399.0)), requests)
     assert early == late
     assert [json.loads(b) for _, b in early[:2]] == [
-        counts_body("doi", "10.5555/pin.0", day=DAY), fetch_body("doi", "10.5555/pin.0", day=DAY),
+        counts_body("doi", "10.5555/pin.0", day=DAY),
+        fetch_body("doi", "10.5555/pin.0", day=DAY),
     ]
 
 
@@ -595,8 +620,7 @@ async def test_evolve_grows_attention_day_by_day() -> None:
                 assert after.get(key, 0) - before.get(key, 0) == gained, key
             # Fetch tells the same story; its posts list does not grow.
             assert fetch_after["score"] == fetch_after["altmetric_score"]["score"] == after["score"]
-            assert (fetch_after["counts"]["total"]["posts_count"]
-                    - fetched[doi]["counts"]["total"]["posts_count"]) == gained
+            assert (fetch_after["counts"]["total"]["posts_count"] - fetched[doi]["counts"]["total"]["posts_count"]) == gained
             assert fetch_after["posts"] == fetched[doi]["posts"]
             grew += gained > 0
             same += gained == 0
@@ -631,8 +655,7 @@ def test_evolve_history_holds_the_score_gained_over_each_timeframe() -> None:
 
 
 def test_evolve_outputs_that_do_not_move_keep_their_bytes() -> None:
-    still = [d for d in _grow_dois() if (b := counts_body("doi", d)) is not None
-             and counts_body("doi", d, day=DAY + 30) == b]
+    still = [d for d in _grow_dois() if (b := counts_body("doi", d)) is not None and counts_body("doi", d, day=DAY + 30) == b]
     assert len(still) > 3
     for doi in still:
         # No zero counts appear (the real API leaves them out), in Counts or Fetch.
@@ -640,9 +663,7 @@ def test_evolve_outputs_that_do_not_move_keep_their_bytes() -> None:
         assert fetch_body("doi", doi, day=DAY) == fetch_body("doi", doi)
 
 
-async def _whole_listing(
-    s: aiohttp.ClientSession, server: FakeServer, timeframe: str, **params: str
-) -> tuple[int, list[dict[str, Any]]]:
+async def _whole_listing(s: aiohttp.ClientSession, server: FakeServer, timeframe: str, **params: str) -> tuple[int, list[dict[str, Any]]]:
     """(query.total, every result) of a Citations query, paged as the docs say; the page after
     the last answers 404."""
     results: list[dict[str, Any]] = []
@@ -744,7 +765,8 @@ async def _post_json(s: aiohttp.ClientSession, server: FakeServer, spec: dict[st
 
 async def _stats(s: aiohttp.ClientSession, server: FakeServer) -> dict[str, Any]:
     async with s.get(server.url.removesuffix("/v1") + "/_stats") as resp:
-        return await resp.json()
+        stats: dict[str, Any] = await resp.json()
+        return stats
 
 
 @pytest.mark.asyncio

@@ -25,11 +25,13 @@ Behaviour that the harvester must cope with, and which the fake therefore reprod
   config's clock) and Citations listings that change daily, for nightly harvests: see
   :func:`_evolved` and :func:`_day_listing`. Pass the day to :func:`counts_body`,
   :func:`fetch_body` and :func:`citation_listing` to compute what such a server serves.
+* with ``FakeConfig(universe=N)``, a universe of N outputs with attention on some days and not
+  others, and Citations listings that hold exactly the outputs with attention in their window:
+  see docs/fakeapi.md and :class:`Universe` (:func:`universe_dois`, ``truth``, ``attended``).
 
 This module must never be reachable from a default production path: only the CLI's
 ``mock-api``/``demo`` commands and the tests import it.
 """
-
 
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ from harvester.fakeapi.bodies import (
     SOURCE_TO_COUNTS_KEY,
     iter_sample_files,
 )
-from harvester.fakeapi.config import ID_TYPES, UNLIMITED_LIMIT, FakeConfig, Stats
+from harvester.fakeapi.config import ID_TYPES, UNLIMITED_LIMIT, FakeConfig, ListingFaults, Stats
 from harvester.fakeapi.evolution import EVOLVE_EPOCH_DAY, counts_body, fetch_body
 from harvester.fakeapi.listings import citation_listing
 from harvester.fakeapi.server import (
@@ -53,6 +55,7 @@ from harvester.fakeapi.server import (
     serve_in_thread,
     start,
 )
+from harvester.fakeapi.universe import Truth, Universe, universe_dois, universe_for, universe_of
 
 __all__ = [
     "CITATION_TIMEFRAMES",
@@ -63,8 +66,11 @@ __all__ = [
     "SOURCE_TO_COUNTS_KEY",
     "UNLIMITED_LIMIT",
     "FakeConfig",
+    "ListingFaults",
     "FakeServer",
     "Stats",
+    "Truth",
+    "Universe",
     "app_stats",
     "citation_listing",
     "clear_prebuilt",
@@ -76,4 +82,7 @@ __all__ = [
     "run",
     "serve_in_thread",
     "start",
+    "universe_dois",
+    "universe_for",
+    "universe_of",
 ]

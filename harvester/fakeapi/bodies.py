@@ -24,11 +24,23 @@ logger = logging.getLogger(__name__)
 HISTORY_TIMEFRAMES: tuple[str, ...] = TIMEFRAMES  # one definition, the parser's
 CITATION_TIMEFRAMES: frozenset[str] = frozenset(HISTORY_TIMEFRAMES)
 CITATION_FILTERS: tuple[str, ...] = (
-    "cited_in", "doi_prefix", "issns", "issn", "order_by", "nlmid", "subjects",
+    "cited_in",
+    "doi_prefix",
+    "issns",
+    "issn",
+    "order_by",
+    "nlmid",
+    "subjects",
 )
 FETCH_SECTIONS: tuple[str, ...] = (
-    "counts", "selected_quotes", "citation", "altmetric_score", "demographics", "posts",
-    "score", "images",
+    "counts",
+    "selected_quotes",
+    "citation",
+    "altmetric_score",
+    "demographics",
+    "posts",
+    "score",
+    "images",
 )
 # (fetch source name, counts key "cited_by_<key>_count", allocation weight, score per account,
 #  probability that an output with attention has this source). `bluesky` is a source that
@@ -83,7 +95,6 @@ _SAMPLE_AIDS: dict[str, int] = {doi: aid for doi, aid in _FETCH_SAMPLE_FILES} | 
 _SAMPLE_DOIS: dict[str, str] = {str(aid): doi for doi, aid in _SAMPLE_AIDS.items()}
 
 
-
 # --------------------------------------------------------------------------------------------
 # Deterministic data
 # --------------------------------------------------------------------------------------------
@@ -120,11 +131,7 @@ def _is_bogus(id_type: str, key: str) -> bool:
 
 
 def _is_not_found(id_type: str, key: str, not_found_pct: float) -> bool:
-    if (
-        ("counts", id_type, key) in _SAMPLES
-        or ("fetch", id_type, key) in _SAMPLES
-        or _is_bogus(id_type, key)
-    ):
+    if ("counts", id_type, key) in _SAMPLES or ("fetch", id_type, key) in _SAMPLES or _is_bogus(id_type, key):
         return False
     return _unit("404", id_type, key) * 100.0 < not_found_pct
 
@@ -139,17 +146,58 @@ def _resolve(id_type: str, key: str) -> tuple[str, str]:
 
 
 _WORDS_A = (
-    "Global", "Rapid", "Hidden", "Emerging", "Long-term", "Regional", "Molecular", "Social",
-    "Adaptive", "Early", "Systematic", "Comparative", "Genetic", "Urban", "Clinical", "Deep",
+    "Global",
+    "Rapid",
+    "Hidden",
+    "Emerging",
+    "Long-term",
+    "Regional",
+    "Molecular",
+    "Social",
+    "Adaptive",
+    "Early",
+    "Systematic",
+    "Comparative",
+    "Genetic",
+    "Urban",
+    "Clinical",
+    "Deep",
 )
 _WORDS_B = (
-    "patterns", "effects", "drivers", "costs", "signatures", "dynamics", "limits", "origins",
-    "trade-offs", "responses", "networks", "models", "measures", "risks", "benefits",
+    "patterns",
+    "effects",
+    "drivers",
+    "costs",
+    "signatures",
+    "dynamics",
+    "limits",
+    "origins",
+    "trade-offs",
+    "responses",
+    "networks",
+    "models",
+    "measures",
+    "risks",
+    "benefits",
 )
 _WORDS_C = (
-    "climate change", "gut microbiota", "sleep", "coral reefs", "public trust", "black holes",
-    "antibiotic resistance", "urban heat", "language models", "malaria", "soil carbon",
-    "open access", "vaccination", "biodiversity", "ageing", "dark matter", "remote work",
+    "climate change",
+    "gut microbiota",
+    "sleep",
+    "coral reefs",
+    "public trust",
+    "black holes",
+    "antibiotic resistance",
+    "urban heat",
+    "language models",
+    "malaria",
+    "soil carbon",
+    "open access",
+    "vaccination",
+    "biodiversity",
+    "ageing",
+    "dark matter",
+    "remote work",
 )
 # (journal, issns, altmetric_jid, subjects, doi prefix)
 _JOURNALS: tuple[tuple[str, tuple[str, ...], str, tuple[str, ...], str], ...] = (
@@ -160,14 +208,16 @@ _JOURNALS: tuple[tuple[str, tuple[str, ...], str, tuple[str, ...], str], ...] = 
     ("Science", ("0036-8075", "1095-9203"), "4f6fa62c3cf058f6100080a1", ("science",), "10.1126"),
     ("Scientific Reports", ("2045-2322",), "4f6fa6393cf058f61000896f", ("science",), "10.1038"),
     ("eLife", ("2050-084X",), "4f6fa6373cf058f610008794", ("biology",), "10.7554"),
-    ("Journal of Applied Ecology", ("0021-8901", "1365-2664"), "4f6fa5183cf058f610003d85",
-     ("ecology",), "10.1111"),
+    ("Journal of Applied Ecology", ("0021-8901", "1365-2664"), "4f6fa5183cf058f610003d85", ("ecology",), "10.1111"),
 )
 _TYPES = ("article", "article", "article", "article", "news", "review", "book", "chapter")
 _COUNTRIES = ("US", "GB", "DE", "FR", "JP", "BR", "IN", "AU", "CA", "ES", "NL", "ZA")
 _POLICY_SOURCES = (
-    ("World Health Organization", "CH"), ("Oxfam GB Policy & Practice", "GB"),
-    ("World Bank", "US"), ("European Commission", "BE"), ("National Academies Press", "US"),
+    ("World Health Organization", "CH"),
+    ("Oxfam GB Policy & Practice", "GB"),
+    ("World Bank", "US"),
+    ("European Commission", "BE"),
+    ("National Academies Press", "US"),
 )
 
 
@@ -239,10 +289,7 @@ def _profile(id_type: str, key: str, asked: str) -> _Profile:
     else:
         doi = None
     otype = "book" if id_type == "isbn" else _TYPES[rnd.randrange(len(_TYPES))]
-    title = (
-        f"{rnd.choice(_WORDS_A)} {rnd.choice(_WORDS_B)} of {rnd.choice(_WORDS_C)}"
-        f" in {rnd.choice(_WORDS_C)}"
-    )
+    title = f"{rnd.choice(_WORDS_A)} {rnd.choice(_WORDS_B)} of {rnd.choice(_WORDS_C)} in {rnd.choice(_WORDS_C)}"
     authors = tuple(
         f"{rnd.choice('ABCDEFGHJKLMNPRSTW')}. {rnd.choice(('Smith', 'Garcia', 'Chen', 'Okafor', 'Müller', 'Rossi', 'Kim', 'Novak'))}"
         for _ in range(rnd.randint(0, 5))
@@ -272,10 +319,7 @@ def _profile(id_type: str, key: str, asked: str) -> _Profile:
         score += accounts * s[3]
     score = round(score * (0.8 + 0.4 * rnd.random()), 3) if sources else 0.0
     fractions = sorted(rnd.random() for _ in range(11))
-    history = tuple(
-        [(tf, round(score * f * f, 3)) for tf, f in zip(HISTORY_TIMEFRAMES[:-1], fractions)]
-        + [("at", score)]
-    )
+    history = tuple([(tf, round(score * f * f, 3)) for tf, f in zip(HISTORY_TIMEFRAMES[:-1], fractions)] + [("at", score)])
     mendeley = int(rnd.paretovariate(1.2)) - 1 if rnd.random() < 0.8 else 0
     mendeley = min(mendeley * 3, 50_000)
     published_on = 946_684_800 + rnd.randrange(0, 24 * 365 * 86_400)
@@ -504,8 +548,7 @@ def _post(src: str, i: int, p: _Profile, rnd: random.Random) -> dict[str, Any]:
             base["author"]["description"] = ""
     elif src == "policy":
         name, country = rnd.choice(_POLICY_SOURCES)
-        base["source"] = {"name": name, "description": f"Policy documents from {name}.",
-                          "geo": {"country": country}}
+        base["source"] = {"name": name, "description": f"Policy documents from {name}.", "geo": {"country": country}}
         base["page_url"] = base["url"] + "/page"
         base["collections"] = []
         base["author"] = {"image": "https://s3.amazonaws.com/cache.altmetric.com/policy/t.jpg"}
@@ -524,18 +567,26 @@ def _post(src: str, i: int, p: _Profile, rnd: random.Random) -> dict[str, Any]:
         base["author"] = {"name": f"Channel {uid[:4]}", "id_on_source": f"UC{uid}"}
     elif src == "reddit":
         del base["license"]
-        base["author"] = {"name": f"redditor_{uid[:6]}", "url": "http://www.reddit.com/r/science",
-                          "id_on_source": "science", "followers": 26_000_000, "subreddit": "Science"}
+        base["author"] = {
+            "name": f"redditor_{uid[:6]}",
+            "url": "http://www.reddit.com/r/science",
+            "id_on_source": "science",
+            "followers": 26_000_000,
+            "subreddit": "Science",
+        }
     elif src == "facebook":
         base["summary"] = title
-        base["author"] = {"name": f"Page {uid[:5]}", "url": f"https://www.facebook.com/{int(uid[:10], 16)}",
-                          "facebook_wall_name": False, "id_on_source": str(int(uid[:10], 16))}
+        base["author"] = {
+            "name": f"Page {uid[:5]}",
+            "url": f"https://www.facebook.com/{int(uid[:10], 16)}",
+            "facebook_wall_name": False,
+            "id_on_source": str(int(uid[:10], 16)),
+        }
     elif src == "q&a":
         base["summary"] = "Why does this happen?"
         base["author"] = {"id_on_source": f"asker {uid[:5]}"}
     else:  # googleplus, bluesky and any other source: the minimal common shape
-        base["author"] = {"name": f"{src} user {uid[:5]}", "id_on_source": uid[:10],
-                          "followers": rnd.randint(0, 5000)}
+        base["author"] = {"name": f"{src} user {uid[:5]}", "id_on_source": uid[:10], "followers": rnd.randint(0, 5000)}
     return base
 
 
@@ -634,8 +685,7 @@ def _fetch_dict(p: _Profile) -> dict[str, Any]:
         tw = {src: n for src, n, _ in p.sources}.get("twitter", 0)
         demographics = {
             "poster_types": {"member_of_the_public": tw},
-            "users": {"mendeley": {"by_status": {"Researcher": p.mendeley},
-                                   "by_discipline": {"Unspecified": p.mendeley}}},
+            "users": {"mendeley": {"by_status": {"Researcher": p.mendeley}, "by_discipline": {"Unspecified": p.mendeley}}},
             "geo": {"twitter": {rnd.choice(_COUNTRIES): tw} if tw else {}},
         }
 
@@ -699,14 +749,8 @@ def _filter_fetch(
         if isinstance(posts, dict):
             new_posts = {s: v for s, v in posts.items() if keep(s)} or []
         if isinstance(counts, dict):
-            new_counts = {
-                s: v for s, v in counts.items() if s in _NOT_SOURCES or keep(s)
-            }
-            kept = sum(
-                v.get("posts_count", 0)
-                for s, v in new_counts.items()
-                if s not in _NOT_SOURCES and isinstance(v, dict)
-            )
+            new_counts = {s: v for s, v in counts.items() if s in _NOT_SOURCES or keep(s)}
+            kept = sum(v.get("posts_count", 0) for s, v in new_counts.items() if s not in _NOT_SOURCES and isinstance(v, dict))
             if isinstance(new_posts, dict) and "misc" in new_posts:
                 kept += len(new_posts["misc"])
             if "total" in new_counts:
@@ -723,4 +767,3 @@ def iter_sample_files() -> Iterable[tuple[str, str, str, str]]:
     """(endpoint, id_type, id, file name) for every real sample the fake serves verbatim."""
     for (endpoint, id_type, ident), name in sorted(_SAMPLES.items()):
         yield endpoint, id_type, ident, name
-

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from harvester.fakeapi.evolution import EVOLVE_EPOCH_DAY
+
 logger = logging.getLogger(__name__)
 
 ID_TYPES: frozenset[str] = frozenset(
@@ -35,10 +37,24 @@ ID_TYPES: frozenset[str] = frozenset(
 UNLIMITED_LIMIT = 1_000_000_000
 
 
-
 # --------------------------------------------------------------------------------------------
 # Configuration and statistics
 # --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ListingFaults:
+    """Switches that cut a universe listing short, for the change-feed tests (docs/fakeapi.md).
+
+    Mutable on purpose: a test flips them between simulated nights on a running server.
+    """
+
+    fail_pages: set[int] = field(default_factory=set)  # these pages answer 500, every attempt
+    total_shift_from: int | None = None  # pages from this one on report query.total one higher
+
+    def off(self) -> None:
+        self.fail_pages = set()
+        self.total_shift_from = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +89,18 @@ class FakeConfig:
     # ids ahead of time; a prebuilt id is then served by a dict lookup (the same bytes). Off, the
     # route does not exist and nothing is kept beyond the usual bounded caches.
     prebuild: bool = False
+    # A universe of this many outputs with daily attention (docs/fakeapi.md): their DOIs are
+    # universe.universe_dois(); the Citations listings of a day hold exactly the universe's
+    # outputs with attention in the timeframe's window. None: no universe (listings as before).
+    # Universe outputs follow the attention model whether or not `evolve` is on; `evolve` still
+    # grows every other output as before.
+    universe: int | None = None
+    # The share of the universe with attention on a day (the real 1d listing: ~1% of the
+    # outputs Altmetric tracks; docs/fakeapi.md), and the first day with any attention.
+    attention_rate: float = 0.01
+    universe_epoch: int = EVOLVE_EPOCH_DAY
+    # Faults of the universe's listings (None: none); the object may be changed while the server runs.
+    listing_faults: ListingFaults | None = None
 
 
 @dataclass
@@ -116,5 +144,3 @@ class Stats:
             "last_at": self.last_at,
             "prebuilt_hits": self.prebuilt_hits,
         }
-
-

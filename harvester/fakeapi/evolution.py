@@ -127,11 +127,8 @@ def _evolved(endpoint: str, raw: bytes, day: int) -> bytes:
         if _is_number(now):
             now = altmetric_score["score"] = _grown(now, extra)
         if isinstance(altmetric_score.get("score_history"), dict):
-            altmetric_score["score_history"] = _grown_history(
-                altmetric_score["score_history"], rate, day, now
-            )
+            altmetric_score["score_history"] = _grown_history(altmetric_score["score_history"], rate, day, now)
     return _dumps(body)
-
 
 
 def counts_body(id_type: str, identifier: str, not_found_pct: float = 15.0, day: int | None = None) -> dict[str, Any] | None:
@@ -162,5 +159,3 @@ def _served(endpoint: str, id_type: str, identifier: str, not_found_pct: float, 
     if raw is not None and day is not None:
         raw = _evolved(endpoint, raw, day)
     return None if raw is None else json.loads(raw)
-
-

@@ -40,9 +40,7 @@ def _existing_doi(stem: str, not_found_pct: float) -> str:
 
 
 @functools.lru_cache(maxsize=512)
-def _citation_listing(
-    timeframe: str, filters: tuple[tuple[str, str], ...], not_found_pct: float
-) -> tuple[str, ...]:
+def _citation_listing(timeframe: str, filters: tuple[tuple[str, str], ...], not_found_pct: float) -> tuple[str, ...]:
     """The DOIs listed for a query, best score first: stable for (timeframe, filters, rank)."""
     fkey = "&".join(f"{k}={v}" for k, v in filters)
     total = 20 + int(_unit("cit-total", timeframe, fkey) * 581)
@@ -76,9 +74,7 @@ def citation_listing(
 
 
 @functools.lru_cache(maxsize=512)
-def _day_listing(
-    timeframe: str, filters: tuple[tuple[str, str], ...], not_found_pct: float, day: int | None
-) -> tuple[str, ...]:
+def _day_listing(timeframe: str, filters: tuple[tuple[str, str], ...], not_found_pct: float, day: int | None) -> tuple[str, ...]:
     """With ``evolve``, a listing changes daily: each output of the base listing is active on a
     day with probability 0.7, 5-24 new ones appear (their DOIs name the day), and the ranks follow
     that day's scores, so the movers climb. Without (``day`` None), the base listing."""
@@ -87,10 +83,7 @@ def _day_listing(
         return base
     active = [d for d in base if _unit("active", d, str(day)) < 0.7]
     prefix, tag = _listing_names(timeframe, filters)
-    new = [
-        _existing_doi(f"{prefix}/cit.{tag}.d{day}.{i}", not_found_pct)
-        for i in range(5 + int(_unit("new", timeframe, str(day)) * 20))
-    ]
+    new = [_existing_doi(f"{prefix}/cit.{tag}.d{day}.{i}", not_found_pct) for i in range(5 + int(_unit("new", timeframe, str(day)) * 20))]
     listed = active + new
     if dict(filters).get("order_by", "score") != "score":
         return tuple(listed)
@@ -101,5 +94,3 @@ def _day_listing(
         scored.append((_grown(p.score, _extra(p.altmetric_id, day)), doi))
     scored.sort(key=lambda t: (-t[0], t[1]))
     return tuple(d for _, d in scored)
-
-

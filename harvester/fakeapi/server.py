@@ -32,6 +32,7 @@ from harvester.fakeapi.bodies import (
 from harvester.fakeapi.config import ID_TYPES, UNLIMITED_LIMIT, FakeConfig, Stats
 from harvester.fakeapi.evolution import _evolved
 from harvester.fakeapi.listings import _day_listing, _filter_key
+from harvester.fakeapi.universe import Universe, universe_of
 
 logger = logging.getLogger(__name__)
 
@@ -71,9 +72,7 @@ class _State:
         self.counts_only = frozenset(cfg.counts_only_keys) - self.full_keys
         self.keys: dict[str, _KeyState] = {}
         self.attempts: Counter[str] = Counter()
-        self.faulty = any(
-            r > 0 for r in (cfg.error_rate, cfg.reset_rate, cfg.truncate_rate, cfg.html_rate, cfg.slow_rate)
-        )
+        self.faulty = any(r > 0 for r in (cfg.error_rate, cfg.reset_rate, cfg.truncate_rate, cfg.html_rate, cfg.slow_rate))
         self.hour_limit = cfg.per_hour if cfg.per_hour is not None else UNLIMITED_LIMIT
         self.day_limit = cfg.per_day if cfg.per_day is not None else UNLIMITED_LIMIT
         self.not_found_pct = float(cfg.not_found_pct)
@@ -82,10 +81,23 @@ class _State:
         # (endpoint, id_type, identifier) -> (the day it was built for, (status, body, content type)):
         # filled only by POST /_fake/prebuild (FakeConfig.prebuild), unbounded, emptied on request.
         self.prebuilt: dict[tuple[str, str, str], tuple[int | None, tuple[int, bytes, str]]] = {}
+        self.universe: Universe | None = universe_of(cfg)
 
     def day(self) -> int | None:
         """The UTC day number the bodies are on, or None when they do not evolve."""
-        return int(self.cfg.clock() // 86_400) if self.cfg.evolve else None
+        if self.cfg.evolve or self.universe is not None:
+            return int(self.cfg.clock() // 86_400)
+        return None
+
+    def evolve_day(self) -> int | None:
+        """The day of evolve's growth (outputs outside the universe), or None without evolve."""
+        return self.day() if self.cfg.evolve else None
+
+    def universe_index(self, id_type: str, identifier: str) -> int | None:
+        """The universe index of the output an id names, or None (no universe, or not in it)."""
+        if self.universe is None or id_type != "doi":
+            return None
+        return self.universe.index(identifier)
 
     def key_state(self, key: str, now: float) -> _KeyState:
         ks = self.keys.get(key)
@@ -176,8 +188,7 @@ def _paused(st: _State, ks: _KeyState, now: float) -> web.Response | None:
 
 
 _MAINTENANCE_PAGE = (
-    b"<!DOCTYPE html><html><head><title>Down for maintenance</title></head>"
-    b"<body><h1>We'll be back shortly</h1></body></html>"
+    b"<!DOCTYPE html><html><head><title>Down for maintenance</title></head><body><h1>We'll be back shortly</h1></body></html>"
 )
 
 
@@ -203,9 +214,7 @@ def _fault_plan(st: _State, fault_key: str) -> tuple[str | None, bool, int]:
     return kind, slow, status
 
 
-def _route(
-    st: _State, endpoint: str, parts: list[str], query: Mapping[str, str]
-) -> tuple[int, bytes, str]:
+def _route(st: _State, endpoint: str, parts: list[str], query: Mapping[str, str]) -> tuple[int, bytes, str]:
     """(status, body, content type) for a request that passed auth and rate limits."""
     if endpoint == "citations":
         return _citations(st, parts, query)
@@ -227,9 +236,7 @@ def _route(
 _FILTERS = frozenset(("include_sources", "exclude_sources", "include_sections"))
 
 
-def _route_id(
-    st: _State, endpoint: str, id_type: str, identifier: str, query: Mapping[str, str]
-) -> tuple[int, bytes, str]:
+def _route_id(st: _State, endpoint: str, id_type: str, identifier: str, query: Mapping[str, str]) -> tuple[int, bytes, str]:
     """(status, body, content type) for one id of a known type on the counts or fetch endpoint."""
     if "badrequest" in identifier.lower():
         # A scripted trigger: the real API answers 400 to identifiers it cannot parse.
@@ -237,21 +244,28 @@ def _route_id(
     if "servererror" in identifier.lower():
         # A scripted trigger: one id the server always fails on (while the rest work).
         return 500, b"Internal Server Error", "text/plain"
-    day = st.day()
+    day = st.evolve_day()
     if id_type == "id":
         # The output that was given this altmetric id, as the real API answers it (the harvester
         # refreshes outputs without a DOI so); looked up before the body caches, which key by id.
         id_type, identifier = _by_altmetric_id(identifier)
+    # A universe output follows the attention model (docs/fakeapi.md), whatever evolve says.
+    u_index = st.universe_index(id_type, identifier)
     if endpoint == "counts":
         body = _counts_bytes(id_type, identifier, st.not_found_pct)
         if body is None:
             return 404, _NOT_FOUND, "text/plain"
-        body = body if day is None else _merged(identifier, _evolved("counts", body, day), day)
+        if u_index is not None and st.universe is not None:
+            body = st.universe.evolve_bytes("counts", u_index, body, int(st.cfg.clock() // 86_400))
+        elif day is not None:
+            body = _merged(identifier, _evolved("counts", body, day), day)
         return 200, _scripted("counts", identifier, body), "application/json"
     body = _fetch_bytes(id_type, identifier, st.not_found_pct)
     if body is None:
         return 404, _NOT_FOUND, "text/plain"
-    if day is not None:
+    if u_index is not None and st.universe is not None:
+        body = st.universe.evolve_bytes("fetch", u_index, body, int(st.cfg.clock() // 86_400))
+    elif day is not None:
         body = _merged(identifier, _evolved("fetch", body, day), day)
     body = _scripted("fetch", identifier, body)
     inc, exc = _split_list(query.get("include_sources")), _split_list(query.get("exclude_sources"))
@@ -316,6 +330,8 @@ def _citations(st: _State, parts: list[str], query: Mapping[str, str]) -> tuple[
     if page < 1:
         return 400, b"Bad Request: page must be 1 or more", "text/plain"
     filters = _filter_key(query)  # as citation_listing() keys it
+    if st.universe is not None:
+        return _universe_citations(st, st.universe, timeframe, filters, page, num)
     day = st.day()
     listing = _day_listing(timeframe, filters, st.not_found_pct, day)
     start = (page - 1) * num
@@ -326,10 +342,40 @@ def _citations(st: _State, parts: list[str], query: Mapping[str, str]) -> tuple[
         raw = _counts_bytes("doi", doi, st.not_found_pct)
         assert raw is not None  # the listing only holds DOIs that exist
         results.append(json.loads(raw if day is None else _evolved("counts", raw, day)))
-    q: dict[str, Any] = {"total": len(listing), "page": page, "num_results": num,
-                         "timeframe": timeframe}
+    q: dict[str, Any] = {"total": len(listing), "page": page, "num_results": num, "timeframe": timeframe}
     q.update(filters)
     return 200, _dumps({"query": q, "results": results}), "application/json"
+
+
+def _universe_citations(
+    st: _State, u: Universe, timeframe: str, filters: tuple[tuple[str, str], ...], page: int, num: int
+) -> tuple[int, bytes, str]:
+    """A page of the universe's listing on the server's day: whole Counts bodies of that day."""
+    faults = st.cfg.listing_faults
+    if faults is not None and page in faults.fail_pages:
+        return 500, b"Internal Server Error (listing_faults)", "text/plain"
+    day = int(st.cfg.clock() // 86_400)
+    try:
+        listing = u.listing_indices(timeframe, filters, day)
+    except ValueError as e:
+        return 400, f"Bad Request: {e}".encode(), "text/plain"
+    start = (page - 1) * num
+    if start >= len(listing):
+        return 404, _NOT_FOUND, "text/plain"
+    results = []
+    for i in listing[start : start + num]:
+        # Through the same cache and origin registry as a Counts request, so an `id` lookup of
+        # a listed output's altmetric_id names it.
+        raw = _counts_bytes("doi", u.doi(i), st.not_found_pct)
+        assert raw is not None  # universe DOIs always exist
+        results.append(u.evolve_bytes("counts", i, raw, day))
+    total = len(listing)
+    if faults is not None and faults.total_shift_from is not None and page >= faults.total_shift_from:
+        total += 1  # as if an output joined the listing while it was read
+    q: dict[str, Any] = {"total": total, "page": page, "num_results": num, "timeframe": timeframe}
+    q.update(filters)
+    # Spliced rather than re-encoded: each result is already the Counts body's bytes.
+    return 200, _dumps({"query": q, "results": []})[:-2] + b",".join(results) + b"]}", "application/json"
 
 
 async def _handle(request: web.Request) -> web.StreamResponse:
@@ -366,8 +412,7 @@ async def _answer(st: _State, request: web.Request, path_raw: str, path: str) ->
     query = request.query
     key = query.get("key")
     if not key:
-        return _text(401, "Unauthorized: an API key is required (pass ?key=...)",
-                     st.limit_headers(None))
+        return _text(401, "Unauthorized: an API key is required (pass ?key=...)", st.limit_headers(None))
     if key not in st.full_keys and key not in st.counts_only:
         return _text(403, "Forbidden: the API key is not valid", st.limit_headers(None))
     parts = path_raw.split("/")
@@ -405,9 +450,7 @@ async def _answer(st: _State, request: web.Request, path_raw: str, path: str) ->
     try:
         kind: str | None = None
         if st.faulty:
-            fault_key = path + "?" + "&".join(
-                f"{k}={v}" for k, v in sorted(query.items()) if k != "key"
-            )
+            fault_key = path + "?" + "&".join(f"{k}={v}" for k, v in sorted(query.items()) if k != "key")
             kind, slow, err_status = _fault_plan(st, fault_key)
             if slow:
                 st.stats.faults["slow"] += 1
@@ -418,8 +461,7 @@ async def _answer(st: _State, request: web.Request, path_raw: str, path: str) ->
                 st.stats.faults["error"] += 1
                 status = err_status
                 body, ctype = _5XX_BODIES[err_status]
-                return web.Response(status=status, body=body, content_type=ctype,
-                                    headers=st.limit_headers(ks, endpoint))
+                return web.Response(status=status, body=body, content_type=ctype, headers=st.limit_headers(ks, endpoint))
         status, body, ctype = _route(st, endpoint, rest, query)
         if endpoint == "fetch" and status == 200 and cfg.tweet_ids_per_day is not None:
             posts = json.loads(body).get("posts")
@@ -430,8 +472,7 @@ async def _answer(st: _State, request: web.Request, path_raw: str, path: str) ->
         elif kind == "html" and status == 200:
             st.stats.faults["html"] += 1
             body, ctype = _MAINTENANCE_PAGE, "text/html"
-        return web.Response(status=status, body=body, content_type=ctype,
-                            headers=st.limit_headers(ks, endpoint))
+        return web.Response(status=status, body=body, content_type=ctype, headers=st.limit_headers(ks, endpoint))
     finally:
         if status not in (200, 404):
             if ks.hour_idx == hour_idx:
@@ -504,8 +545,9 @@ async def _prebuild_handler(request: web.Request) -> web.Response:
         built, size = prebuild(app, endpoint, id_type, ids)
     except (ValueError, KeyError, TypeError) as e:
         return web.json_response({"error": str(e)}, status=400)
-    return web.json_response({"built": built, "entries": len(app[_STATE].prebuilt), "bytes": size,
-                              "seconds": round(time.perf_counter() - t0, 3)})
+    return web.json_response(
+        {"built": built, "entries": len(app[_STATE].prebuilt), "bytes": size, "seconds": round(time.perf_counter() - t0, 3)}
+    )
 
 
 def make_app(cfg: FakeConfig) -> web.Application:
@@ -581,7 +623,6 @@ def serve_in_thread(cfg: FakeConfig, port: int = 0) -> Iterator[FakeServer]:
         loop.close()
 
 
-
 async def _serve_forever(cfg: FakeConfig, host: str, port: int, announce: Callable[[str], None] | None) -> None:
     server = await start(cfg, host, port)
     stop = asyncio.Event()
@@ -601,13 +642,9 @@ async def _serve_forever(cfg: FakeConfig, host: str, port: int, announce: Callab
         logger.info("fake Altmetric API stopped after %d requests", server.stats.total)
 
 
-def run(
-    cfg: FakeConfig, host: str = "127.0.0.1", port: int = 8787, announce: Callable[[str], None] | None = None
-) -> None:
+def run(cfg: FakeConfig, host: str = "127.0.0.1", port: int = 8787, announce: Callable[[str], None] | None = None) -> None:
     """Serve the fake until Ctrl-C or SIGTERM (blocking; for ``harvester mock-api``).
 
     ``announce`` receives the line that says where it listens (default: logged at INFO).
     """
     asyncio.run(_serve_forever(cfg, host, port, announce))
-
-
