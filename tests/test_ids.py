@@ -14,6 +14,7 @@ from harvester.errors import InputError
 from harvester.fakeapi import FakeServer
 from harvester.ids import InvalidId, normalize, read_ids
 from harvester.jobs import create_job
+from harvester.vocabulary import ExitCode
 from tests.conftest import Harness, rows
 
 
@@ -27,7 +28,11 @@ from tests.conftest import Harness, rows
         ("http://dx.doi.org/10.1038/abc", "10.1038/abc", "10.1038/abc"),
         ("https://doi.org/10.1000/a%23b", "10.1000/a#b", "10.1000/a#b"),  # links are percent-encoded
         ("10.1000/a%23b", "10.1000/a%23b", "10.1000/a%23b"),  # a bare DOI is literal: it may hold '%'
-        ("10.1002/(SICI)1097-4571(199806)49:8<693::AID-ASI4>3.0.CO;2-0", "10.1002/(sici)1097-4571(199806)49:8<693::aid-asi4>3.0.co;2-0", "10.1002/(SICI)1097-4571(199806)49:8<693::AID-ASI4>3.0.CO;2-0"),
+        (
+            "10.1002/(SICI)1097-4571(199806)49:8<693::AID-ASI4>3.0.CO;2-0",
+            "10.1002/(sici)1097-4571(199806)49:8<693::aid-asi4>3.0.co;2-0",
+            "10.1002/(SICI)1097-4571(199806)49:8<693::AID-ASI4>3.0.CO;2-0",
+        ),
         ("10.1000/x#y?z[1];<2>", "10.1000/x#y?z[1];<2>", "10.1000/x#y?z[1];<2>"),
     ],
 )
@@ -43,6 +48,12 @@ def test_doi_forms(text: str, key: str, exact: str) -> None:
         ("10.1038", "not a DOI"),
         ("https://example.org/10.1038/abc", "not a doi.org link"),
         ("10.1038/a\tb", "control"),
+        # An id of another type says so (issue 20, item 7), rather than what a DOI's rules found.
+        ("PMID: 19057659", "looks like a PMID, not a DOI: use --id-type pmid, or --id-type auto"),
+        ("19057659", "looks like a PMID"),
+        ("arXiv:1108.2455v2", "looks like an arXiv id"),
+        ("978-0-306-40615-7", "looks like an ISBN"),
+        ("hdl:2027/uc1.b3485937", "looks like a handle"),
     ],
 )
 def test_bad_dois(text: str, reason: str) -> None:
@@ -142,8 +153,14 @@ def test_every_common_doi_form_is_the_one_doi(text: str) -> None:
         ("10.1000/a[b]", "10.1000/a[b]"),
         ("10.1000/x#y?z[1];<2>", "10.1000/x#y?z[1];<2>"),
         # A SICI check character can be '#'; in a link an empty fragment is no fragment.
-        ("10.1002/(SICI)1097-0177(200006)218:2<235::AID-DVDY2>3.0.CO;2-#", "10.1002/(SICI)1097-0177(200006)218:2<235::AID-DVDY2>3.0.CO;2-#"),
-        ("https://doi.org/10.1002/(SICI)1097-0177(200006)218:2<235::AID-DVDY2>3.0.CO;2-#", "10.1002/(SICI)1097-0177(200006)218:2<235::AID-DVDY2>3.0.CO;2-#"),
+        (
+            "10.1002/(SICI)1097-0177(200006)218:2<235::AID-DVDY2>3.0.CO;2-#",
+            "10.1002/(SICI)1097-0177(200006)218:2<235::AID-DVDY2>3.0.CO;2-#",
+        ),
+        (
+            "https://doi.org/10.1002/(SICI)1097-0177(200006)218:2<235::AID-DVDY2>3.0.CO;2-#",
+            "10.1002/(SICI)1097-0177(200006)218:2<235::AID-DVDY2>3.0.CO;2-#",
+        ),
         ("https://doi.org/10.1000/a%3Fb%23c", "10.1000/a?b#c"),  # an encoded '?' or '#' is the DOI's
         ("10.1111/j.1365\u20102648.2010.05312.x", "10.1111/j.1365-2648.2010.05312.x"),  # U+2010 from a PDF
     ],
@@ -194,7 +211,9 @@ def test_create_job_gives_one_item_for_one_doi_in_every_form(engine: Engine, tmp
     job = create_job(engine, [str(f)], "doi", "counts")
     assert (job.total_items, job.duplicate_lines, job.rejected_lines) == (1, len(ONE_DOI_FORMS) - 1, 1)
     assert rows(engine, "select identifier, input from job_items") == [{"identifier": "10.1000/xyz", "input": "10.1000/xyz"}]
-    assert rows(engine, "select line, reason from job_rejects") == [{"line": "not a doi at all", "reason": "a DOI cannot contain whitespace"}]
+    assert rows(engine, "select line, reason from job_rejects") == [
+        {"line": "not a doi at all", "reason": "a DOI cannot contain whitespace"}
+    ]
 
 
 def test_create_job_gives_one_item_for_a_books_isbns(engine: Engine, tmp_path: Path) -> None:
@@ -206,16 +225,23 @@ def test_create_job_gives_one_item_for_a_books_isbns(engine: Engine, tmp_path: P
     assert rows(engine, "select reason from job_rejects") == [{"reason": "not a valid ISBN (wrong check digit)"}]
 
 
-def test_read_ids_bom_crlf_blank_comments_and_bad_bytes(tmp_path: Path) -> None:
+def test_read_ids_bom_crlf_blank_comments_and_real_line_numbers(tmp_path: Path) -> None:
     f = tmp_path / "ids.txt"
-    f.write_bytes(b"\xef\xbb\xbf10.1038/one\r\n\r\n# a comment\r\n10.1038/two\r\nbad \xff line\r\nnope\n")
+    f.write_bytes(b"\xef\xbb\xbf10.1038/one\r\n\r\n# a comment\r\n10.1038/two\r\nnope\n")
     lines = list(read_ids([str(f)], "doi"))
+    # line_no is the file's own line number: blank and comment lines are counted (issue 20).
     assert [(line.line_no, line.source_line, line.key, line.reason) for line in lines] == [
         (1, 1, "10.1038/one", None),
-        (2, 4, "10.1038/two", None),
-        (3, 5, None, "not valid UTF-8"),
-        (4, 6, None, "not a DOI (10.NNNN/suffix)"),
+        (4, 4, "10.1038/two", None),
+        (5, 5, None, "not a DOI (10.NNNN/suffix)"),
     ]
+
+
+def test_bytes_that_are_not_utf8_are_an_error_naming_the_line(tmp_path: Path) -> None:
+    f = tmp_path / "ids.txt"
+    f.write_bytes(b"10.1038/one\r\n\r\nbad \xff line\r\n")
+    with pytest.raises(InputError, match=r"ids.txt, line 3: not UTF-8 \(byte 0xFF.*re-save it as UTF-8"):
+        list(read_ids([str(f)], "doi"))
 
 
 def test_read_ids_streams_from_stdin() -> None:
@@ -243,10 +269,11 @@ def test_create_job_collapses_duplicates_and_records_rejects(engine: Engine, tmp
     job = create_job(engine, [str(a), str(b)], "doi", "counts")
     assert (job.total_items, job.duplicate_lines, job.rejected_lines) == (3, 3, 1)
     items = rows(engine, "select identifier, input, line_no, status from job_items order by line_no")
+    # line_no counts on through the sources as if they were one file: b.txt's line 3 is line 5 + 3.
     assert items == [
         {"identifier": "10.1038/abc", "input": "10.1038/ABC", "line_no": 1, "status": "pending"},
         {"identifier": "10.1000/x#y", "input": "10.1000/x#y", "line_no": 5, "status": "pending"},
-        {"identifier": "10.5555/other", "input": "10.5555/other", "line_no": 7, "status": "pending"},
+        {"identifier": "10.5555/other", "input": "10.5555/other", "line_no": 8, "status": "pending"},
     ]
     assert rows(engine, "select line_no, source, source_line, line, reason from job_rejects") == [
         {"line_no": 4, "source": str(a), "source_line": 4, "line": "garbage", "reason": "not a DOI (10.NNNN/suffix)"}
@@ -265,11 +292,10 @@ def test_a_csv_export_exits_1_naming_csv_and_the_doi_column_and_creates_no_job(h
     path.write_text('Title,DOI,Year\n"A paper, with a comma",10.1038/news.2011.490,2011\n"Another",10.1038/abc,2012\n')
     for options in ((), ("--enqueue-only",), ("--json",)):
         result = _harvest_file(h, path, *options)
-        assert result.exit_code == 1, result.output
+        assert result.exit_code == ExitCode.ERROR, result.output
         assert result.stdout == ""  # no job id, no outcome: there is no job
         [line] = result.stderr.splitlines()
-        assert line.startswith("Error: no valid doi in the input: all 3 lines were rejected"), line
-        assert 'looks like a CSV export (the dois are in column "DOI")' in line, line
+        assert line == f"Error: {path} looks like a CSV export: use --column DOI (columns: Title, DOI, Year)", line
     assert rows(h.engine, "select * from jobs") == []
     assert fake.stats.total == 0
 
@@ -277,30 +303,30 @@ def test_a_csv_export_exits_1_naming_csv_and_the_doi_column_and_creates_no_job(h
 def test_a_quoted_csv_row_is_not_taken_for_a_doi(tmp_path: Path) -> None:
     path = tmp_path / "export.csv"
     path.write_text('"doi","title"\n"10.1038/abc","x"\n')
-    lines = list(read_ids([str(path)], "doi", require_ids=False))
-    assert [line.key for line in lines] == [None, None]
-    assert lines[1].reason == 'this looks like a CSV export (the dois are in column "doi"): give one id a line, e.g. only that column'
+    with pytest.raises(InputError, match="looks like a CSV export: use --column doi"):
+        list(read_ids([str(path)], "doi", require_ids=False))
+    assert [(line.line_no, line.key) for line in read_ids([str(path)], "doi", column="DOI")] == [(2, "10.1038/abc")]
 
 
-def test_a_utf16_file_exits_1_saying_it_looks_utf16(h: Harness) -> None:
-    path = h.tmp / "dois.txt"
-    path.write_bytes("10.1038/news.2011.490\r\n10.1038/abc\r\n".encode("utf-16"))  # what Excel's "Unicode text" saves
-    result = _harvest_file(h, path)
-    assert result.exit_code == 1, result.output
-    [line] = result.stderr.splitlines()
-    assert "this file looks UTF-16: save it as UTF-8" in line, line
-    assert rows(h.engine, "select * from jobs") == []
-    path.write_bytes("10.1038/news.2011.490\n".encode("utf-16-le"))  # no byte order mark
-    assert "looks UTF-16" in _harvest_file(h, path).stderr
+def test_one_odd_first_line_with_a_comma_does_not_make_a_list_a_table(tmp_path: Path) -> None:
+    path = tmp_path / "dois.txt"
+    path.write_text("Smith, J. et al.\n10.1038/a\n10.1038/b\n10.1038/c\n")
+    lines = list(read_ids([str(path)], "doi"))
+    assert [(line.line_no, line.key) for line in lines] == [(1, None), (2, "10.1038/a"), (3, "10.1038/b"), (4, "10.1038/c")]
 
 
 def test_a_cr_only_file_is_read_line_by_line(h: Harness) -> None:
     path = h.tmp / "dois.txt"
     path.write_bytes(b"10.5555/cr.1\r10.5555/cr.2\r\r10.5555/cr.3\r\n10.5555/cr.4")
     result = _harvest_file(h, path)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == ExitCode.OK, result.output
     items = rows(h.engine, "select identifier, line_no from job_items order by line_no")
-    assert [(r["identifier"], r["line_no"]) for r in items] == [(f"10.5555/cr.{i}", i) for i in range(1, 5)]
+    assert [(r["identifier"], r["line_no"]) for r in items] == [
+        ("10.5555/cr.1", 1),
+        ("10.5555/cr.2", 2),
+        ("10.5555/cr.3", 4),
+        ("10.5555/cr.4", 5),
+    ]
 
 
 def test_a_10_mb_line_is_rejected_unsent_and_unstored(h: Harness, fake: FakeServer) -> None:
@@ -308,7 +334,7 @@ def test_a_10_mb_line_is_rejected_unsent_and_unstored(h: Harness, fake: FakeServ
     with path.open("wb") as f:
         f.write(b"10.5555/ok.1\n10.5555/" + b"x" * 10_000_000 + b"\n10.5555/ok.2\n")
     result = _harvest_file(h, path)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == ExitCode.OK, result.output
     assert sorted(h.items()) == ["10.5555/ok.1", "10.5555/ok.2"]
     [reject] = rows(h.engine, "select line_no, reason, length(line) as n from job_rejects")
     assert reject == {"line_no": 2, "reason": "longer than 1,000 characters (no real id is)", "n": 0}
@@ -317,7 +343,7 @@ def test_a_10_mb_line_is_rejected_unsent_and_unstored(h: Harness, fake: FakeServ
     # Alone in a file, it is input that yields no id: exit 1.
     path.write_bytes(b"10.5555/" + b"y" * 10_000_000)
     result = _harvest_file(h, path)
-    assert result.exit_code == 1 and "longer than 1,000 characters" in result.stderr
+    assert result.exit_code == ExitCode.ERROR and "longer than 1,000 characters" in result.stderr
 
 
 def test_reading_a_10_mb_line_holds_a_chunk_not_the_line(tmp_path: Path) -> None:

@@ -29,12 +29,15 @@ from sqlalchemy import text
 from harvester.cli import cli
 from harvester.db import open_database
 from harvester.report import CHARTS
+from harvester.vocabulary import ExitCode
 from tests.conftest import scalar
 from tests.subproc import start
 from tests.test_nightly import NIGHT, SEED_KEY, make_world
 
 EVIL_TITLE = '<script>console.error("xss")</script> $5 & $10 <b>bold</b> "quoted"'
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+CHROMIUM = (
+    shutil.which("chromium") or shutil.which("chromium-browser") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+)
 
 
 def chromium() -> str:
@@ -88,13 +91,23 @@ def harvested(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     for world in make_world(tmp):
         for when, args in ((NIGHT - timedelta(days=1), ("harvest", str(ids))), (NIGHT, ("nightly",))):
             world.clock.now = when.replace(tzinfo=UTC).timestamp()
-            proc = start(world.db(), world.server, *args, "--no-progress", config=world.config,
-                         HARVESTER_NOW=when.isoformat(), ALTMETRIC_API_KEY=SEED_KEY)  # fmt: skip
+            proc = start(
+                world.db(),
+                world.server,
+                *args,
+                "--no-progress",
+                config=world.config,
+                HARVESTER_NOW=when.isoformat(),
+                ALTMETRIC_API_KEY=SEED_KEY,
+            )
             _, err = proc.communicate(timeout=120)
-            assert proc.returncode in (0, 3), err
+            assert proc.returncode in (ExitCode.OK, ExitCode.SOME_FAILED), err
         engine = open_database(f"sqlite:///{world.db()}")
         with engine.begin() as conn:  # titles can hold HTML, and dollars that matplotlib would read as math
-            conn.execute(text("update outputs set title = :t where altmetric_id = (select altmetric_id from outputs order by score desc limit 1)"), {"t": EVIL_TITLE})
+            conn.execute(
+                text("update outputs set title = :t where altmetric_id = (select altmetric_id from outputs order by score desc limit 1)"),
+                {"t": EVIL_TITLE},
+            )
         assert scalar(engine, "select count(*) from nightly_runs") == 1
         assert scalar(engine, "select count(*) from job_items where status = 'failed'") == 1
         engine.dispose()
@@ -103,7 +116,7 @@ def harvested(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 def run_report(db: Path, out: Path) -> str:
     result = CliRunner().invoke(cli, ["--database", f"sqlite:///{db}", "report", "-o", str(out)], env={"HARVESTER_CONFIG": ""})
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == ExitCode.OK, result.output
     return out.read_text(encoding="utf-8")
 
 
@@ -150,7 +163,7 @@ def test_the_report_renders_in_headless_chromium_offline(harvested: Path, tmp_pa
     assert not re.search(r"""\s(src|srcset)=|<link\b|<iframe|<object|@import|url\((?!#)""", page, re.I)
     assert "Content-Security-Policy" in page
     # The attribution and the terms reminder.
-    assert "Data: <a href=\"https://www.altmetric.com/\">Altmetric.com</a>" in page
+    assert 'Data: <a href="https://www.altmetric.com/">Altmetric.com</a>' in page
     assert "must not be published or redistributed" in page
     # Text from the database is escaped.
     assert "&lt;script&gt;console.error(&quot;xss&quot;)&lt;/script&gt;" in page and "<b>bold</b>" not in page
@@ -200,8 +213,10 @@ def test_an_empty_database_gives_a_clear_report(tmp_path: Path) -> None:
 
 
 def test_the_command_needs_an_existing_database(tmp_path: Path) -> None:
-    result = CliRunner().invoke(cli, ["--database", f"sqlite:///{tmp_path / 'none.db'}", "report", "-o", str(tmp_path / "r.html")], env={"HARVESTER_CONFIG": ""})
-    assert result.exit_code == 1 and "there is no database" in result.output
+    result = CliRunner().invoke(
+        cli, ["--database", f"sqlite:///{tmp_path / 'none.db'}", "report", "-o", str(tmp_path / "r.html")], env={"HARVESTER_CONFIG": ""}
+    )
+    assert result.exit_code == ExitCode.ERROR and "there is no database" in result.output
     assert not (tmp_path / "none.db").exists()
 
 
@@ -209,8 +224,10 @@ def test_without_matplotlib_a_one_line_hint(tmp_path: Path, monkeypatch: pytest.
     db = tmp_path / "h.db"
     open_database(f"sqlite:///{db}").dispose()
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
-    result = CliRunner().invoke(cli, ["--database", f"sqlite:///{db}", "report", "-o", str(tmp_path / "r.html")], env={"HARVESTER_CONFIG": ""})
-    assert result.exit_code == 1
+    result = CliRunner().invoke(
+        cli, ["--database", f"sqlite:///{db}", "report", "-o", str(tmp_path / "r.html")], env={"HARVESTER_CONFIG": ""}
+    )
+    assert result.exit_code == ExitCode.ERROR
     assert result.output.strip().splitlines() == ["Error: the report needs matplotlib: pip install 'altmetric-harvester[report]'"]
 
 
@@ -226,16 +243,139 @@ def _limited(limit: int) -> Callable[[], None]:
 
 def test_a_failed_write_leaves_the_earlier_report_whole_and_no_temporary_file(tmp_path: Path) -> None:
     db = tmp_path / "harvest.db"
-    assert CliRunner().invoke(cli, ["--database", f"sqlite:///{db}", "db", "upgrade"]).exit_code == 0
+    assert CliRunner().invoke(cli, ["--database", f"sqlite:///{db}", "db", "upgrade"]).exit_code == ExitCode.OK
     earlier = tmp_path / "report.html"
     earlier.write_text("<html>the earlier report</html>")
     proc = subprocess.run(
         [sys.executable, "-m", "harvester", "--database", f"sqlite:///{db}", "report", "-o", str(earlier)],
-        capture_output=True, text=True, timeout=120, preexec_fn=_limited(1000), cwd=tmp_path,
-    )  # fmt: skip
-    assert proc.returncode == 1, proc.stderr
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=_limited(1000),
+        cwd=tmp_path,
+    )
+    assert proc.returncode == ExitCode.ERROR, proc.stderr
     [line] = proc.stderr.splitlines()
     assert line.startswith(f"Error: cannot write {earlier}: File too large"), line
     assert earlier.read_text() == "<html>the earlier report</html>"
     assert [p.name for p in tmp_path.iterdir() if not p.name.startswith("harvest.db")] == ["report.html"]  # no temporary file
 
+
+# --- the report as a director sees it (issue 20, item 3) -------------------------------------------
+
+# Run in a copy of the page without its Content-Security-Policy: measures the layout as Chromium drew it.
+MEASURE = """<script>
+window.addEventListener('load', () => {
+  const lines = (el) => { const r = document.createRange(); r.selectNodeContents(el); return new Set([...r.getClientRects()].map(x => Math.round(x.top))).size; };
+  document.body.setAttribute('data-measure', JSON.stringify({
+    page: document.documentElement.scrollWidth - document.documentElement.clientWidth,
+    tables: [...document.querySelectorAll('.scroll')].map(d => [d.querySelector('table').className, d.scrollWidth - d.clientWidth]),
+    dates: [...document.querySelectorAll('td.date')].map(td => [td.textContent, lines(td)]),
+    published: [...document.querySelectorAll('table.top-outputs tbody td:nth-child(5)')].map(td => td.className),
+    last_header: [...document.querySelectorAll('table.top-outputs th')].pop().getBoundingClientRect().right,
+    top_right: document.querySelector('table.top-outputs').parentElement.getBoundingClientRect().right,
+  }));
+});
+</script>"""
+
+
+def measure(page: Path, tmp: Path, width: int) -> dict[str, Any]:
+    """The page's layout at `width` px in headless Chromium, and a screenshot of it (printed path)."""
+    import json
+
+    probe = tmp / f"{page.stem}-{width}.measure.html"
+    text = re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", page.read_text(encoding="utf-8"))
+    probe.write_text(text.replace("</body>", MEASURE + "</body>"), encoding="utf-8")
+    shot = tmp / f"{page.stem}-{width}.png"
+    command = [
+        chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-extensions",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        "--proxy-server=http://127.0.0.1:9",
+        f"--user-data-dir={tmp / f'profile-{width}'}",
+        f"--window-size={width},2000",
+        "--dump-dom",
+        probe.as_uri(),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=90, env={**os.environ, "HOME": str(tmp)})
+    found = re.search(r'data-measure="([^"]*)"', result.stdout)
+    assert found, result.stderr[-2000:]
+    shot_command = [c for c in command if c not in ("--dump-dom", probe.as_uri())] + [f"--screenshot={shot}", page.as_uri()]
+    subprocess.run(shot_command, capture_output=True, timeout=90, env={**os.environ, "HOME": str(tmp)})
+    print(f"\nscreenshot at {width} px: {shot}", file=sys.stderr)
+    import html as html_module
+
+    measured: dict[str, Any] = json.loads(html_module.unescape(found.group(1)))
+    return measured
+
+
+LONG_DOI = "10.1002/(sici)1097-4636(199706)35:4<473::aid-jbm8>3.0.co;2-c"
+LONG_JOURNAL = "Proceedings of the National Academy of Sciences of the United States of America"
+
+
+def test_the_report_fits_1280_and_1400_px_with_dates_whole_and_one_number_format(harvested: Path, tmp_path: Path) -> None:
+    db = tmp_path / "long.db"
+    shutil.copy(harvested, db)
+    engine = open_database(f"sqlite:///{db}")
+    with engine.begin() as conn:  # what made the Top-20 table overflow: long DOIs and journal names
+        top = [r[0] for r in conn.execute(text("select altmetric_id from outputs where score is not null order by score desc limit 3"))]
+        conn.execute(
+            text("update outputs set doi = :d, journal = :j where altmetric_id = :i"), {"d": LONG_DOI, "j": LONG_JOURNAL, "i": top[1]}
+        )
+        conn.execute(
+            text(
+                "update outputs set doi = '10.1016/j.jclepro.2020.123456789', journal = 'International Journal of Environmental Research and Public Health' where altmetric_id = :i"
+            ),
+            {"i": top[2]},
+        )
+    engine.dispose()
+    page = tmp_path / "report.html"
+    html = run_report(db, page)
+    for width in (1280, 1400):
+        m = measure(page, tmp_path, width)
+        assert m["page"] == 0, f"the page scrolls sideways at {width} px"
+        assert [t for t in m["tables"] if t[1] > 0] == [], f"tables that scroll sideways at {width} px: {m['tables']}"
+        assert m["last_header"] <= m["top_right"] + 0.5  # "journal pct" is whole, not cut to "journa"
+        assert m["published"] and set(m["published"]) == {"date"}
+        wrapped = [d for d in m["dates"] if d[1] > 1]
+        assert len(m["dates"]) > 20 and wrapped == [], f"dates that wrap at {width} px: {wrapped}"
+    # One number format for scores: two decimals, thousands separated; in the movers table and the chart's labels.
+    score = r"[+-]?\d{1,3}(?:,\d{3})*\.\d{2}"
+    movers = html.split('<table class="movers">')[1].split("</table>")[0]
+    cells = re.findall(r"<td class=num>([^<]*)</td>", movers)
+    assert len(cells) >= 6 and all(re.fullmatch(score, c) for c in cells), cells
+    assert re.findall(rf"\(({score})\)", html.split('id="chart-movers"')[1].split("</figure>")[0])
+    top_scores = re.findall(r"<td class=num>([^<]*)</td>", html.split('<table class="top-outputs">')[1].split("</tr>")[1])
+    assert re.fullmatch(score, top_scores[1]), top_scores
+    # Plural agreement, and counts of jobs with whole ticks only (a single status is a line, not one bar).
+    assert '2</div><div class="label">days in the time series' in html and '1</div><div class="label">nightly finished' in html
+    assert re.search(r'<p class="meta" id="status-counts">Jobs: \d+ finished\. Items: [\d,]+ done, 1 failed, \d+ not found\.</p>', html)
+    chart = html.split('id="chart-jobs"')[1].split("</figure>")[0]
+    labels = [t.strip() for t in re.findall(r"<text\b[^>]*>([^<]*)</text>", chart)]
+    assert "Items by status" in labels and "Jobs by status" not in labels, labels
+    ticks = [t for t in labels if re.fullmatch(r"[\d.,]+", t)]
+    assert len(ticks) > 3 and not [t for t in ticks if "." in t], ticks
+    # Where the data came from: the fake's URL, the tier, the dates, and that it is not Altmetric's.
+    assert re.search(
+        r'id="provenance">Where the data came from: the API at <code>http://127\.0\.0\.1:\d+/v1</code>; tier commercial; harvested \d{4}-\d\d-\d\d to \d{4}-\d\d-\d\d \(UTC\)\.',
+        html,
+    )
+    assert 'id="not-altmetric"><strong>Not Altmetric data.</strong>' in html
+
+
+def test_one_day_of_snapshots_is_one_day(harvested: Path, tmp_path: Path) -> None:
+    db = tmp_path / "one.db"
+    shutil.copy(harvested, db)
+    engine = open_database(f"sqlite:///{db}")
+    with engine.begin() as conn:
+        conn.execute(text("delete from counts_snapshots where harvested_on < (select max(harvested_on) from counts_snapshots)"))
+    engine.dispose()
+    html = run_report(db, tmp_path / "one.html")
+    assert '1</div><div class="label">day in the time series' in html and "1 days" not in html
