@@ -1,0 +1,418 @@
+"""The change-feed nightly ([nightly] mode = "changes"): ask what changed, not every output.
+
+    1. new:      a Counts (or Fetch) job of the user's ids never answered yet, before anything else
+    2. listing:  a Citations job over the smallest timeframe covering the time since the last
+                 complete change-feed night plus MARGIN, ordered by first_seen, every page;
+                 only the outputs the database tracks are stored from their entries
+                 (endpoints._Pages -> save_tracked), and every page's query.total is kept
+    3. check:    the listing is complete only if every page was read, none failed or came back
+                 past the end, query.total never moved, and the pages were read on one UTC day
+    4. full:     a job of the tracked outputs last harvested before full_refresh_after, oldest
+                 first, in the quota left (readers drift without attention)
+    5. report:   nightly_runs (mode, window, completeness, requests, listed, carried ...)
+
+Unlisted tracked outputs are carried forward by the view daily_series (migration 0011), which
+carries a day only inside the window of a complete night: an incomplete night leaves a gap.
+A key without Citations (403 on the listing) runs the night in refresh mode (nightly.py).
+Every step's state is in the nightly's params ("changes"), so a killed night is finished by the
+next run, as a refresh night is.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, exists, func, select, update
+
+from harvester import aliases, clock, jobs, leases, schema
+from harvester.config import Config, filters_text
+from harvester.db import upsert
+from harvester.errors import ApiAuthError, JobError
+from harvester.params import HarvestParams, NightlyParams
+from harvester.parse import Records
+from harvester.vocabulary import ExitCode, ItemStatus, JobStatus
+
+logger = logging.getLogger(__name__)
+
+# The shortest length each timeframe can have, in days: a calendar month is at least 28 days, so a
+# "1m" is trusted to cover 28 (the window a night claims must never be longer than what it read).
+TIMEFRAME_DAYS = (
+    ("1d", 1),
+    ("2d", 2),
+    ("3d", 3),
+    ("4d", 4),
+    ("5d", 5),
+    ("6d", 6),
+    ("1w", 7),
+    ("1m", 28),
+    ("3m", 89),
+    ("6m", 181),
+    ("1y", 365),
+)
+# Added to the time since the last complete listing: a night that starts a few minutes later than
+# the one before (RandomizedDelaySec, a slow new-outputs step), and an index that lags, stay covered.
+MARGIN = timedelta(hours=1)
+# first_seen, newest first: an output's key never changes, and the outputs that join the listing
+# most (first seen today) join at its head, which page 1 already read, so they shift the later pages
+# down (a result read twice, harmless) rather than up (a result skipped). Removals and other
+# insertions change query.total, which the night checks on every page.
+ORDER_BY = "first_seen"
+
+
+def choose_timeframe(elapsed: timedelta) -> tuple[str, int]:
+    """The smallest timeframe at least `elapsed + MARGIN` long, and the days it is trusted to cover.
+
+    Longer than a year: "1y", which covers only its year (the view shows the rest as a gap).
+    """
+    needed = elapsed + MARGIN
+    for tf, days in TIMEFRAME_DAYS:
+        if timedelta(days=days) >= needed:
+            return tf, days
+    return TIMEFRAME_DAYS[-1]
+
+
+def save_tracked(
+    conn: Connection,
+    job_id: int,
+    timeframe: str,
+    filters: str,
+    pages: Sequence[tuple[int, int | None, list[tuple[int, Records]]]],
+    now: datetime,
+) -> None:
+    """Store the listed outputs the database already tracks (by Altmetric id, or by DOI when upstream merged
+    records), record their ranks in citation_activity, and every page's query.total in listing_pages.
+
+    Untracked results are only counted: the global listing holds hundreds of thousands of outputs a
+    day, and a user's database is for the user's outputs. In the writer's transaction, so a page's
+    outputs, its ranks and its total commit together.
+    """
+    from harvester.store import save_records  # store imports endpoints, which imports this module lazily
+
+    records = [rec for _, _, results in pages for _, rec in results]
+    ids = {rec.altmetric_id for rec in records}
+    dois = {rec.doi.lower() for rec in records if rec.doi}
+    o, i = schema.outputs.c, schema.identifiers.c
+    known_ids = set(conn.execute(select(o.altmetric_id).where(o.altmetric_id.in_(ids))).scalars()) if ids else set()
+    known_dois = set(conn.execute(select(i.value).where(i.scheme == "doi", i.value.in_(dois))).scalars()) if dois else set()
+
+    def tracked(rec: Records) -> bool:
+        return rec.altmetric_id in known_ids or bool(rec.doi and rec.doi.lower() in known_dois)
+
+    kept: list[Records] = []
+    activity: list[dict[str, Any]] = []
+    page_rows: list[dict[str, Any]] = []
+    for page, total, results in pages:
+        mine = [(rank, rec) for rank, rec in results if tracked(rec)]
+        page_rows.append(
+            {"job_id": job_id, "page": page, "total": total, "results": len(results), "tracked": len(mine), "harvested_at": now}
+        )
+        for rank, rec in mine:
+            kept.append(rec)
+            activity.append(
+                {
+                    "timeframe": timeframe,
+                    "harvested_on": now.date(),
+                    "filters": filters,
+                    "altmetric_id": rec.altmetric_id,
+                    "rank": rank,
+                    "score": rec.outputs.get("score"),
+                    "page": page,
+                    "total": total,
+                    "job_id": job_id,
+                    "harvested_at": now,
+                }
+            )
+    # As the writer does for any batch: a DOI now under another Altmetric id moves its output.
+    moves = aliases.detect(conn, [], kept, [])
+    save_records(conn, kept)
+    aliases.follow(conn, moves, now)
+    upsert(conn, schema.citation_activity, activity)
+    upsert(conn, schema.listing_pages, page_rows)
+
+
+def check_listing(conn: Connection, listing: int, num_results: int) -> tuple[bool, str | None]:
+    """Whether the listing was read whole: (complete, why not)."""
+    counts = jobs.item_counts_in(conn, listing)
+    if counts[ItemStatus.FAILED]:
+        return False, f"{counts[ItemStatus.FAILED]} listing pages failed"
+    if counts[ItemStatus.NOT_FOUND]:
+        return False, "a listing page came back past the end: the listing shrank while it was read"
+    if counts[ItemStatus.PENDING]:
+        return False, f"{counts[ItemStatus.PENDING]} listing pages were not read (the day's quota ran out)"
+    lp = schema.listing_pages.c
+    pages = conn.execute(select(lp.page, lp.total, lp.harvested_at).where(lp.job_id == listing).order_by(lp.page)).all()
+    totals = {p.total for p in pages}
+    if len(totals) != 1 or None in totals:
+        return False, f"query.total changed while the listing was read ({', '.join(sorted(str(t) for t in totals))})"
+    [total] = totals
+    expected = max(1, -(-int(total) // num_results))
+    if [p.page for p in pages] != list(range(1, expected + 1)):
+        return False, f"{len(pages)} pages read where query.total {total} makes {expected}"
+    if len({p.harvested_at.date() for p in pages}) != 1:
+        return False, "the listing's pages were read on two UTC days"
+    return True, None
+
+
+def _new_outputs(conn: Connection, new_job: int, room: int | None, now: datetime) -> int:
+    """Add the ids of the user's lists that were never answered (pending in every job) to `new_job`."""
+    from harvester.nightly import user_jobs
+
+    ji = schema.job_items.c
+    other = schema.job_items.alias("answered")
+    answered = exists().where(
+        other.c.id_type == ji.id_type,
+        other.c.identifier == ji.identifier,
+        other.c.status.in_((ItemStatus.DONE.value, ItemStatus.NOT_FOUND.value)),
+    )
+    query = (
+        select(ji.id_type, ji.identifier, func.min(ji.line_no))
+        .where(ji.job_id.in_(user_jobs(conn)), ji.status == ItemStatus.PENDING.value, ~answered)
+        .group_by(ji.id_type, ji.identifier)
+        .order_by(func.min(ji.line_no), ji.id_type, ji.identifier)
+    )
+    if room is not None:
+        query = query.limit(room)
+    rows = [(str(t), str(i), n) for n, (t, i, _) in enumerate(conn.execute(query), start=1)]
+    return jobs.add_items(conn, new_job, rows, now)
+
+
+def _last_listing(conn: Connection) -> datetime | None:
+    """When the newest complete change-feed night began its listing (else the newest finished nightly began)."""
+    r = schema.nightly_runs.c
+    last = conn.execute(select(func.max(r.started_at)).where(r.mode == "changes", r.complete.is_(True))).scalar()
+    if last is None:
+        last = conn.execute(select(func.max(r.started_at))).scalar()
+    return last
+
+
+def _abandon(engine: Engine, job_id: int, why: str) -> None:
+    """A listing the night gave up: never resumed later (a later day's listing is another listing)."""
+    with engine.begin() as conn:
+        conn.execute(
+            update(schema.jobs)
+            .where(schema.jobs.c.id == job_id)
+            .values(status=JobStatus.STOPPED, runner=None, resume_after=None, last_error=f"abandoned by the change-feed night: {why}")
+        )
+
+
+def prefix_of(p: NightlyParams) -> str | None:
+    prefix = p.filters.get("doi_prefix")
+    return prefix.strip().lower().rstrip("/") if prefix else None
+
+
+def run_night(engine: Engine, config: Config, job: jobs.Job, runner: str, progress: Any) -> Any:
+    """Run (or finish) a change-feed night; returns its nightly.Report, or None when the key lacks Citations
+    and the night is to run in refresh mode (its params then say so: discover off, changes.fallback)."""
+    from harvester import nightly
+
+    p = job.params
+    assert isinstance(p, NightlyParams)
+    c: dict[str, Any] = dict(p.changes or {})
+    name = f"nightly {p.night}"
+
+    def keep(**changes: Any) -> None:
+        c.update(changes)
+        with engine.begin() as conn:
+            jobs.set_params(conn, job.id, changes=dict(c))
+
+    def spent(outcome: Any) -> None:
+        if outcome is not None:
+            keep(requests=int(c.get("requests", 0)) + outcome.requests)
+
+    # 1. New outputs of the user's lists, before the listing: from tonight on, they are tracked.
+    if "new_job" not in c:
+        with engine.begin() as conn:
+            room = nightly.room_for(p, nightly.quota_left(conn, config))
+            new_job = jobs.new_job(conn, p.endpoint, "doi", f"{name} new outputs", HarvestParams(fetch=p.fetch, nightly=job.id))
+            added = _new_outputs(conn, new_job, room, clock.utcnow())
+        logger.info("nightly: %d new outputs of your lists first", added)
+        keep(new_job=new_job, requests=0)
+    outcome = nightly._step(engine, config, c["new_job"], runner, progress)
+    spent(outcome)
+    if outcome is not None and outcome.status != JobStatus.FINISHED:
+        return nightly._stopped(engine, job, p.night, runner, outcome)
+
+    # 2. The listing, over the time since the last complete one (chosen now, after the new outputs took theirs).
+    if "listing_job" not in c:
+        now = clock.utcnow()
+        with engine.begin() as conn:
+            last = _last_listing(conn)
+            timeframe, days = choose_timeframe(now - last if last is not None else timedelta(0))
+            filters = dict(p.filters) | {"order_by": ORDER_BY}
+            listing, _ = jobs.create_citations_job(conn, timeframe, filters, p.num_results, None, None, f"{name} listing", job.id)
+            jobs.set_params(conn, listing, tracked_only=True)
+        window_from = p.night - timedelta(days=days - 1)
+        logger.info("nightly: listing what had attention in %s (since %s), ordered by %s", timeframe, window_from, ORDER_BY)
+        keep(listing_job=listing, timeframe=timeframe, window_from=window_from.isoformat())
+    listing = int(c["listing_job"])
+    if "complete" not in c:
+        try:
+            outcome = nightly._step(engine, config, listing, runner, progress)
+            denied = outcome is not None and outcome.status == JobStatus.STOPPED and "answered 403" in (outcome.message or "")
+        except ApiAuthError as e:
+            if e.status != 403:
+                raise
+            denied = True
+        if denied:
+            note = 'mode = "changes" needs Citations, which this key\'s tier lacks (403 on the listing): this night ran in refresh mode'
+            logger.warning("nightly: %s", note)
+            _abandon(engine, listing, "403 on the listing")
+            with engine.begin() as conn:
+                jobs.set_params(conn, job.id, discover=False, changes=c | {"fallback": note, "requests": int(c.get("requests", 0)) + 1})
+            return None
+        spent(outcome)
+        if outcome is not None and outcome.status == JobStatus.PAUSED:
+            # Resumed tomorrow it would mix two days' listings: the night ends incomplete, the next one reads further back.
+            _abandon(engine, listing, "the day's quota ran out")
+            keep(complete=False, note="the day's quota ran out during the listing")
+        elif outcome is not None and outcome.status != JobStatus.FINISHED:
+            return nightly._stopped(engine, job, p.night, runner, outcome)
+        else:
+            with engine.connect() as conn:
+                complete, why = check_listing(conn, listing, p.num_results)
+            keep(complete=complete, note=why)
+        if not c["complete"]:
+            logger.warning(
+                "nightly: the listing is incomplete (%s): nothing is carried forward tonight; the next night reads further back", c["note"]
+            )
+
+    # 3. The slow full refresh, oldest first, in what the quota leaves.
+    if "full_job" not in c:
+        with leases.beating(engine, runner), engine.begin() as conn:
+            quota = nightly.quota_left(conn, config)
+            full_job = jobs.new_job(conn, p.endpoint, "doi", f"{name} full refresh", HarvestParams(fetch=p.fetch, nightly=job.id))
+            due = nightly.add_due(conn, full_job, replace(p, refresh_after=p.full_refresh_after), quota)
+        logger.info("nightly: full refresh of %d outputs last harvested before %s", sum(due.values()), p.full_refresh_after)
+        keep(full_job=full_job)
+    outcome = nightly._step(engine, config, int(c["full_job"]), runner, progress)
+    spent(outcome)
+    if outcome is not None and outcome.status != JobStatus.FINISHED:
+        return nightly._stopped(engine, job, p.night, runner, outcome)
+
+    with leases.beating(engine, runner):
+        return _finish(engine, job, p, c, runner)
+
+
+def _carried(conn: Connection, night: date, prefix: str | None) -> int:
+    """Tracked outputs a complete night carries: observed before, not tonight, not superseded, covered by the listing."""
+    o, s = schema.outputs.c, schema.counts_snapshots.c
+    observed_before = exists().where(s.altmetric_id == o.altmetric_id, s.harvested_on < night)
+    observed_tonight = exists().where(s.altmetric_id == o.altmetric_id, s.harvested_on == night)
+    where = [o.superseded_by.is_(None), observed_before, ~observed_tonight]
+    if prefix is not None:
+        where.append(func.lower(o.doi).like(prefix + "/%"))
+    return int(conn.execute(select(func.count()).select_from(schema.outputs).where(and_(*where))).scalar_one())
+
+
+def _finish(engine: Engine, job: jobs.Job, p: NightlyParams, c: dict[str, Any], runner: str) -> Any:
+    from harvester.nightly import Report
+
+    now = clock.utcnow()
+    started = job.started_at or now
+    listing = int(c["listing_job"])
+    with engine.begin() as conn:
+        new = jobs.item_counts_in(conn, int(c["new_job"]))
+        full = jobs.item_counts_in(conn, int(c["full_job"]))
+        pages = jobs.item_counts_in(conn, listing)
+        lp, ca = schema.listing_pages.c, schema.citation_activity.c
+        listed = int(conn.execute(select(func.coalesce(func.max(lp.total), 0)).where(lp.job_id == listing)).scalar_one())
+        tracked = int(conn.execute(select(func.count(ca.altmetric_id.distinct())).where(ca.job_id == listing)).scalar_one())
+        complete = bool(c["complete"])
+        carried = _carried(conn, p.night, prefix_of(p)) if complete else 0
+        failed = new[ItemStatus.FAILED] + full[ItemStatus.FAILED] + pages[ItemStatus.FAILED]
+        if failed:
+            code = ExitCode.SOME_FAILED
+        elif not complete:
+            # Not a failure of the scheduler's to act on, yet not a night to call done: the next night covers it.
+            code = ExitCode.PAUSED if "quota" in (c.get("note") or "") else ExitCode.SOME_FAILED
+        else:
+            code = ExitCode.OK
+        report = Report(
+            job.id,
+            p.night,
+            JobStatus.FINISHED,
+            code,
+            discovered=tracked,
+            new_outputs=new[ItemStatus.DONE],
+            refreshed=full[ItemStatus.DONE],
+            not_found=new[ItemStatus.NOT_FOUND] + full[ItemStatus.NOT_FOUND],
+            failed=failed,
+            mode="changes",
+            complete=complete,
+            mode_note=c.get("note"),
+            timeframe=str(c["timeframe"]),
+            requests=int(c.get("requests", 0)),
+            listed=listed,
+            listed_tracked=tracked,
+            carried=carried,
+            full_refreshed=full[ItemStatus.DONE],
+        )
+        upsert(
+            conn,
+            schema.nightly_runs,
+            [
+                {
+                    "job_id": job.id,
+                    "night": p.night,
+                    "timeframe": str(c["timeframe"]),
+                    "filters": filters_text(p.filters),
+                    "endpoint": p.endpoint,
+                    "discovery_job_id": listing,
+                    "refresh_job_id": int(c["full_job"]),
+                    "discovered": tracked,
+                    "new_outputs": report.new_outputs,
+                    "refreshed": report.refreshed,
+                    "not_found": report.not_found,
+                    "failed": failed,
+                    "started_at": started,
+                    "finished_at": now,
+                    "mode": "changes",
+                    "mode_note": c.get("note"),
+                    "complete": complete,
+                    "window_from": date.fromisoformat(str(c["window_from"])),
+                    "listing_job_id": listing,
+                    "covers_doi_prefix": prefix_of(p),
+                    "requests": report.requests,
+                    "listed": listed,
+                    "listed_tracked": tracked,
+                    "carried": carried,
+                    "full_refreshed": report.full_refreshed,
+                }
+            ],
+        )
+        done = conn.execute(
+            update(schema.jobs)
+            .where(schema.jobs.c.id == job.id, schema.jobs.c.runner == runner)
+            .values(
+                status=JobStatus.FINISHED,
+                finished_at=now,
+                runner=None,
+                lock_name=None,
+                heartbeat_at=now,
+                last_error=None,
+                resume_after=None,
+                params=_params_json(p, c, report.as_dict()),
+            )
+        ).rowcount
+        if done != 1:
+            raise JobError(f"nightly job {job.id} was taken over by another process; its report was not stored")
+    return report
+
+
+def _params_json(p: NightlyParams, c: dict[str, Any], report: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(replace(p, changes=c, report=report).as_dict(), sort_keys=True)
+
+
+def refresh_fields(p: NightlyParams) -> dict[str, Any]:
+    """What a night that ran in refresh mode adds to its nightly_runs row and report: its mode, and why (a fallback)."""
+    note = (p.changes or {}).get("fallback")
+    out: dict[str, Any] = {"mode": "refresh"}
+    if note:
+        out |= {"mode_note": note, "requests": (p.changes or {}).get("requests")}
+    return out
