@@ -28,10 +28,11 @@ from pathlib import Path
 import zstandard
 from sqlalchemy import text
 
-from harvester import archive, fakeapi, jobs, leases, reparse, schema, store
+from harvester import archive, clock, fakeapi, jobs, leases, reparse, schema, store
 from harvester.config import ArchiveConfig
 from harvester.db import open_database
 from harvester.endpoints import Counts
+from harvester.vocabulary import ItemResult, ItemStatus
 
 SAMPLES = Path(__file__).resolve().parents[1] / "harvester" / "data"
 BATCH = 500
@@ -50,7 +51,8 @@ def sizes(name: str, raws: list[bytes], train: list[bytes] | None = None) -> Non
     raw_mean, stored_mean = statistics.mean(map(len, raws)), statistics.mean(map(len, stored))
     line = f"  {name:<34} {len(raws):>6}  raw {raw_mean:>8,.0f} B  stored {stored_mean:>7,.0f} B  ratio {raw_mean / stored_mean:5.1f}x  {micro:6.1f} us/body"
     if train:
-        zdict = zstandard.train_dictionary(112_640, train)
+        samples: list[bytes | bytearray | memoryview] = list(train)  # zstandard's stubs take this list, not list[bytes]
+        zdict = zstandard.train_dictionary(112_640, samples)
         c = zstandard.ZstdCompressor(level=archive.LEVEL, dict_data=zdict)
         with_dict = statistics.mean(len(c.compress(r)) for r in raws)
         line += f"   (trained dict: {with_dict:,.0f} B, {raw_mean / with_dict:.1f}x)"
@@ -67,10 +69,9 @@ def write(url: str, raws: list[bytes], settings: ArchiveConfig) -> tuple[float, 
     t0, c0 = time.perf_counter(), time.process_time()
     for start in range(0, len(raws), BATCH):
         results = [
-            store.ItemResult("doi", f"10.5555/w.{i}", "done", 1, 200, None, raws[i])
-            for i in range(start, min(start + BATCH, len(raws)))
+            ItemResult("doi", f"10.5555/w.{i}", ItemStatus.DONE, 1, 200, None, raws[i]) for i in range(start, min(start + BATCH, len(raws)))
         ]
-        store.write_batch(engine, job_id, Counts(), results, jobs.utcnow(), "bench", archive_config=settings)
+        store.write_batch(engine, job_id, Counts(), results, clock.utcnow(), "bench", archive_config=settings)
     rates = len(raws) / (time.perf_counter() - t0), len(raws) / (time.process_time() - c0)
     engine.dispose()
     return rates
@@ -107,7 +108,9 @@ def main() -> int:
                 wall[label] = max(wall.get(label, 0.0), by_wall)
                 cpu[label] = max(cpu.get(label, 0.0), by_cpu)
         for label in wall:
-            print(f"  {label:<12} {wall[label]:>8,.0f} ids/s by the wall clock, {cpu[label]:>8,.0f} ids/s of CPU time (best of {args.repeat})")
+            print(
+                f"  {label:<12} {wall[label]:>8,.0f} ids/s by the wall clock, {cpu[label]:>8,.0f} ids/s of CPU time (best of {args.repeat})"
+            )
         print(
             f"  cost of the archive: {1 - wall['archive on'] / wall['archive off']:.1%} of the writer's rate by the wall clock, "
             f"{1 - cpu['archive on'] / cpu['archive off']:.1%} by CPU time"
@@ -116,9 +119,13 @@ def main() -> int:
         url = f"sqlite:///{tmp / 'archive_on0.db'}"
         engine = open_database(url)
         with engine.begin() as conn:
-            entries = [archive.entry(None, "fetch", "doi", f"10.5555/f.{i}", raw, jobs.utcnow(), 99, "{}") for i, raw in enumerate(fetch)]
+            entries = [archive.entry(None, "fetch", "doi", f"10.5555/f.{i}", raw, clock.utcnow(), 99, "{}") for i, raw in enumerate(fetch)]
             store.upsert(conn, schema.raw_bodies, archive.replace(conn, [e for e in entries if e is not None]))
-        stored = engine.connect().execute(text("select endpoint, count(*), sum(raw_size), sum(length(body)) from raw_bodies group by endpoint")).all()
+        stored = (
+            engine.connect()
+            .execute(text("select endpoint, count(*), sum(raw_size), sum(length(body)) from raw_bodies group by endpoint"))
+            .all()
+        )
         print("\nthe archive on disk:")
         for endpoint, n, raw_total, body_total in stored:
             print(f"  {endpoint:<8} {n:>7,} bodies  raw {raw_total / n:,.0f} B  stored {body_total / n:,.0f} B a body")

@@ -45,9 +45,8 @@ import orjson
 import psutil
 from yarl import URL
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harvest_counts import KEY, goal_for, prebuild, run_harvester, start_fake, stop_fake  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.*, tests.pg
+from benchmarks.harvest_counts import KEY, goal_for, prebuild, run_harvester, start_fake, stop_fake  # noqa: E402
 from harvester.db import open_database  # noqa: E402
 from harvester.parse import Records, parse_counts, parse_fetch  # noqa: E402
 from harvester.store import DATA_TABLES  # noqa: E402
@@ -59,8 +58,8 @@ async def _raw_bodies(api: str, urls: list[URL], concurrency: int) -> list[bytes
     """What harvest_counts.py's raw client does (GET, read, json.loads of a 200), keeping the 200 bodies."""
     bodies: list[bytes] = []
     todo = iter(urls)
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60),
-                                     connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60), connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+
         async def worker() -> None:
             for url in todo:
                 async with session.get(url) as r:
@@ -95,14 +94,16 @@ def _rows(records: Records) -> dict[str, list[dict[str, Any]]]:
     return tables
 
 
-def _prepared(bodies: list[bytes], endpoint: str) -> tuple[list[tuple[list[bytes], dict[tuple[str, tuple[str, ...]], list[tuple[Any, ...]]]]], float]:
+def _prepared(
+    bodies: list[bytes], endpoint: str
+) -> tuple[list[tuple[list[bytes], dict[tuple[str, tuple[str, ...]], list[tuple[Any, ...]]]]], float]:
     """Untimed: per batch, its bodies and their rows by (table, columns), as tuples; and the rows a body."""
     parse = parse_fetch if endpoint == "fetch" else parse_counts
     at = datetime.now(UTC).replace(tzinfo=None)
     batches = []
     rows_total = 0
     for start in range(0, len(bodies), BATCH):
-        chunk = bodies[start:start + BATCH]
+        chunk = bodies[start : start + BATCH]
         tables: dict[tuple[str, tuple[str, ...]], list[tuple[Any, ...]]] = {}
         for raw in chunk:
             for name, rows in _rows(parse(json.loads(raw), at)).items():
@@ -116,10 +117,16 @@ def _prepared(bodies: list[bytes], endpoint: str) -> tuple[list[tuple[list[bytes
 def _job(execute: Any, executemany: Any, n: int, mark: str) -> datetime:
     """The job and its n pending items, as create_job leaves them (untimed)."""
     at = datetime.now(UTC).replace(tzinfo=None)
-    execute(f"INSERT INTO jobs (id, endpoint, id_type, status, created_at, total_items, rejected_lines, duplicate_lines) "
-            f"VALUES (1, 'counts', 'doi', 'running', {mark}, 0, 0, 0)", (at,))
-    executemany(f"INSERT INTO job_items (job_id, id_type, identifier, line_no, status, attempts, updated_at) "
-                f"VALUES (1, 'doi', {mark}, {mark}, 'pending', 0, {mark})", [(f"10.5555/ceil.{i}", i, at) for i in range(n)])
+    execute(
+        f"INSERT INTO jobs (id, endpoint, id_type, status, created_at, total_items, rejected_lines, duplicate_lines) "
+        f"VALUES (1, 'counts', 'doi', 'running', {mark}, 0, 0, 0)",
+        (at,),
+    )
+    executemany(
+        f"INSERT INTO job_items (job_id, id_type, identifier, line_no, status, attempts, updated_at) "
+        f"VALUES (1, 'doi', {mark}, {mark}, 'pending', 0, {mark})",
+        [(f"10.5555/ceil.{i}", i, at) for i in range(n)],
+    )
     return at
 
 
@@ -169,8 +176,10 @@ def store_floor_pg(bodies: list[bytes], endpoint: str, n: int, url: str, data_di
     with psycopg.connect(host=u.host, port=u.port, user=u.username, dbname=u.database) as con:
         at = _job(con.execute, con.cursor().executemany, n, "%s")
         con.commit()
-        status = ("UPDATE job_items SET status = 'done', attempts = 1, http_status = 200, updated_at = %s "
-                  "FROM unnest(%s::text[]) AS u(identifier) WHERE job_id = 1 AND id_type = 'doi' AND job_items.identifier = u.identifier")
+        status = (
+            "UPDATE job_items SET status = 'done', attempts = 1, http_status = 200, updated_at = %s "
+            "FROM unnest(%s::text[]) AS u(identifier) WHERE job_id = 1 AND id_type = 'doi' AND job_items.identifier = u.identifier"
+        )
         per_batch = -(-n // max(1, len(batches)))
         s0, c0 = server_cpu(), time.process_time()
         with con.cursor() as cur:
@@ -200,7 +209,6 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="ceiling-"))
     cluster: Any = None
     if args.postgres:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.pg
         from tests.pg import Cluster
 
         cluster = Cluster()
@@ -238,10 +246,18 @@ def main() -> int:
     harvester_rate = float(hv.final["rate"].replace(",", ""))
     allowed = cpus / (goal * raw["rate"]) - raw["c_fake"]
     figures = {
-        "case": case, "cpus": cpus, "ids": n, "raw_rate": raw["rate"],
-        "c_fake_ms": raw["c_fake"] * 1e3, "c_client_ms": raw["c_client"] * 1e3, "c_store_ms": floor["c_store"] * 1e3,
-        "rows_per_body": floor["rows_per_body"], "ceiling": ceiling, "goal": goal,
-        "allowed_harvester_ms": allowed * 1e3, "harvester_ms": (hv.cpu + server_cpu) / n * 1e3,
+        "case": case,
+        "cpus": cpus,
+        "ids": n,
+        "raw_rate": raw["rate"],
+        "c_fake_ms": raw["c_fake"] * 1e3,
+        "c_client_ms": raw["c_client"] * 1e3,
+        "c_store_ms": floor["c_store"] * 1e3,
+        "rows_per_body": floor["rows_per_body"],
+        "ceiling": ceiling,
+        "goal": goal,
+        "allowed_harvester_ms": allowed * 1e3,
+        "harvester_ms": (hv.cpu + server_cpu) / n * 1e3,
         "harvester_ratio": harvester_rate / raw["rate"],
     }
     table = [

@@ -82,8 +82,13 @@ def create_job_here(url: str, ids: Path) -> dict[str, float | int]:
     job = jobs.create_job(engine, [str(ids)], "doi", "counts", "bench")
     seconds = time.monotonic() - started
     engine.dispose()
-    return {"seconds": seconds, "items": job.total_items, "duplicates": job.duplicate_lines,
-            "rejects": job.rejected_lines, "rss_before_mb": rss_before}
+    return {
+        "seconds": seconds,
+        "items": job.total_items,
+        "duplicates": job.duplicate_lines,
+        "rejects": job.rejected_lines,
+        "rss_before_mb": rss_before,
+    }
 
 
 def create_job(url: str, ids: Path) -> dict[str, float | int]:
@@ -133,20 +138,38 @@ def main() -> None:
     print(f"  {args.ids:,} lines", file=out)
     print(f"  {'plain sqlite3 executemany':<28} {floor:7.2f} s", file=out)
     for label, r in results:
-        print(f"  {label:<28} {r['seconds']:7.2f} s  {float(r['seconds']) / floor:5.2f}× plain sqlite3"
-              f"  peak RSS {r['peak_rss_mb']:.0f} MB ({r['rss_before_mb']:.0f} MB before create_job)"
-              f"  items {r['items']:,}, duplicates {r['duplicates']:,}, rejects {r['rejects']:,}", file=out)
-    print(f"  goal: create_job on SQLite ≤ {RATIO_GOAL}× plain sqlite3: {ratio:.2f}×, "
-          f"{'met' if ratio <= RATIO_GOAL else 'not met'}", file=out)
+        print(
+            f"  {label:<28} {r['seconds']:7.2f} s  {float(r['seconds']) / floor:5.2f}× plain sqlite3"
+            f"  peak RSS {r['peak_rss_mb']:.0f} MB ({r['rss_before_mb']:.0f} MB before create_job)"
+            f"  items {r['items']:,}, duplicates {r['duplicates']:,}, rejects {r['rejects']:,}",
+            file=out,
+        )
+    print(
+        f"  goal: create_job on SQLite ≤ {RATIO_GOAL}× plain sqlite3: {ratio:.2f}×, {'met' if ratio <= RATIO_GOAL else 'not met'}", file=out
+    )
     print(f"  goal: its peak RSS ≤ {RSS_GOAL_MB:.0f} MB: {rss:.0f} MB, {'met' if rss <= RSS_GOAL_MB else 'not met'}", file=out)
     if args.json:
-        print(json.dumps({
-            "case": "enqueue", "value": round(ratio, 4), "goal": RATIO_GOAL, "goal_op": "<=", "met": ratio <= RATIO_GOAL,
-            "rss_mb": round(rss, 1), "rss_goal": RSS_GOAL_MB, "rss_met": rss <= RSS_GOAL_MB,
-            "floor_s": round(floor, 3), "create_job_s": round(float(sqlite_run["seconds"]), 3),
-            "postgres_s": round(float(results[1][1]["seconds"]), 3) if len(results) > 1 else None,
-            "ids": args.ids, "load": round(os.getloadavg()[0], 2), "ok": True,
-        }), flush=True)
+        print(
+            json.dumps(
+                {
+                    "case": "enqueue",
+                    "value": round(ratio, 4),
+                    "goal": RATIO_GOAL,
+                    "goal_op": "<=",
+                    "met": ratio <= RATIO_GOAL,
+                    "rss_mb": round(rss, 1),
+                    "rss_goal": RSS_GOAL_MB,
+                    "rss_met": rss <= RSS_GOAL_MB,
+                    "floor_s": round(floor, 3),
+                    "create_job_s": round(float(sqlite_run["seconds"]), 3),
+                    "postgres_s": round(float(results[1][1]["seconds"]), 3) if len(results) > 1 else None,
+                    "ids": args.ids,
+                    "load": round(os.getloadavg()[0], 2),
+                    "ok": True,
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -101,7 +101,9 @@ def main() -> None:
         for fmt in args.formats.split(","):
             out = tmp / f"out-{rows}.{fmt}"
             seconds, peak = run_export(url, fmt, out)
-            print(f"{fmt:<8} {rows:>10,} {seconds:>8.1f} {rows / seconds:>10,.0f} {peak / 2**20:>8.0f}MB {out.stat().st_size / 2**20:>8.0f}MB")
+            print(
+                f"{fmt:<8} {rows:>10,} {seconds:>8.1f} {rows / seconds:>10,.0f} {peak / 2**20:>8.0f}MB {out.stat().st_size / 2**20:>8.0f}MB"
+            )
             out.unlink()
     if not args.keep:
         for path in tmp.iterdir():

@@ -55,8 +55,10 @@ from yarl import URL
 
 try:
     import psutil
+
+    HAVE_PSUTIL = True
 except ImportError:  # only the tree-sum figure needs it; the exact peak comes from wait4
-    psutil = None
+    HAVE_PSUTIL = False
 
 KEY = "bench-key"
 FINAL_LINE = re.compile(
@@ -88,17 +90,15 @@ def goal_for(latency: float, endpoint: str = "counts", postgres: bool = False) -
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def start_fake(latency: float, **settings: object) -> tuple[subprocess.Popen[bytes], str]:
     """Start the fake with these FakeConfig settings on a free port; return it and its root URL."""
     port = free_port()
     options = "".join(f", {k}={v!r}" for k, v in settings.items())
-    code = (
-        "from harvester.fakeapi import run, FakeConfig; "
-        f"run(FakeConfig(keys=({KEY!r},), latency={latency!r}{options}), port={port})"
-    )
+    code = f"from harvester.fakeapi import run, FakeConfig; run(FakeConfig(keys=({KEY!r},), latency={latency!r}{options}), port={port})"
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     root = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -139,16 +139,16 @@ def stop_fake(proc: subprocess.Popen[bytes]) -> None:
 def fake_stats(root: str) -> dict[str, object]:
     with urllib.request.urlopen(root + "/_stats", timeout=30) as r:
         d = json.loads(r.read())
-    return {"total": d["total"], "by_status": d["by_status"], "prebuilt_hits": d.get("prebuilt_hits", 0),
-            "first_at": d.get("first_at")}
+    return {"total": d["total"], "by_status": d["by_status"], "prebuilt_hits": d.get("prebuilt_hits", 0), "first_at": d.get("first_at")}
 
 
 def prebuild(root: str, endpoint: str, prefix: str, count: int, width: int = 0) -> dict[str, object]:
     """Have the fake (started with prebuild=True) build the answers for ``prefix{i}`` (i < count,
     zero-padded to ``width``) now, forgetting the previous phase's; returns its reply."""
     spec = {"endpoint": endpoint, "id_type": "doi", "prefix": prefix, "count": count, "width": width, "clear": True}
-    req = urllib.request.Request(root + "/_fake/prebuild", data=json.dumps(spec).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        root + "/_fake/prebuild", data=json.dumps(spec).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=3600) as r:
         return dict(json.loads(r.read()))
 
@@ -157,7 +157,9 @@ def stats_delta(before: dict[str, object], after: dict[str, object]) -> tuple[in
     b, a = before["by_status"], after["by_status"]
     assert isinstance(a, dict) and isinstance(b, dict)
     statuses = {k: a.get(k, 0) - b.get(k, 0) for k in a}
-    return int(after["total"]) - int(before["total"]), {k: v for k, v in statuses.items() if v}
+    total_b, total_a = before["total"], after["total"]
+    assert isinstance(total_a, int) and isinstance(total_b, int)
+    return total_a - total_b, {k: v for k, v in statuses.items() if v}
 
 
 # ------------------------------------------------------------------------------------------
@@ -183,9 +185,7 @@ async def _raw(api: str, prefix: str, n: int, concurrency: int, endpoint: str) -
     urls = iter([URL(f"{api}{path}/10.5555/{prefix}.{i}?key={KEY}", encoded=True) for i in range(n)])
     statuses: dict[int, int] = {}
     timeout = aiohttp.ClientTimeout(total=60)
-    async with aiohttp.ClientSession(
-        timeout=timeout, connector=aiohttp.TCPConnector(limit=concurrency)
-    ) as session:
+    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=concurrency)) as session:
 
         async def worker() -> None:
             for url in urls:  # a shared iterator: each worker takes the next id
@@ -228,7 +228,7 @@ class HarvestResult:
 
 
 def _poll_tree(pid: int, stop: threading.Event, peak: list[int], series: list[int]) -> None:
-    assert psutil is not None
+    assert HAVE_PSUTIL
     try:
         root = psutil.Process(pid)
     except psutil.Error:
@@ -255,23 +255,21 @@ def harvester_command() -> list[str]:
 
 
 def harvester_env(api: str) -> dict[str, str]:
-    return dict(os.environ, HARVESTER_API_URL=api, ALTMETRIC_API_KEY=KEY, HARVESTER_TIER="commercial",
-                HARVESTER_CONFIG="")
+    return dict(os.environ, HARVESTER_API_URL=api, ALTMETRIC_API_KEY=KEY, HARVESTER_TIER="commercial", HARVESTER_CONFIG="")
 
 
 def run_harvester(api: str, workdir: Path, ids_file: Path, db: str, concurrency: int, endpoint: str) -> HarvestResult:
     """``harvester --database DB harvest ...`` (DB: a database URL) as a subprocess, waited for."""
     cmd = harvester_command()
-    cmd += ["--database", db, "harvest", "--no-progress", "--concurrency", str(concurrency),
-            "--endpoint", endpoint, str(ids_file)]
+    cmd += ["--database", db, "harvest", "--no-progress", "--concurrency", str(concurrency), "--endpoint", endpoint, str(ids_file)]
     env = harvester_env(api)
     out_path, err_path = workdir / "harvester.out", workdir / "harvester.err"
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         t0 = time.perf_counter()
         # cwd=workdir: with HARVESTER_CONFIG empty, a ./harvester.toml would still be read.
         proc = subprocess.Popen(cmd, env=env, cwd=workdir, stdout=out, stderr=err)
-        stop, peak, series = threading.Event(), [0], []
-        poller = threading.Thread(target=_poll_tree, args=(proc.pid, stop, peak, series), daemon=True) if psutil else None
+        stop, peak, series = threading.Event(), [0], list[int]()
+        poller = threading.Thread(target=_poll_tree, args=(proc.pid, stop, peak, series), daemon=True) if HAVE_PSUTIL else None
         if poller:
             poller.start()
         _, status, usage = os.wait4(proc.pid, 0)
@@ -290,7 +288,7 @@ def run_harvester(api: str, workdir: Path, ids_file: Path, db: str, concurrency:
         exit_code=proc.returncode,
         wall=wall,
         maxrss_mb=usage.ru_maxrss / 1024,  # KiB on Linux
-        tree_peak_mb=peak[0] / 2**20 if psutil else None,
+        tree_peak_mb=peak[0] / 2**20 if HAVE_PSUTIL else None,
         tree_series=series,
         stderr=stderr,
         final=final,
@@ -348,12 +346,18 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=64, help="requests in flight, both clients")
     ap.add_argument("--endpoint", choices=["counts", "fetch"], default="counts", help="the endpoint both clients call")
     ap.add_argument("--postgres", action="store_true", help="harvest into a throwaway PostgreSQL 15 server (tests/pg.py)")
-    ap.add_argument("--no-prebuild", action="store_true",
-                    help="the fake builds each body when asked (no prebuilt cache): it then costs the machine more")
+    ap.add_argument(
+        "--no-prebuild",
+        action="store_true",
+        help="the fake builds each body when asked (no prebuilt cache): it then costs the machine more",
+    )
     ap.add_argument("--json", action="store_true", help="the table on stderr; one JSON line of the figures on stdout")
     ap.add_argument("--keep", action="store_true", help="keep the temp directory (database, ids, logs)")
-    ap.add_argument("--reharvest", action="store_true",
-                    help="then harvest the same ids again into the same database (updates: every child table is replaced)")
+    ap.add_argument(
+        "--reharvest",
+        action="store_true",
+        help="then harvest the same ids again into the same database (updates: every child table is replaced)",
+    )
     args = ap.parse_args()
     n, conc, latency = args.ids, args.concurrency, args.latency
     use_prebuild = not args.no_prebuild
@@ -390,9 +394,11 @@ def main() -> int:
     api = root + "/v1"
     hit_counts: list[tuple[str, int, int]] = []  # (phase, prebuilt hits, requests)
     try:
-        say(f"fake API at {api} (pid {fake.pid}), latency {latency}s; {n:,} ids per phase, "
+        say(
+            f"fake API at {api} (pid {fake.pid}), latency {latency}s; {n:,} ids per phase, "
             f"concurrency {conc}, database {'PostgreSQL' if args.postgres else 'SQLite'}, "
-            f"prebuilt cache {'on' if use_prebuild else 'off'}")
+            f"prebuilt cache {'on' if use_prebuild else 'off'}"
+        )
         ready("raw")
         s0 = fake_stats(root)
         raw = raw_rate(api, "raw", n, conc, args.endpoint)
@@ -458,21 +464,38 @@ def main() -> int:
         (f"goal ratio ≥ {goal:.2f} (run phase)", "met" if met else "not met"),
         (f"goal ratio ≥ {goal:.2f} (wall)", "met" if wall_ratio is not None and wall_ratio >= goal else "not met"),
         ("harvester wall time s", f"{hv.wall:.2f}"),
-        *([("re-harvest ids/s (run phase) / ratio", f"{float(again.final['rate'].replace(',', '')):,.0f} / "
-            f"{ratio(float(again.final['rate'].replace(',', '')))}")] if again is not None and again.final else []),
+        *(
+            [
+                (
+                    "re-harvest ids/s (run phase) / ratio",
+                    f"{float(again.final['rate'].replace(',', '')):,.0f} / {ratio(float(again.final['rate'].replace(',', '')))}",
+                )
+            ]
+            if again is not None and again.final
+            else []
+        ),
         ("harvester peak RSS MB (ru_maxrss)", f"{hv.maxrss_mb:.1f}"),
         ("harvester peak RSS MB (psutil, tree sum)", f"{hv.tree_peak_mb:.1f}" if hv.tree_peak_mb is not None else "n/a"),
-        ("tree RSS MB at 20/40/60/80/100% of the run", " / ".join(
-            f"{hv.tree_series[min(len(hv.tree_series) - 1, int(len(hv.tree_series) * q))] / 2**20:.0f}"
-            for q in (0.2, 0.4, 0.6, 0.8, 1.0)) if hv.tree_series else "n/a"),
+        (
+            "tree RSS MB at 20/40/60/80/100% of the run",
+            " / ".join(
+                f"{hv.tree_series[min(len(hv.tree_series) - 1, int(len(hv.tree_series) * q))] / 2**20:.0f}"
+                for q in (0.2, 0.4, 0.6, 0.8, 1.0)
+            )
+            if hv.tree_series
+            else "n/a",
+        ),
         ("harvester requests (its figure / fake's)", f"{hv.final['requests'] if hv.final else 'n/a'} / {harvest_requests:,}"),
         ("fake statuses during harvest", json.dumps(harvest_statuses)),
-        ("prebuilt answers served / requests", ", ".join(f"{phase} {h:,}/{r:,}" for phase, h, r in hit_counts)
-         if use_prebuild else "off"),
-        ("prebuild (untimed) s / MB held", ", ".join(f"{b['seconds']} / {int(str(b['bytes'])) / 2**20:.0f}" for b in builds)
-         if builds else "off"),
-        ("items done / not_found / failed / outputs",
-         " / ".join(f"{counts.get(k, 0):,}" for k in ("done", "not_found", "failed", "outputs"))),
+        ("prebuilt answers served / requests", ", ".join(f"{phase} {h:,}/{r:,}" for phase, h, r in hit_counts) if use_prebuild else "off"),
+        (
+            "prebuild (untimed) s / MB held",
+            ", ".join(f"{b['seconds']} / {int(str(b['bytes'])) / 2**20:.0f}" for b in builds) if builds else "off",
+        ),
+        (
+            "items done / not_found / failed / outputs",
+            " / ".join(f"{counts.get(k, 0):,}" for k in ("done", "not_found", "failed", "outputs")),
+        ),
         ("mentions stored", f"{counts.get('mentions', 0):,}"),
         ("endpoint", args.endpoint),
         ("database", "PostgreSQL 15 (tests/pg.py)" if args.postgres else "SQLite"),
@@ -499,14 +522,32 @@ def main() -> int:
         say("\nharvester stderr (last 20 lines):")
         say("\n".join(hv.stderr.splitlines()[-20:]))
     if args.json:
-        print(json.dumps({
-            "case": case, "value": round(run_ratio, 4) if run_ratio is not None else None, "goal": goal, "goal_op": ">=",
-            "met": met, "ratio_wall": round(wall_ratio, 4) if wall_ratio is not None else None,
-            "raw_rate": round(raw_mean, 1), "harvest_rate": run_rate, "wall_rate": round(wall_rate, 1),
-            "maxrss_mb": round(hv.maxrss_mb, 1), "ids": n, "concurrency": conc, "latency": latency,
-            "endpoint": args.endpoint, "postgres": args.postgres, "prebuild": use_prebuild,
-            "load": round(os.getloadavg()[0], 2), "ok": not problems, "problems": problems,
-        }), flush=True)
+        print(
+            json.dumps(
+                {
+                    "case": case,
+                    "value": round(run_ratio, 4) if run_ratio is not None else None,
+                    "goal": goal,
+                    "goal_op": ">=",
+                    "met": met,
+                    "ratio_wall": round(wall_ratio, 4) if wall_ratio is not None else None,
+                    "raw_rate": round(raw_mean, 1),
+                    "harvest_rate": run_rate,
+                    "wall_rate": round(wall_rate, 1),
+                    "maxrss_mb": round(hv.maxrss_mb, 1),
+                    "ids": n,
+                    "concurrency": conc,
+                    "latency": latency,
+                    "endpoint": args.endpoint,
+                    "postgres": args.postgres,
+                    "prebuild": use_prebuild,
+                    "load": round(os.getloadavg()[0], 2),
+                    "ok": not problems,
+                    "problems": problems,
+                }
+            ),
+            flush=True,
+        )
 
     if args.keep:
         say(f"\nkept {tmp}")

@@ -26,11 +26,12 @@ import threading
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-import psutil  # type: ignore[import-untyped]
+import psutil
 from sqlalchemy import Date, Engine, bindparam, event, text
 
-from harvester import jobs, nightly
+from harvester import clock, jobs, nightly
 from harvester.db import open_database
 from harvester.params import HarvestParams, NightlyParams
 
@@ -88,9 +89,13 @@ FILL = {
         ),
         _ITEMS + "SELECT :harvest, CASE WHEN doi IS NULL THEN 'id' ELSE 'doi' END, coalesce(doi, CAST(altmetric_id AS TEXT)),"
         " coalesce(doi, CAST(altmetric_id AS TEXT)), altmetric_id, 'done', 1, altmetric_id, harvested_at FROM outputs",
-        _ITEMS + "SELECT :harvest, 'doi', '10.5555/gone.' || {pad}, '10.5555/gone.' || {pad}, :n + i + 1, 'not_found', 1, NULL, {at}"
-        " FROM {series}".format(pad=_PAD[dialect], at=_AT[dialect].format(minutes="40 * 1440"), series=_SERIES[dialect].format(to=":missing")),
-        _ITEMS + "SELECT :last_night, id_type, identifier, input, line_no, 'not_found', 1, NULL, {at} FROM job_items"
+        _ITEMS
+        + "SELECT :harvest, 'doi', '10.5555/gone.' || {pad}, '10.5555/gone.' || {pad}, :n + i + 1, 'not_found', 1, NULL, {at}"
+        " FROM {series}".format(
+            pad=_PAD[dialect], at=_AT[dialect].format(minutes="40 * 1440"), series=_SERIES[dialect].format(to=":missing")
+        ),
+        _ITEMS
+        + "SELECT :last_night, id_type, identifier, input, line_no, 'not_found', 1, NULL, {at} FROM job_items"
         " WHERE job_id = :harvest AND line_no - 1 >= :n / 30 AND line_no - 1 < :n / 30 + :recent * :stride"
         " AND (line_no - 1 - :n / 30) % :stride = 0".format(at=_AT[dialect].format(minutes="2 * 1440")),
     ]
@@ -124,7 +129,7 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace, engine: Engine, db: Path | None) -> None:
-    now = jobs.utcnow().replace(microsecond=0)
+    now = clock.utcnow().replace(microsecond=0)
     fill_started = time.monotonic()
     n, missing, recent = args.outputs, args.missing, min(args.recent, args.outputs - args.outputs // 30)
     # Every stride-th output of the older ones (all due) answered 404 two days ago: hidden.
@@ -145,13 +150,13 @@ def run(args: argparse.Namespace, engine: Engine, db: Path | None) -> None:
     params = NightlyParams(now.date(), refresh_after="20h", not_found_refresh_after="30d", max_items=None)
     if args.explain:
         explain(engine, refresh, params)
-    cutoff = jobs.utcnow() - timedelta(hours=20)
+    cutoff = clock.utcnow() - timedelta(hours=20)
     started = time.monotonic()
     with engine.begin() as conn:
         # The selection runs in the server: its backend's memory is what grows if anything does.
         server = conn.execute(text("SELECT pg_backend_pid()")).scalar_one() if engine.dialect.name == "postgresql" else None
         with RssDuring(server) as rss:
-            added = nightly.add_due(conn, refresh, params)
+            added = sum(nightly.add_due(conn, refresh, params).values())  # add_due says how many each part added
     seconds = time.monotonic() - started
     movers: list[dict[str, object]] = []
     movers_seconds = 0.0
@@ -206,9 +211,9 @@ def run(args: argparse.Namespace, engine: Engine, db: Path | None) -> None:
 
 def explain(engine: Engine, refresh: int, params: NightlyParams) -> None:
     """The plans of the selection's statements (PostgreSQL: EXPLAIN ANALYZE), all rolled back."""
-    statements: list[tuple[str, object]] = []
+    statements: list[tuple[str, Any]] = []  # the parameters as the DBAPI driver took them
 
-    def capture(conn: object, cursor: object, statement: str, parameters: object, context: object, executemany: bool) -> None:
+    def capture(conn: object, cursor: object, statement: str, parameters: Any, context: object, executemany: bool) -> None:
         if statement.lstrip().upper().startswith("INSERT"):
             statements.append((statement, parameters))
 
@@ -223,7 +228,7 @@ def explain(engine: Engine, refresh: int, params: NightlyParams) -> None:
         prefix = "EXPLAIN (ANALYZE, BUFFERS) " if engine.dialect.name == "postgresql" else "EXPLAIN QUERY PLAN "
         for statement, parameters in statements:
             with conn.begin() as transaction:
-                plan = conn.exec_driver_sql(prefix + statement, parameters).all()  # type: ignore[arg-type]
+                plan = conn.exec_driver_sql(prefix + statement, parameters).all()
                 transaction.rollback()
             print(statement)
             print("\n".join(" | ".join(str(v) for v in row) for row in plan), end="\n\n")

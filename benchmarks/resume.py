@@ -35,10 +35,9 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the other benchmarks' helpers
-from enqueue import write_ids  # noqa: E402
-from harvest_counts import fake_stats, harvester_command, harvester_env, start_fake, stop_fake, stop_process  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the other benchmarks' helpers, benchmarks.*
+from benchmarks.enqueue import write_ids  # noqa: E402
+from benchmarks.harvest_counts import fake_stats, harvester_command, harvester_env, start_fake, stop_fake, stop_process  # noqa: E402
 from harvester import jobs  # noqa: E402
 from harvester.db import open_database  # noqa: E402
 
@@ -59,8 +58,7 @@ def prepare(db_url: str, ids: Path, done_pct: float) -> tuple[int, int, int]:
                     {"j": job.id, "k": done - 1},
                 ).scalar_one()
                 conn.execute(
-                    text("UPDATE job_items SET status = 'done', attempts = 1, http_status = 200"
-                         " WHERE job_id = :j AND line_no <= :cutoff"),
+                    text("UPDATE job_items SET status = 'done', attempts = 1, http_status = 200 WHERE job_id = :j AND line_no <= :cutoff"),
                     {"j": job.id, "cutoff": cutoff},
                 )
             pending = conn.execute(
@@ -77,8 +75,7 @@ def time_to_first_request(root: str, db_url: str, job_id: int, workdir: Path, ti
     cmd = [*harvester_command(), "--database", db_url, "resume", str(job_id), "--no-progress"]
     with open(workdir / "resume.err", "ab") as err:
         t0 = time.monotonic()
-        proc = subprocess.Popen(cmd, env=harvester_env(root + "/v1"), cwd=workdir,
-                                stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(cmd, env=harvester_env(root + "/v1"), cwd=workdir, stdout=subprocess.DEVNULL, stderr=err)
         first: float | None = None
         try:
             while time.monotonic() - t0 < timeout:
@@ -110,27 +107,48 @@ def main() -> int:
         write_ids(ids, args.ids)
         t0 = time.monotonic()
         job_id, items, pending = prepare(db_url, ids, args.done_pct)
-        print(f"  job {job_id}: {items:,} items, {pending:,} pending ({args.done_pct:g}% done); "
-              f"prepared in {time.monotonic() - t0:.1f} s", file=out, flush=True)
+        print(
+            f"  job {job_id}: {items:,} items, {pending:,} pending ({args.done_pct:g}% done); prepared in {time.monotonic() - t0:.1f} s",
+            file=out,
+            flush=True,
+        )
         fake, root = start_fake(0.0)
         try:
             value, status = time_to_first_request(root, db_url, job_id, tmp, args.timeout)
         finally:
             stop_fake(fake)
         if value is None:
-            print(f"  resume: no request within {args.timeout:g} s (exit {status}):\n"
-                  f"{(tmp / 'resume.err').read_text(errors='replace')[-2000:]}", file=out)
+            print(
+                f"  resume: no request within {args.timeout:g} s (exit {status}):\n"
+                f"{(tmp / 'resume.err').read_text(errors='replace')[-2000:]}",
+                file=out,
+            )
         else:
             print(f"  resume: first request after {value:.2f} s (exit {status} once stopped)", file=out)
     met = value is not None and value <= GOAL_S
-    print(f"  goal: first request ≤ {GOAL_S:g} s after `harvester resume` starts: "
-          f"{f'{value:.2f} s' if value is not None else 'none'}, {'met' if met else 'not met'}", file=out)
+    print(
+        f"  goal: first request ≤ {GOAL_S:g} s after `harvester resume` starts: "
+        f"{f'{value:.2f} s' if value is not None else 'none'}, {'met' if met else 'not met'}",
+        file=out,
+    )
     if args.json:
-        print(json.dumps({
-            "case": "resume", "value": round(value, 3) if value is not None else None, "goal": GOAL_S, "goal_op": "<=",
-            "met": met, "ids": args.ids,
-            "items": items, "pending": pending, "load": round(os.getloadavg()[0], 2), "ok": value is not None,
-        }), flush=True)
+        print(
+            json.dumps(
+                {
+                    "case": "resume",
+                    "value": round(value, 3) if value is not None else None,
+                    "goal": GOAL_S,
+                    "goal_op": "<=",
+                    "met": met,
+                    "ids": args.ids,
+                    "items": items,
+                    "pending": pending,
+                    "load": round(os.getloadavg()[0], 2),
+                    "ok": value is not None,
+                }
+            ),
+            flush=True,
+        )
     return 0 if value is not None else 1
 
 

@@ -80,12 +80,18 @@ def command(case: str, args: argparse.Namespace) -> list[str]:
 def rows_for(case: str) -> list[tuple[str, Row]]:
     """(JSON field, row) for each figure of a case's JSON line."""
     if case == "enqueue":
-        return [("value", Row(case, "create_job / plain sqlite3 (x)", 1.5, "<=")),
-                ("rss_mb", Row(case, "create_job peak RSS (MB)", 250.0, "<="))]
+        return [
+            ("value", Row(case, "create_job / plain sqlite3 (x)", 1.5, "<=")),
+            ("rss_mb", Row(case, "create_job peak RSS (MB)", 250.0, "<=")),
+        ]
     if case == "resume":
         return [("value", Row(case, "s to the first request", 3.0, "<="))]
-    what = {"counts": "Counts into SQLite / raw client", "fetch": "Fetch, every mention stored / raw client",
-            "postgres": "Counts into PostgreSQL / raw client", "latency": "Counts, 100 ms server / raw client"}[case]
+    what = {
+        "counts": "Counts into SQLite / raw client",
+        "fetch": "Fetch, every mention stored / raw client",
+        "postgres": "Counts into PostgreSQL / raw client",
+        "latency": "Counts, 100 ms server / raw client",
+    }[case]
     goal = {"counts": 0.85, "fetch": 0.6, "postgres": 0.7, "latency": 0.95}[case]
     return [("value", Row(case, what, goal, ">="))]
 
@@ -108,9 +114,13 @@ def run_once(case: str, args: argparse.Namespace, run: int) -> tuple[dict[str, A
         problem = f"exit {proc.returncode}, no figures"
     elif proc.returncode != 0 or not figures.get("ok", True):
         problem = f"exit {proc.returncode}: {'; '.join(map(str, figures.get('problems') or [])) or 'failed'}"
-    print(f"  {case} run {run}: {seconds:.0f} s, "
-          f"{json.dumps({k: figures.get(k) for k in ('value', 'rss_mb', 'load') if k in figures}) if figures else '-'}"
-          f"{'  PROBLEM ' + problem if problem else ''}", file=sys.stderr, flush=True)
+    print(
+        f"  {case} run {run}: {seconds:.0f} s, "
+        f"{json.dumps({k: figures.get(k) for k in ('value', 'rss_mb', 'load') if k in figures}) if figures else '-'}"
+        f"{'  PROBLEM ' + problem if problem else ''}",
+        file=sys.stderr,
+        flush=True,
+    )
     return figures, problem
 
 
@@ -125,11 +135,16 @@ def main() -> int:
     ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, from {', '.join(CASES)} (default: all)")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each case (default 3)")
     ap.add_argument("--ids", type=int, default=20_000, help="ids per phase of the counts and postgres cases (default 20000)")
-    ap.add_argument("--fetch-ids", type=int, default=5_000,
-                    help="ids per phase of the fetch case (default 5000; the fake holds ~30 kB a body prebuilt)")
-    ap.add_argument("--latency-ids", type=int, default=20_000,
-                    help="ids per phase of latency (default 20000: ~31 s a phase; at 5,000 the harvester's start-up, "
-                         "about a second, is a tenth of its run phase and the case measures that)")
+    ap.add_argument(
+        "--fetch-ids", type=int, default=5_000, help="ids per phase of the fetch case (default 5000; the fake holds ~30 kB a body prebuilt)"
+    )
+    ap.add_argument(
+        "--latency-ids",
+        type=int,
+        default=20_000,
+        help="ids per phase of latency (default 20000: ~31 s a phase; at 5,000 the harvester's start-up, "
+        "about a second, is a tenth of its run phase and the case measures that)",
+    )
     ap.add_argument("--big-ids", type=int, default=1_000_000, help="lines of the enqueue and resume id files (default 1000000)")
     ap.add_argument("--log-dir", help="keep each run's table (its stderr) here, as CASE.RUN.log")
     ap.add_argument("--json-out", help="write every run's figures here (a JSON list)")
@@ -160,27 +175,35 @@ def main() -> int:
                 v = figures.get(key) if figures is not None and not problem else None
                 row.values.append(float(str(v)) if isinstance(v, int | float) else None)
 
-    headers = ["case", "what", *[f"run {i}" for i in range(1, args.repeat + 1)], "median", "spread (min–max)",
-               "goal", "result"]
+    headers = ["case", "what", *[f"run {i}" for i in range(1, args.repeat + 1)], "median", "spread (min–max)", "goal", "result"]
     table: list[list[str]] = []
     for row in rows:
         got = [v for v in row.values if v is not None]
         met = row.met()
-        table.append([
-            row.case, row.what, *[fmt(v) for v in row.values], fmt(row.median()),
-            f"{fmt(min(got))}–{fmt(max(got))}" if got else "-",
-            f"{'≥' if row.op == '>=' else '≤'} {row.goal:g}",
-            "n/a" if met is None else "met" if met else "not met",
-        ])
+        table.append(
+            [
+                row.case,
+                row.what,
+                *[fmt(v) for v in row.values],
+                fmt(row.median()),
+                f"{fmt(min(got))}–{fmt(max(got))}" if got else "-",
+                f"{'≥' if row.op == '>=' else '≤'} {row.goal:g}",
+                "n/a" if met is None else "met" if met else "not met",
+            ]
+        )
     widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(headers)]
     print()
     print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in table:
         print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |")
-    print(f"\n{args.repeat} run(s) a case; sizes: --ids {args.ids}, --fetch-ids {args.fetch_ids}, "
-          f"--latency-ids {args.latency_ids}, --big-ids {args.big_ids}; {os.cpu_count()} cpus; "
-          f"load average (1 min) at the end of the runs {min(loads):.1f}–{max(loads):.1f}" if loads else "")
+    print(
+        f"\n{args.repeat} run(s) a case; sizes: --ids {args.ids}, --fetch-ids {args.fetch_ids}, "
+        f"--latency-ids {args.latency_ids}, --big-ids {args.big_ids}; {os.cpu_count()} cpus; "
+        f"load average (1 min) at the end of the runs {min(loads):.1f}–{max(loads):.1f}"
+        if loads
+        else ""
+    )
     for p in problems:
         print(f"problem: {p}")
     if args.json_out:

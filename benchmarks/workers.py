@@ -29,16 +29,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import create_engine, text
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.pg
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harvest_counts import KEY, start_fake, stop_fake  # noqa: E402
-from limiter_accuracy import stats as fake_stats  # noqa: E402  (the whole /_stats)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.*, tests.pg
+from benchmarks.harvest_counts import KEY, start_fake, stop_fake  # noqa: E402
+from benchmarks.limiter_accuracy import stats as fake_stats  # noqa: E402  (the whole /_stats)
 
 
-def query(url: str, sql: str) -> list[tuple[object, ...]]:
+def query(url: str, sql: str) -> list[tuple[Any, ...]]:  # rows as the driver gives them
     engine = create_engine(url)
     try:
         with engine.connect() as conn:
@@ -83,14 +83,16 @@ def scale(url: str, tmp: Path, items: int) -> None:
     config.write_text("[limits]\nconcurrency = 16\n")
     fake, api = start_fake(0.1)
     try:
-        print(f"{'workers':>7} {'items':>6} {'seconds':>8} {'overall':>8} {'steady':>8} {'vs 1':>6}  (items/s; steady: 10th-90th percentile)")
+        print(
+            f"{'workers':>7} {'items':>6} {'seconds':>8} {'overall':>8} {'steady':>8} {'vs 1':>6}  (items/s; steady: 10th-90th percentile)"
+        )
         base = None
         for n in (1, 2, 3):
             job = enqueue(url, api, config, ids(tmp, f"scale{n}", items))
             wait_all([harvester(url, api, config, "worker", str(job), "--no-progress") for _ in range(n)])
-            times = sorted(float(t) for (t,) in query(url, f"select extract(epoch from updated_at) from job_items where job_id = {job}"))  # type: ignore[arg-type]
+            times = sorted(float(t) for (t,) in query(url, f"select extract(epoch from updated_at) from job_items where job_id = {job}"))
             [(started,)] = query(url, f"select extract(epoch from started_at) from jobs where id = {job}")
-            seconds = times[-1] - float(started)  # type: ignore[arg-type]
+            seconds = times[-1] - float(started)
             # Steady state: the 10th to the 90th percentile of finished items (no process start or end).
             rate = (len(times) * 8 // 10) / (times[len(times) * 9 // 10] - times[len(times) // 10])
             base = base or rate
@@ -101,9 +103,7 @@ def scale(url: str, tmp: Path, items: int) -> None:
 
 def free(url: str, tmp: Path, rate: float, seconds: float) -> None:
     config = tmp / "free.toml"
-    config.write_text(
-        f"[limits]\nper_second = {rate}\nper_hour = {int(rate * 3600)}\nper_day = {int(rate * 86400)}\nconcurrency = 4\n"
-    )
+    config.write_text(f"[limits]\nper_second = {rate}\nper_hour = {int(rate * 3600)}\nper_day = {int(rate * 86400)}\nconcurrency = 4\n")
     per = int(rate * seconds / 3)
     fake, api = start_fake(0.0, per_second=rate, burst=1, per_hour=int(rate * 3600), per_day=int(rate * 86400))
     try:
@@ -117,12 +117,14 @@ def free(url: str, tmp: Path, rate: float, seconds: float) -> None:
         s = fake_stats(api)
     finally:
         stop_fake(fake)
-    achieved = float(s["rate"])  # type: ignore[arg-type]
-    retried = sorted(p for p, c in s["per_path"].items() if c > 1)  # type: ignore[attr-defined]
+    achieved = float(s["rate"])
+    retried = sorted(p for p, c in s["per_path"].items() if c > 1)
     if retried:
         print(f"  asked again after a 429: {', '.join(retried)}")
-    print(f"3 processes on one free key at {rate:g}/s: {s['total']} requests, {achieved:.3f}/s as the server saw it, "
-          f"ratio {achieved / rate:.3f}, {s['rate_limited']} 429s (goal: ratio >= 0.85, no 429)")
+    print(
+        f"3 processes on one free key at {rate:g}/s: {s['total']} requests, {achieved:.3f}/s as the server saw it, "
+        f"ratio {achieved / rate:.3f}, {s['rate_limited']} 429s (goal: ratio >= 0.85, no 429)"
+    )
 
 
 def frozen(url: str, tmp: Path) -> None:
@@ -133,7 +135,7 @@ def frozen(url: str, tmp: Path) -> None:
     try:
         job = enqueue(url, api, config, ids(tmp, "frozen", n))
         first = harvester(url, api, config, "worker", str(job), "--no-progress")
-        while query(url, f"select count(*) from job_items where job_id = {job} and status != 'pending'")[0][0] < 40:  # type: ignore[operator]
+        while query(url, f"select count(*) from job_items where job_id = {job} and status != 'pending'")[0][0] < 40:
             time.sleep(0.05)
         first.send_signal(signal.SIGSTOP)
         [other_err] = wait_all([harvester(url, api, config, "worker", str(job), "--no-progress")])
@@ -142,14 +144,16 @@ def frozen(url: str, tmp: Path) -> None:
         s = fake_stats(api)
     finally:
         stop_fake(fake)
-    per_path: dict[str, int] = s["per_path"]  # type: ignore[assignment]
+    per_path: dict[str, int] = s["per_path"]
     twice = sum(1 for c in per_path.values() if c > 1)
 
     def written(err: str) -> int:
         return sum(int(m.replace(",", "")) for m in re.findall(r"\(([\d,]+) in [\d.]+s", err))
 
-    print(f"frozen worker (8 in flight, lease 3s): {twice} ids asked twice; it wrote {written(first_err)}, "
-          f"the other {written(other_err)}, of {n} items")
+    print(
+        f"frozen worker (8 in flight, lease 3s): {twice} ids asked twice; it wrote {written(first_err)}, "
+        f"the other {written(other_err)}, of {n} items"
+    )
 
 
 def main() -> int:
@@ -167,9 +171,11 @@ def main() -> int:
             for part in ("scale", "free", "frozen"):
                 if args.part in (part, "all"):
                     with cluster.database() as url:
-                        {"scale": lambda: scale(url, Path(tmp), args.items),
-                         "free": lambda: free(url, Path(tmp), args.rate, args.seconds),
-                         "frozen": lambda: frozen(url, Path(tmp))}[part]()  # fmt: skip
+                        {
+                            "scale": lambda: scale(url, Path(tmp), args.items),
+                            "free": lambda: free(url, Path(tmp), args.rate, args.seconds),
+                            "frozen": lambda: frozen(url, Path(tmp)),
+                        }[part]()
     finally:
         cluster.stop()
     return 0

@@ -30,7 +30,9 @@ logger = logging.getLogger(__name__)
 Move = tuple[int, int, str]  # (old altmetric id, new altmetric id, the identifier that showed it)
 
 
-def detect(conn: Connection, asked: Iterable[dict[str, object]], records: Iterable[Records], asked_ids: Iterable[tuple[int, int]]) -> list[Move]:
+def detect(
+    conn: Connection, asked: Iterable[dict[str, object]], records: Iterable[Records], asked_ids: Iterable[tuple[int, int]]
+) -> list[Move]:
     """The outputs these results replace.
 
     `asked`: identifier rows of the ids the items were asked by (only those the API
@@ -69,7 +71,9 @@ def follow(conn: Connection, moves: list[Move], now: datetime) -> None:
         if existing is None:
             conn.execute(schema.output_aliases.insert().values(old_altmetric_id=old, new_altmetric_id=new, via=via, detected_at=now))
         else:
-            conn.execute(update(schema.output_aliases).where(a.old_altmetric_id == old).values(new_altmetric_id=new, via=via, detected_at=now))
+            conn.execute(
+                update(schema.output_aliases).where(a.old_altmetric_id == old).values(new_altmetric_id=new, via=via, detected_at=now)
+            )
         # Chains stay one hop long: whatever pointed to the old id points to the new one.
         conn.execute(update(schema.output_aliases).where(a.new_altmetric_id == old).values(new_altmetric_id=new))
         conn.execute(update(schema.outputs).where(o.superseded_by == old).values(superseded_by=new))
@@ -77,4 +81,6 @@ def follow(conn: Connection, moves: list[Move], now: datetime) -> None:
         conn.execute(update(schema.identifiers).where(i.altmetric_id == old).values(altmetric_id=new))
         # Not new to the database: the output it replaces was first stored then.
         first = select(func.min(o.first_harvested_at)).where(o.altmetric_id.in_((old, new))).scalar_subquery()
-        conn.execute(update(schema.outputs).where(o.altmetric_id == new).values(first_harvested_at=first, superseded_by=None, superseded_at=None))
+        conn.execute(
+            update(schema.outputs).where(o.altmetric_id == new).values(first_harvested_at=first, superseded_by=None, superseded_at=None)
+        )

@@ -17,9 +17,9 @@ from typing import Any
 from urllib.parse import urlencode
 
 import zstandard
-from sqlalchemy import ColumnElement, Connection, Engine, String, and_, delete, or_, select, tuple_, type_coerce
+from sqlalchemy import ColumnElement, Connection, Engine, and_, delete, or_, select, tuple_
 
-from harvester import schema
+from harvester import db, schema
 from harvester.config import ArchiveConfig
 from harvester.params import CitationsParams
 
@@ -147,13 +147,9 @@ def read(engine: Engine, endpoint: str | None = None, job_id: int | None = None,
     t = schema.raw_bodies
     # By code point (tie_break), whatever the database's collation: a locale's order (en_US
     # skips punctuation) would replay one batch's bodies in another order than the writer's.
-    binary = engine.dialect.name == "postgresql"
-    order: list[ColumnElement[Any]] = [t.c[name].collate("C") if binary and name in _TEXT else t.c[name] for name in _ORDER]
-    if not binary:
-        # SQLite keeps a timestamp as the text it was written as: the writer's driver wrote a whole
-        # second without a fraction ('12:00:00'), which a bound datetime ('12:00:00.000000') never
-        # equals, so paging skipped the rest of that second's batch. Paged on the text itself.
-        order[0] = type_coerce(t.c.fetched_at, String)
+    dialect = engine.dialect
+    order: list[ColumnElement[Any]] = [db.code_point_order(dialect, t.c[name]) if name in _TEXT else t.c[name] for name in _ORDER]
+    order[0] = db.as_stored(dialect, t.c.fetched_at)
     last: tuple[Any, ...] | None = None
     while True:
         keys = (column.label(name) for column, name in zip(order, _ORDER, strict=True))
@@ -172,11 +168,17 @@ def read(engine: Engine, endpoint: str | None = None, job_id: int | None = None,
             return
         yield [
             Archived(
-                r.endpoint, r.id_type, r.identifier, r.harvested_on, r.at, r.job_id,
-                json.loads(r.params) if r.params else None, decompress(r.body),
+                r.endpoint,
+                r.id_type,
+                r.identifier,
+                r.harvested_on,
+                r.at,
+                r.job_id,
+                json.loads(r.params) if r.params else None,
+                decompress(r.body),
             )
             for r in rows
-        ]  # fmt: skip
+        ]
         last = tuple(rows[-1])[: len(_ORDER)]
         if len(rows) < batch:
             return

@@ -29,17 +29,18 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from datetime import date, datetime
+from typing import Any
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, RowMapping, select, update
 
-from harvester import jobs, schema
+from harvester import clock, db, schema
+from harvester.clock import day_of, hour_of, next_midnight, to_datetime, to_epoch
 from harvester.config import LimitsConfig
 from harvester.db import patient
 from harvester.errors import QuotaExhausted
-from harvester.jobs import insert_for
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,6 @@ FREE_TIER_MARGIN = 0.97
 MIN_SLACK = 0.010  # seconds; see free_tier_rate
 SLICE_SECONDS = 0.25  # a process leases this much of the schedule at a time (at least one slot)
 _SALT = b"altmetric-harvester rate budget v1\x00"
-_EPOCH = datetime(1970, 1, 1)
 
 
 def free_tier_rate(per_second: float) -> float:
@@ -72,26 +72,6 @@ def key_hash(key: str | None) -> str:
     return hashlib.sha256(_SALT + (key or "").encode()).hexdigest()[:40]
 
 
-def to_epoch(when: datetime) -> float:
-    return (when - _EPOCH).total_seconds()
-
-
-def to_datetime(epoch: float) -> datetime:
-    return _EPOCH + timedelta(seconds=epoch)
-
-
-def hour_of(epoch: float) -> float:
-    return math.floor(epoch / 3600.0) * 3600.0
-
-
-def day_of(epoch: float) -> date:
-    return to_datetime(epoch).date()
-
-
-def next_midnight(epoch: float) -> float:
-    return (math.floor(epoch / 86400.0) + 1) * 86400.0
-
-
 @dataclass(frozen=True)
 class State:
     """What a process needs to know before it sends: a pause, a spent quota, the rate factor."""
@@ -105,6 +85,42 @@ class State:
         if self.quota_until is not None and now < self.quota_until:
             return QuotaExhausted(to_datetime(self.quota_until), self.quota_kind or "daily")
         return None
+
+
+def _epoch(when: datetime | None) -> float:
+    """A stored time in epoch seconds; 0 for none (before every time the budget compares it with)."""
+    return to_epoch(when) if when is not None else 0.0
+
+
+@dataclass
+class Row:
+    """A key's rate_budgets row (docs/schema.md), typed."""
+
+    next_slot_at: datetime | None
+    hour_start: datetime | None
+    hour_used: int
+    day_start: date | None
+    day_used: int
+    hour_limit: int | None
+    day_limit: int | None
+    paused_until: datetime | None
+    pause_reason: str | None
+    quota_until: datetime | None
+    quota_kind: str | None
+    rate_factor: float
+    rate_changed_at: datetime | None
+
+    @classmethod
+    def of(cls, mapping: RowMapping) -> Row:
+        return cls(**{f.name: mapping[f.name] for f in fields(cls)})
+
+    def state(self) -> State:
+        return State(
+            _epoch(self.paused_until),
+            to_epoch(self.quota_until) if self.quota_until is not None else None,
+            self.quota_kind,
+            float(self.rate_factor or 1.0),
+        )
 
 
 class SharedBudget:
@@ -126,8 +142,8 @@ class SharedBudget:
         self.slice = max(1, round((self.rate or 0.0) * SLICE_SECONDS))
         self.offset = self._clock_offset()
         with engine.begin() as conn:
-            values = {"key_hash": self.key_hash, "hour_used": 0, "day_used": 0, "rate_factor": 1.0, "updated_at": jobs.utcnow()}
-            conn.execute(insert_for(conn, schema.rate_budgets).values(values).on_conflict_do_nothing())
+            values = {"key_hash": self.key_hash, "hour_used": 0, "day_used": 0, "rate_factor": 1.0, "updated_at": clock.utcnow()}
+            conn.execute(db.insert(conn, schema.rate_budgets).values(values).on_conflict_do_nothing())
 
     # -- the clock --------------------------------------------------------------------------
 
@@ -137,7 +153,7 @@ class SharedBudget:
         for _ in range(3 if self.engine.dialect.name == "postgresql" else 1):
             with self.engine.connect() as conn:
                 before = time.time()
-                server = to_epoch(jobs.db_now(conn))
+                server = to_epoch(clock.db_now(conn))
                 after = time.time()
             sample = (after - before, server - (before + after) / 2)
             best = sample if best is None or sample[0] < best[0] else best
@@ -154,26 +170,24 @@ class SharedBudget:
 
     # -- reading and locking the row -------------------------------------------------------
 
-    def _where(self) -> object:
+    def _where(self) -> ColumnElement[bool]:
         return schema.rate_budgets.c.key_hash == self.key_hash
 
-    def _locked(self, conn: Connection) -> dict[str, object]:
+    def _locked(self, conn: Connection) -> Row:
         """The row, locked for this transaction. Writing first takes SQLite's write lock before
         the read (a read that later writes can fail with SQLITE_BUSY), and PostgreSQL's row lock."""
-        conn.execute(update(schema.rate_budgets).where(self._where()).values(updated_at=jobs.utcnow()))  # type: ignore[arg-type]
-        row = conn.execute(select(schema.rate_budgets).where(self._where())).one()  # type: ignore[arg-type]
-        return dict(row._mapping)
+        conn.execute(update(schema.rate_budgets).where(self._where()).values(updated_at=clock.utcnow()))
+        return Row.of(conn.execute(select(schema.rate_budgets).where(self._where())).one()._mapping)
 
-    def _save(self, conn: Connection, changes: dict[str, object]) -> None:
+    def _save(self, conn: Connection, changes: Mapping[str, Any]) -> None:
         if changes:
-            conn.execute(update(schema.rate_budgets).where(self._where()).values(**changes))  # type: ignore[arg-type]
+            conn.execute(update(schema.rate_budgets).where(self._where()).values(**changes))
 
     @patient
     def read(self) -> State:
         """The row as it is now (a primary-key read, no lock)."""
         with self.engine.connect() as conn:
-            row = conn.execute(select(schema.rate_budgets).where(self._where())).one()  # type: ignore[arg-type]
-        return _state(dict(row._mapping))
+            return Row.of(conn.execute(select(schema.rate_budgets).where(self._where())).one()._mapping).state()
 
     # -- leasing slots ------------------------------------------------------------------------
 
@@ -190,28 +204,25 @@ class SharedBudget:
         want = want or self.slice
         with self.engine.begin() as conn:
             row = self._locked(conn)
-            now = to_epoch(jobs.db_now(conn))
-            state = _state(row)
+            now = to_epoch(clock.db_now(conn))
+            state = row.state()
             quota = state.quota_error(now)
             if quota is not None:
                 raise quota
-            changes: dict[str, object] = {}
+            changes: dict[str, Any] = {}
             factor = state.factor
-            changed_at = to_epoch(row["rate_changed_at"]) if row["rate_changed_at"] else 0.0  # type: ignore[arg-type]
-            if factor < 1.0 and now - changed_at >= 3.0:
+            if factor < 1.0 and now - _epoch(row.rate_changed_at) >= 3.0:
                 # No 429 for a while: grow back by a quarter (the same steps as a single process took).
                 factor = min(1.0, factor * 1.25)
                 changes.update(rate_factor=factor, rate_changed_at=to_datetime(now))
                 if factor == 1.0:
                     logger.info("no 429 for a while: back to the configured rate")
             interval = self.interval(factor)
-            next_slot = to_epoch(row["next_slot_at"]) if row["next_slot_at"] else 0.0  # type: ignore[arg-type]
-            start = max(next_slot, now, state.paused_until)
-            hour_start = to_epoch(row["hour_start"]) if row["hour_start"] else 0.0  # type: ignore[arg-type]
-            hour_used, day_used = int(row["hour_used"]), int(row["day_used"])  # type: ignore[call-overload]
-            day_start = row["day_start"]
-            hour_limit = _tightest(self.per_hour, row["hour_limit"])  # type: ignore[arg-type]
-            day_limit = _tightest(self.per_day, row["day_limit"])  # type: ignore[arg-type]
+            start = max(_epoch(row.next_slot_at), now, state.paused_until)
+            hour_start = _epoch(row.hour_start)
+            hour_used, day_used, day_start = row.hour_used, row.day_used, row.day_start
+            hour_limit = _tightest(self.per_hour, row.hour_limit)
+            day_limit = _tightest(self.per_day, row.day_limit)
             spent: float | None = None
             while True:
                 if hour_of(start) != hour_start:
@@ -219,15 +230,13 @@ class SharedBudget:
                 if day_of(start) != day_start:
                     day_start, day_used = day_of(start), 0
                 if day_limit is not None and day_used >= day_limit:
-                    spent = next_midnight(start)
+                    spent = to_epoch(next_midnight(to_datetime(start)))
                     break
                 if hour_limit is not None and hour_used >= hour_limit:
                     start = hour_start + 3600.0
                     if start - now > 5:
-                        logger.warning(
-                            "the hourly limit (%d requests) is spent: the next request waits until %s UTC",
-                            hour_limit, f"{to_datetime(start):%H:%M}",
-                        )  # fmt: skip
+                        until = f"{to_datetime(start):%H:%M}"
+                        logger.warning("the hourly limit (%d requests) is spent: the next request waits until %s UTC", hour_limit, until)
                     continue
                 break
             if spent is not None:
@@ -251,7 +260,14 @@ class SharedBudget:
 
     @staticmethod
     def _slots(
-        want: int, start: float, interval: float, hour_start: float, hour_used: int, hour_limit: int | None, day_used: int, day_limit: int | None
+        want: int,
+        start: float,
+        interval: float,
+        hour_start: float,
+        hour_used: int,
+        hour_limit: int | None,
+        day_used: int,
+        day_limit: int | None,
     ) -> list[float]:
         left = [lim - used for lim, used in ((hour_limit, hour_used), (day_limit, day_used)) if lim is not None]
         n = max(1, min([want, *left]))
@@ -267,15 +283,15 @@ class SharedBudget:
             return
         with self.engine.begin() as conn:
             row = self._locked(conn)
-            changes: dict[str, object] = {}
-            if row["hour_start"] is not None:
-                hour_start = to_epoch(row["hour_start"])  # type: ignore[arg-type]
+            changes: dict[str, Any] = {}
+            if row.hour_start is not None:
+                hour_start = to_epoch(row.hour_start)
                 n = sum(1 for s in slots if hour_of(s) == hour_start)
-                changes["hour_used"] = max(0, int(row["hour_used"]) - n)  # type: ignore[call-overload]
-            n = sum(1 for s in slots if day_of(s) == row["day_start"])
-            changes["day_used"] = max(0, int(row["day_used"]) - n)  # type: ignore[call-overload]
-            if rewind and row["next_slot_at"] is not None and abs(to_epoch(row["next_slot_at"]) - (max(slots) + interval)) < 1e-3:  # type: ignore[arg-type]
-                changes["next_slot_at"] = to_datetime(max(min(slots), to_epoch(jobs.db_now(conn))))
+                changes["hour_used"] = max(0, row.hour_used - n)
+            n = sum(1 for s in slots if day_of(s) == row.day_start)
+            changes["day_used"] = max(0, row.day_used - n)
+            if rewind and row.next_slot_at is not None and abs(to_epoch(row.next_slot_at) - (max(slots) + interval)) < 1e-3:
+                changes["next_slot_at"] = to_datetime(max(min(slots), to_epoch(clock.db_now(conn))))
             self._save(conn, changes)
 
     # -- what the server says ------------------------------------------------------------------
@@ -285,10 +301,10 @@ class SharedBudget:
         """Hold every process until `until` (database epoch seconds; the longest pause asked for wins)."""
         with self.engine.begin() as conn:
             row = self._locked(conn)
-            if row["paused_until"] is None or to_epoch(row["paused_until"]) < until:  # type: ignore[arg-type]
-                row |= {"paused_until": to_datetime(until), "pause_reason": reason}
-                self._save(conn, {"paused_until": row["paused_until"], "pause_reason": reason})
-            return _state(row)
+            if row.paused_until is None or to_epoch(row.paused_until) < until:
+                row = replace(row, paused_until=to_datetime(until), pause_reason=reason)
+                self._save(conn, {"paused_until": row.paused_until, "pause_reason": reason})
+            return row.state()
 
     @patient
     def spend_quota(self, until: datetime, kind: str) -> None:
@@ -307,31 +323,31 @@ class SharedBudget:
         """
         with self.engine.begin() as conn:
             row = self._locked(conn)
-            now = to_epoch(jobs.db_now(conn))
-            changes: dict[str, object] = {}
+            now = to_epoch(clock.db_now(conn))
+            changes: dict[str, Any] = {}
             # The latest announcement replaces the one before, higher or lower: a key's limits can be
             # raised (a new contract) as well as lowered. The configured limits still bound it (_tightest).
-            for column, announced, configured, per in (
-                ("hour_limit", hour_limit, self.per_hour, "an hour"),
-                ("day_limit", day_limit, self.per_day, "a day"),
+            for column, announced, stored, configured, per in (
+                ("hour_limit", hour_limit, row.hour_limit, self.per_hour, "an hour"),
+                ("day_limit", day_limit, row.day_limit, self.per_day, "a day"),
             ):
-                if announced is not None and announced > 0 and announced != row[column]:
+                if announced is not None and announced > 0 and announced != stored:
                     if announced < (configured or math.inf):
                         logger.info("the API allows %d requests %s: keeping to that", announced, per)
                     changes[column] = announced
-            hour_limit = _tightest(self.per_hour, changes.get("hour_limit", row["hour_limit"]))  # type: ignore[arg-type]
-            day_limit = _tightest(self.per_day, changes.get("day_limit", row["day_limit"]))  # type: ignore[arg-type]
+            hour_limit = _tightest(self.per_hour, changes.get("hour_limit", row.hour_limit))
+            day_limit = _tightest(self.per_day, changes.get("day_limit", row.day_limit))
             if hour_left is not None and hour_limit is not None:
                 used = hour_limit - hour_left
-                if row["hour_start"] is None or to_epoch(row["hour_start"]) < hour_of(now):  # type: ignore[arg-type]
+                if row.hour_start is None or to_epoch(row.hour_start) < hour_of(now):
                     changes.update(hour_start=to_datetime(hour_of(now)), hour_used=max(0, used))
-                elif to_epoch(row["hour_start"]) == hour_of(now) and used > int(row["hour_used"]):  # type: ignore[arg-type, call-overload]
+                elif to_epoch(row.hour_start) == hour_of(now) and used > row.hour_used:
                     changes["hour_used"] = used
             if day_left is not None and day_limit is not None:
                 used = day_limit - day_left
-                if row["day_start"] is None or row["day_start"] < day_of(now):  # type: ignore[operator]
+                if row.day_start is None or row.day_start < day_of(now):
                     changes.update(day_start=day_of(now), day_used=max(0, used))
-                elif row["day_start"] == day_of(now) and used > int(row["day_used"]):  # type: ignore[call-overload]
+                elif row.day_start == day_of(now) and used > row.day_used:
                     changes["day_used"] = used
             self._save(conn, changes)
 
@@ -341,10 +357,9 @@ class SharedBudget:
         Returns the new factor, or None when it was changed less than a second ago."""
         with self.engine.begin() as conn:
             row = self._locked(conn)
-            now = to_epoch(jobs.db_now(conn))
-            changed_at = to_epoch(row["rate_changed_at"]) if row["rate_changed_at"] else 0.0  # type: ignore[arg-type]
-            factor = float(row["rate_factor"])  # type: ignore[arg-type]
-            if now - changed_at < 1.0 and factor < 1.0:
+            now = to_epoch(clock.db_now(conn))
+            factor = float(row.rate_factor)
+            if now - _epoch(row.rate_changed_at) < 1.0 and factor < 1.0:
                 return None
             factor = max(floor, factor / 2)
             self._save(conn, {"rate_factor": factor, "rate_changed_at": to_datetime(now)})
@@ -354,14 +369,3 @@ class SharedBudget:
 def _tightest(configured: int | None, announced: int | None) -> int | None:
     values = [v for v in (configured, announced) if v is not None]
     return min(values) if values else None
-
-
-def _state(row: dict[str, object]) -> State:
-    paused = row["paused_until"]
-    quota = row["quota_until"]
-    return State(
-        to_epoch(paused) if isinstance(paused, datetime) else 0.0,
-        to_epoch(quota) if isinstance(quota, datetime) else None,
-        row["quota_kind"],  # type: ignore[arg-type]
-        float(row["rate_factor"] or 1.0),  # type: ignore[arg-type]
-    )

@@ -16,14 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harvester.client import ApiClient, ConnectError, Response, TransportError
-from harvester.config import ENDPOINTS, Config
-from harvester.endpoints import id_path
+from harvester.config import Config
+from harvester.endpoints import REGISTRY
 from harvester.log import redact
+from harvester.retry import RetryPolicy, Try, retry_after
+from harvester.vocabulary import ENDPOINTS, ExitCode, JobKind, OutcomeKind
 
 logger = logging.getLogger(__name__)
 
-# The Altmetric docs' example output: it exists, so Counts and Fetch answer 200 for an allowed key.
-KNOWN_DOI = "10.1038/news.2011.498"
 # A window this wide cannot bind this client (more than 10k requests a second, every second of it).
 UNBOUNDED_RATE = 10_000.0
 # A server asking for a pause longer than this is reported, not waited for: check must stay quick.
@@ -65,7 +65,7 @@ class CheckResult:
     configured_limits: dict[str, Any] = field(default_factory=dict)
     suggested_limits: dict[str, Any] | None = None
     findings: list[Finding] = field(default_factory=list)
-    exit_code: int = 0
+    exit_code: ExitCode = ExitCode.OK
 
     def add(self, level: str, message: str) -> None:
         self.findings.append(Finding(level, redact(message)))
@@ -107,23 +107,19 @@ async def check_async(config: Config) -> CheckResult:
     }
     if not api.key:
         result.add("error", "no API key configured (set ALTMETRIC_API_KEY, or [api] key in the config file)")
-        result.exit_code = 1
+        result.exit_code = ExitCode.ERROR
         return result
-    requests = {
-        "counts": (id_path("counts", "doi", KNOWN_DOI), {}),
-        "fetch": (id_path("fetch", "doi", KNOWN_DOI), {"include_sections": "counts"}),
-        "citations": ("/citations/1d", {"num_results": "1", "page": "1"}),
-    }
     async with ApiClient(api, concurrency=1) as client:
         for endpoint in ENDPOINTS:
-            path, params = requests[endpoint]
+            kind = REGISTRY[JobKind(endpoint)]
+            path, params = kind.probe()
             try:
                 response = await _get(client, path, params)
             except ConnectError as e:
                 result.probes.clear()
                 result.findings = []
                 result.add("error", f"the API is unreachable: {e}")
-                result.exit_code = 1
+                result.exit_code = ExitCode.ERROR
                 return result
             except TransportError as e:
                 result.probes[endpoint] = Probe(endpoint, None, None, str(e))
@@ -131,7 +127,7 @@ async def check_async(config: Config) -> CheckResult:
             probe = _probe(endpoint, response)
             result.probes[endpoint] = probe
             _read_limits(result.announced, response.headers)
-            if endpoint == "counts":
+            if kind.judges_the_key:
                 if response.status in (401, 403):
                     result.key_valid = False
                     break  # a key the server refuses: the other endpoints cannot tell more
@@ -141,22 +137,26 @@ async def check_async(config: Config) -> CheckResult:
     return result
 
 
+# One attempt, and a 429 is waited out once when the server asks for a short pause (the run's
+# policy, with check's own patience: it must stay quick).
+CHECK_RETRY = RetryPolicy(max_attempts=1)
+
+
 async def _get(client: ApiClient, path: str, params: Mapping[str, str]) -> Response:
-    """One request; a 429 is waited out once when the server asks for a short pause."""
-    response = await client.get(path, params)
-    if response.status == 429:
-        wait = _retry_after(response.headers)
-        if wait is not None and wait <= MAX_WAIT:
+    """One request, through the retry policy: a transient failure is reported, not retried."""
+    answers: list[Response] = []
+
+    async def attempt(limited: int) -> Try:
+        response = await client.get(path, params)
+        answers.append(response)
+        wait = retry_after(response.headers)
+        if response.status == 429 and limited == 0 and wait is not None and wait <= MAX_WAIT:
             await asyncio.sleep(wait)
-            response = await client.get(path, params)
-    return response
+            return Try(OutcomeKind.RATE_LIMITED, response.status)
+        return Try(OutcomeKind.DONE, response.status)
 
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    try:
-        return max(0.0, float(headers.get("Retry-After", "")))
-    except ValueError:
-        return None
+    await CHECK_RETRY.run(attempt)
+    return answers[-1]
 
 
 def _probe(endpoint: str, response: Response) -> Probe:
@@ -189,7 +189,7 @@ def _judge(result: CheckResult, config: Config) -> None:
     if result.key_valid is False and counts is not None:
         reason = "no key reached the server" if counts.status == 401 else "the key is not valid"
         result.add("error", f"{reason}: Counts answered {counts.status} ({counts.message})")
-        result.exit_code = 1
+        result.exit_code = ExitCode.ERROR
         return
     if result.key_valid:
         result.add("ok", f"the key is valid (Counts answered {counts.status if counts else '?'})")
@@ -207,7 +207,7 @@ def _judge(result: CheckResult, config: Config) -> None:
             what = f"{probe.status}: {probe.message}" if probe.status is not None else probe.message
             result.add("error" if used else "warning", f"{name}: could not tell ({what}); {role}")
         if used and not probe.allowed:
-            result.exit_code = 1
+            result.exit_code = ExitCode.ERROR
     denied = [e for e in api.endpoints if (p := result.probes.get(e)) is not None and p.allowed is False]
     if denied:
         allowed = [e for e in ENDPOINTS if (p := result.probes.get(e)) is not None and p.allowed]
@@ -242,7 +242,7 @@ def _judge_limits(result: CheckResult, config: Config) -> None:
             result.add("ok", "tier = commercial: the server announces no limit this client could reach")
             return
         window = f"{binding_hourly:,} an hour" if binding_hourly is not None else f"{binding_daily:,} a day"
-        result.add("warning", f"tier = commercial, but the server announces a limit of {window}: use tier = \"free\" with the [limits] below")
+        result.add("warning", f'tier = commercial, but the server announces a limit of {window}: use tier = "free" with the [limits] below')
         result.suggested_limits = _suggest(limits.per_second, binding_hourly, binding_daily, limits.per_hour, limits.per_day, free=False)
         result.add("suggest", 'tier = "free"; ' + _limits_line(result.suggested_limits))
         return
@@ -256,7 +256,9 @@ def _judge_limits(result: CheckResult, config: Config) -> None:
         mismatched = True
     ceiling = _per_second_ceiling(binding_hourly, binding_daily)
     if ceiling is not None and limits.per_second > ceiling:
-        result.add("warning", f"[limits] per_second = {limits.per_second:g} would spend the announced window early (it sustains {ceiling:g}/s)")
+        result.add(
+            "warning", f"[limits] per_second = {limits.per_second:g} would spend the announced window early (it sustains {ceiling:g}/s)"
+        )
         mismatched = True
     if binding_hourly is None and binding_daily is None and result.announced:
         result.add("info", 'tier = free, but the server announces no limit this client could reach; tier = "commercial" may fit the key')

@@ -23,15 +23,16 @@ import click
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from harvester import __version__, dryrun, jobs, leases, pipeline
+from harvester import __version__, dryrun, endpoints, jobs, leases, pipeline
 from harvester import nightly as nightly_module
 from harvester.config import MAX_NUM_RESULTS, TIMEFRAMES, Config, citation_filters, filters_text, load_config
 from harvester.db import current_revision, head_revision, open_database, sqlite_path
-from harvester.errors import ExitCode, HarvesterError, ItemStatus, JobStatus, db_message
-from harvester.ids import ID_TYPES
+from harvester.errors import HarvesterError, db_message
+from harvester.ids import INPUT_ID_TYPES
 from harvester.log import hide_password, redact, register_secret, setup_logging
-from harvester.params import CitationsParams, FetchOptions, HarvestParams, NightlyParams
+from harvester.params import CitationsParams, HarvestParams, NightlyParams
 from harvester.progress import Reporter, describe, format_eta
+from harvester.vocabulary import ENDPOINTS, ID_ENDPOINTS, ExitCode, ItemStatus, JobKind, JobStatus
 
 logger = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -61,14 +62,20 @@ class State:
                 raise HarvesterError(f"there is no database at {path} (choose one with --database URL)")
         return open_database(url)
 
-    def resume_command(self, job_id: int) -> str:
+    def command(self, *args: str) -> str:
+        """A command line to print (resume, worker, status ...): with the --config and --database this
+        one was given, as absolute paths, so that it works as pasted from another folder or from cron."""
         parts = ["harvester"]
         if self.config_path:
-            parts += ["--config", self.config_path]
+            parts += ["--config", os.path.abspath(self.config_path)]
         if self.database:
+            path = sqlite_path(self.database)
             # A password shown as *** makes the line need an edit, but it ends up in logs and terminals.
-            parts += ["--database", hide_password(self.database)]
-        return " ".join(shlex.quote(p) for p in [*parts, "resume", str(job_id)])
+            parts += ["--database", f"sqlite:///{path.resolve()}" if path is not None else hide_password(self.database)]
+        return " ".join(shlex.quote(p) for p in [*parts, *args])
+
+    def resume_command(self, job_id: int) -> str:
+        return self.command("resume", str(job_id))
 
     @property
     def quiet(self) -> bool:
@@ -187,13 +194,17 @@ def _run_and_report(
         if outcome.status != JobStatus.FINISHED:
             break
     last = runs[-1] if runs else None
-    code = last.exit_code if last is not None and last.status != JobStatus.FINISHED else max((r.exit_code for r in runs), default=ExitCode.OK)
+    code = (
+        last.exit_code if last is not None and last.status != JobStatus.FINISHED else max((r.exit_code for r in runs), default=ExitCode.OK)
+    )
     if as_json:
         click.echo(_json(_runs_outcome(state, runs, code)))
     sys.exit(code)
 
 
-def _runs_outcome(state: State, runs: list[pipeline.RunOutcome], exit_code: int, message: str | None = None, **extra: Any) -> dict[str, Any]:
+def _runs_outcome(
+    state: State, runs: list[pipeline.RunOutcome], exit_code: int, message: str | None = None, **extra: Any
+) -> dict[str, Any]:
     """The --json outcome of harvest, resume and worker: the last run, totals over all, every run."""
     last = runs[-1] if runs else None
     stopped = [r for r in runs if r.status not in (JobStatus.FINISHED, JobStatus.RUNNING)]
@@ -208,12 +219,20 @@ def _runs_outcome(state: State, runs: list[pipeline.RunOutcome], exit_code: int,
         message=message or (last.message if last else None),
         resume_job=stopped[-1].job_id if stopped else None,
         runs=[
-            {"job_id": r.job_id, "status": r.status, "counts": r.counts, "exit_code": r.exit_code, "requests": r.requests,
-             "elapsed": round(r.elapsed, 3), "processed": r.processed, "message": redact(r.message) if r.message else None}
+            {
+                "job_id": r.job_id,
+                "status": r.status,
+                "counts": r.counts,
+                "exit_code": r.exit_code,
+                "requests": r.requests,
+                "elapsed": round(r.elapsed, 3),
+                "processed": r.processed,
+                "message": redact(r.message) if r.message else None,
+            }
             for r in runs
         ],
         **extra,
-    )  # fmt: skip
+    )
 
 
 def _outcome(
@@ -266,13 +285,33 @@ def _print_outcome(state: State, outcome: pipeline.RunOutcome, resume: bool = Tr
     if outcome.status not in (JobStatus.FINISHED, JobStatus.RUNNING) and resume:
         click.echo(f"Resume with: {state.resume_command(outcome.job_id)}", err=True)
     elif c[ItemStatus.FAILED]:
-        click.echo(f"{c[ItemStatus.FAILED]:,} items failed; see `harvester status {outcome.job_id}`, retry with `harvester retry-failed {outcome.job_id}`", err=True)
+        click.echo(
+            f"{c[ItemStatus.FAILED]:,} items failed; see `harvester status {outcome.job_id}`, retry with `harvester retry-failed {outcome.job_id}`",
+            err=True,
+        )
 
 
 @cli.command()
 @click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")
-@click.option("--endpoint", type=click.Choice(["counts", "fetch"]), default="counts", show_default=True, help="Counts (scores and counts) or Fetch (also every mention, demographics, citation metadata).")
-@click.option("--id-type", type=click.Choice(ID_TYPES), default="doi", show_default=True, help="What the ids are.")
+@click.option(
+    "--endpoint",
+    type=click.Choice(ID_ENDPOINTS),
+    default=JobKind.COUNTS.value,
+    show_default=True,
+    help="Counts (scores and counts) or Fetch (also every mention, demographics, citation metadata).",
+)
+@click.option(
+    "--id-type",
+    type=click.Choice(INPUT_ID_TYPES),
+    default="doi",
+    show_default=True,
+    help="What the ids are; auto: each id's type from its shape (a mixed list).",
+)
+@click.option(
+    "--column",
+    metavar="NAME",
+    help="The sources are CSV/TSV exports: read the ids in this column (its header, any case), e.g. --column DOI.",
+)
 @click.option("--name", help="A name for the job (shown by `jobs`).")
 @click.option("--concurrency", type=click.IntRange(1, 512), help="Requests in flight (default from [limits]).")
 @click.option("--include-sources", metavar="LIST", help="Fetch: only these sources, comma-separated (e.g. news,policy).")
@@ -281,8 +320,14 @@ def _print_outcome(state: State, outcome: pipeline.RunOutcome, resume: bool = Tr
 @click.option("--post-types", type=click.Choice(["original_tweets"]), help="Fetch: leave retweets out.")
 @click.option("--no-progress", is_flag=True, help="No progress bar or progress lines.")
 @click.option("--enqueue-only", is_flag=True, help="Create the job, print its id on stdout and request nothing (for `harvester worker`).")
-@click.option("--dry-run", is_flag=True, help="No job, no request: count the ids (rejected, duplicates, already stored, fresh, to request), and the time and days of quota the run takes.")
-@click.option("--json", "as_json", is_flag=True, help="The outcome as one JSON object on stdout (job id, status, counts, exit code, resume command).")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="No job, no request: count the ids (rejected, duplicates, already stored, fresh, to request), and the time and days of quota the run takes.",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="The outcome as one JSON object on stdout (job id, status, counts, exit code, resume command)."
+)
 @pass_state
 @handle_errors
 def harvest(
@@ -290,6 +335,7 @@ def harvest(
     sources: tuple[str, ...],
     endpoint: str,
     id_type: str,
+    column: str | None,
     name: str | None,
     concurrency: int | None,
     include_sources: str | None,
@@ -303,14 +349,18 @@ def harvest(
 ) -> None:
     """Create a job from id files ('-' for stdin) and run it.
 
-    One id a line; DOIs in any common form (doi:, DOI 10..., info:doi/,
-    urn:doi:, doi.org links, quoted or followed by punctuation) and ISBN-10s
-    and ISBN-13s of one book collapse into one id. Invalid lines are recorded
-    in job_rejects and skipped; duplicates are collapsed.
+    One id a line, or with --column NAME a CSV/TSV export (Zotero, Scopus,
+    Web of Science, Dimensions ...); UTF-8 or UTF-16. DOIs in any common form
+    (doi:, DOI 10..., info:doi/, urn:doi:, doi.org links, quoted or followed by
+    punctuation) and ISBN-10s and ISBN-13s of one book collapse into one id.
+    Invalid lines are recorded in job_rejects with their line in the file and
+    skipped; duplicates are collapsed.
 
     \b
     Examples:
       ALTMETRIC_API_KEY=... harvester harvest dois.txt
+      harvester harvest --column DOI zotero-export.csv
+      harvester harvest --id-type auto mixed-ids.txt
       zcat pmids.txt.gz | harvester harvest --id-type pmid -
       harvester harvest --endpoint fetch --include-sources news,policy dois.txt
     """
@@ -323,24 +373,38 @@ def harvest(
             "fetch.post_types": post_types,
         }
     )
-    params = HarvestParams(concurrency=concurrency)
-    if endpoint == "fetch":
-        params = HarvestParams(concurrency=concurrency, fetch=FetchOptions.from_config(config.fetch))
-    elif any((include_sources, exclude_sources, include_sections, post_types)):
+    params = endpoints.by_kind(endpoint).harvest_params(config.fetch, concurrency)
+    if params.fetch is None and any((include_sources, exclude_sources, include_sections, post_types)):
         raise click.UsageError("--include-sources, --exclude-sources, --include-sections and --post-types need --endpoint fetch")
     engine = state.engine()
     if dry_run:
+        if column is not None:
+            raise click.UsageError("--dry-run does not read --column yet: save the column as a file of one id a line")
         plan = dryrun.plan_harvest(engine, config, list(sources), id_type, endpoint, concurrency=concurrency)
         _echo_plan(plan.as_dict() if as_json else plan.text())
         return
-    job = jobs.create_job(engine, list(sources), id_type, endpoint, name, params=params)
+    job = jobs.create_job(engine, list(sources), id_type, endpoint, name, params=params, column=column)
     state.info(f"job {job.id}: {job.total_items:,} ids ({job.duplicate_lines:,} duplicates, {job.rejected_lines:,} rejected lines)")
     if job.rejected_lines:
         state.info(f"  rejected lines are in job_rejects (job_id = {job.id})")
     if enqueue_only:
         if as_json:
             counts = jobs.item_counts(engine, job.id)
-            click.echo(_json(_outcome(state, job_id=job.id, status=job.status, counts=counts, exit_code=ExitCode.OK, requests=0, elapsed=0.0, message=None, resume_job=job.id)))
+            click.echo(
+                _json(
+                    _outcome(
+                        state,
+                        job_id=job.id,
+                        status=job.status,
+                        counts=counts,
+                        exit_code=ExitCode.OK,
+                        requests=0,
+                        elapsed=0.0,
+                        message=None,
+                        resume_job=job.id,
+                    )
+                )
+            )
         else:
             click.echo(job.id)
         state.info(f"work it with: harvester worker {job.id}  (on any machine with this database), or {state.resume_command(job.id)}")
@@ -351,7 +415,9 @@ def harvest(
 @cli.command()
 @click.argument("job_id", required=False, type=int, metavar="[JOB]")
 @click.option("--no-progress", is_flag=True, help="No progress bar or progress lines.")
-@click.option("--json", "as_json", is_flag=True, help="The outcome as one JSON object on stdout (job id, status, counts, exit code, resume command).")
+@click.option(
+    "--json", "as_json", is_flag=True, help="The outcome as one JSON object on stdout (job id, status, counts, exit code, resume command)."
+)
 @pass_state
 @handle_errors
 def resume(state: State, job_id: int | None, no_progress: bool, as_json: bool) -> None:
@@ -365,7 +431,7 @@ def resume(state: State, job_id: int | None, no_progress: bool, as_json: bool) -
     nightly_id = job.id if isinstance(job.params, NightlyParams) else job.params.nightly
     if nightly_id is not None and jobs.get_job(engine, nightly_id).status != JobStatus.FINISHED:
         nightly_job = jobs.get_job(engine, nightly_id)
-        if job.endpoint == "nightly" or not jobs.runner_alive(engine, nightly_job):
+        if job.endpoint == JobKind.NIGHTLY or not leases.runner_alive(engine, nightly_job):
             # A nightly whose process is gone is finished by `resume`, steps in order (and refused while another runs).
             _nightly(state, engine, not no_progress, as_json=as_json, resume_only=True)
         # Its process is alive: this one joins the step as one more worker.
@@ -373,7 +439,21 @@ def resume(state: State, job_id: int | None, no_progress: bool, as_json: bool) -
         state.info(f"job {job.id} is already finished")
         if as_json:
             counts = jobs.item_counts(engine, job.id)
-            click.echo(_json(_outcome(state, job_id=job.id, status=job.status, counts=counts, exit_code=ExitCode.OK, requests=0, elapsed=0.0, message=None, resume_job=None)))
+            click.echo(
+                _json(
+                    _outcome(
+                        state,
+                        job_id=job.id,
+                        status=job.status,
+                        counts=counts,
+                        exit_code=ExitCode.OK,
+                        requests=0,
+                        elapsed=0.0,
+                        message=None,
+                        resume_job=None,
+                    )
+                )
+            )
         return
     # The job keeps the concurrency it was started with on the command line.
     config = state.config(**{"limits.concurrency": job.params.concurrency if isinstance(job.params, HarvestParams) else None})
@@ -401,7 +481,10 @@ def _job_dict(engine: Engine, job: jobs.Job, details: bool) -> dict[str, Any]:
     }
     if details:
         out["workers"] = [
-            {k: w[k] for k in ("runner", "host", "pid", "command", "started_at", "heartbeat_at", "items_done", "items_per_second", "leases")}
+            {
+                k: w[k]
+                for k in ("runner", "host", "pid", "command", "started_at", "heartbeat_at", "items_done", "items_per_second", "leases")
+            }
             for w in leases.live_workers(engine, job.id)
         ]
         rate = jobs.recent_rate(engine, job.id)
@@ -514,13 +597,19 @@ def retry_failed(state: State, job_id: int) -> None:
 @click.option("--order-by", metavar="FIELD", help="The API's order_by (default: score).")
 @click.option("--nlmid", metavar="LIST", help="Only these NLM journal ids, comma-separated.")
 @click.option("--subjects", metavar="LIST", help="Only these subjects (the API's slugs), comma-separated.")
-@click.option("--num-results", type=click.IntRange(1, MAX_NUM_RESULTS), default=MAX_NUM_RESULTS, show_default=True, help="Results per page.")
+@click.option(
+    "--num-results", type=click.IntRange(1, MAX_NUM_RESULTS), default=MAX_NUM_RESULTS, show_default=True, help="Results per page."
+)
 @click.option("--pages", type=click.IntRange(1, None), help="Pages to harvest (default: 1).")
 @click.option("--all-pages", is_flag=True, help="Every page, until page * num_results >= query.total.")
-@click.option("--then", type=click.Choice(["counts", "fetch"]), help="Then harvest the listed outputs through this endpoint.")
+@click.option("--then", type=click.Choice(ID_ENDPOINTS), help="Then harvest the listed outputs through this endpoint.")
 @click.option("--name", help="A name for the job (shown by `jobs`).")
 @click.option("--no-progress", is_flag=True, help="No progress bar or progress lines.")
-@click.option("--dry-run", is_flag=True, help="No job, no request: the pages it would request (unknown until page 1 is read, unless --pages N), the time and days of quota.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="No job, no request: the pages it would request (unknown until page 1 is read, unless --pages N), the time and days of quota.",
+)
 @pass_state
 @handle_errors
 def citations(
@@ -551,23 +640,37 @@ def citations(
         raise click.UsageError("--pages and --all-pages exclude each other")
     engine = state.engine()
     if dry_run:
-        plan = dryrun.plan_citations(engine, state.config(), timeframe, citation_filters(filters), num_results, None if all_pages else (pages or 1), then)
+        plan = dryrun.plan_citations(
+            engine, state.config(), timeframe, citation_filters(filters), num_results, None if all_pages else (pages or 1), then
+        )
         _echo_plan(plan.text())
         return
-    then_params = HarvestParams(fetch=FetchOptions.from_config(state.config().fetch)) if then == "fetch" else None
+    then_params = endpoints.by_kind(then).harvest_params(state.config().fetch) if then is not None else None
     with engine.begin() as conn:
         job_id, follow = jobs.create_citations_job(
-            conn, timeframe, citation_filters(filters), num_results, None if all_pages else (pages or 1), then, name,
+            conn,
+            timeframe,
+            citation_filters(filters),
+            num_results,
+            None if all_pages else (pages or 1),
+            then,
+            name,
             then_params=then_params,
-        )  # fmt: skip
+        )
     state.info(f"job {job_id}: citations {timeframe}" + (f", then {then} as job {follow}" if follow else ""))
     _run_and_report(state, engine, job_id, not no_progress)
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="The outcome as one JSON object on stdout, with every night's report under \"reports\".")
+@click.option(
+    "--json", "as_json", is_flag=True, help='The outcome as one JSON object on stdout, with every night\'s report under "reports".'
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar or progress lines.")
-@click.option("--dry-run", is_flag=True, help="No job, no request: what tonight would refresh, by reason (your lists, discovered, old 404s), against max_items and the quota.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="No job, no request: what tonight would refresh, by reason (your lists, discovered, old 404s), against max_items and the quota.",
+)
 @pass_state
 @handle_errors
 def nightly(state: State, as_json: bool, no_progress: bool, dry_run: bool = False) -> None:
@@ -604,18 +707,31 @@ def _nightly(state: State, engine: Engine, progress: bool, as_json: bool, resume
         if report.stopped_step is not None:
             if report.message:
                 click.echo(f"Error: {redact(report.message)}", err=True)
-            click.echo(f"nightly {report.night} {report.status}; the next `harvester nightly` finishes it first", err=True)
+            click.echo(
+                f"nightly {report.night} {report.status}; the next nightly finishes it first. Resume with: {state.command('nightly')}",
+                err=True,
+            )
     last = reports[-1]
     # Finished: 3 if any night had failed items. Otherwise how the last one stopped.
     code = max(r.exit_code for r in reports) if last.status == JobStatus.FINISHED else last.exit_code
     if as_json:  # one object: the last night's outcome; every report (a leftover night's, then tonight's) under "reports"
         counts = {k: last.as_dict()[k] for k in ("discovered", "new_outputs", "refreshed", "not_found", "failed")}
-        click.echo(_json(_outcome(
-            state, job_id=last.job_id, status=last.status, counts=counts, exit_code=code, requests=None,
-            elapsed=time.monotonic() - started, message=last.message,
-            resume_job=last.job_id if last.status not in (JobStatus.FINISHED, JobStatus.RUNNING) else None,
-            reports=[report.as_dict() for report in reports],
-        )))  # fmt: skip
+        click.echo(
+            _json(
+                _outcome(
+                    state,
+                    job_id=last.job_id,
+                    status=last.status,
+                    counts=counts,
+                    exit_code=code,
+                    requests=None,
+                    elapsed=time.monotonic() - started,
+                    message=last.message,
+                    resume_job=last.job_id if last.status not in (JobStatus.FINISHED, JobStatus.RUNNING) else None,
+                    reports=[report.as_dict() for report in reports],
+                )
+            )
+        )
     sys.exit(code)
 
 
@@ -627,6 +743,14 @@ def _print_report(report: nightly_module.Report) -> None:
         f"  {report.discovered:,} discovered · {report.new_outputs:,} new · {report.refreshed:,} refreshed · "
         f"{report.not_found:,} not found · {report.failed:,} failed"
     )
+    if report.mode == "changes":
+        state = "complete" if report.complete else f"INCOMPLETE ({report.mode_note}): nothing carried"
+        click.echo(
+            f"  changes: {report.timeframe} listing {state} · {report.requests or 0:,} requests · {report.listed or 0:,} listed "
+            f"({report.listed_tracked or 0:,} tracked) · {report.carried or 0:,} carried · {report.full_refreshed or 0:,} fully refreshed"
+        )
+    elif report.mode_note:
+        click.echo(f"  mode: refresh ({report.mode_note})")
     if report.movers:
         click.echo("  top score movers since their previous snapshot:")
     for m in report.movers:
@@ -663,14 +787,15 @@ def worker(state: State, job_ids: tuple[int, ...], concurrency: int | None, wait
     config = state.config(**{"limits.concurrency": concurrency})
     engine = state.engine(must_exist=True)
     progress = lambda job_id: Reporter.for_stream(job_id, state.progress(no_progress))  # noqa: E731
-    outcome = pipeline.with_signals(
-        lambda stop: worker_module.work(engine, config, list(job_ids) or None, stop, progress, wait)
-    )
+    outcome = pipeline.with_signals(lambda stop: worker_module.work(engine, config, list(job_ids) or None, stop, progress, wait))
     for run in outcome.runs:
         if run.processed or run.status != JobStatus.FINISHED:
             _print_outcome(state, run, resume=False)
     if outcome.message:
         click.echo(f"Error: {redact(outcome.message)}", err=True)
+    if outcome.exit_code not in (ExitCode.OK, ExitCode.SOME_FAILED) and not as_json:
+        # The same worker again (a resume would run the jobs in this process only, without --wait).
+        click.echo(f"Resume with: {state.command('worker', *map(str, job_ids))}", err=True)
     if as_json:
         worked = [_job_dict(engine, jobs.get_job(engine, j), details=False) for j in outcome.jobs]
         click.echo(redact(_json(_runs_outcome(state, outcome.runs, outcome.exit_code, outcome.message, jobs=worked))))
@@ -680,7 +805,9 @@ def worker(state: State, job_ids: tuple[int, ...], concurrency: int | None, wait
 
 
 @cli.command()
-@click.option("--endpoint", type=click.Choice(["counts", "fetch", "citations"]), help="Only this endpoint's bodies (default: every body, in the order they were fetched).")
+@click.option(
+    "--endpoint", type=click.Choice(ENDPOINTS), help="Only this endpoint's bodies (default: every body, in the order they were fetched)."
+)
 @click.option("--job", "job_id", type=int, metavar="N", help="Only the bodies job N fetched (still in the archive).")
 @pass_state
 @handle_errors
@@ -791,12 +918,44 @@ def _toml_value(value: Any) -> str:
 @cli.command("export")
 @click.argument("table", required=False, metavar="[TABLE|VIEW]")
 @click.option("--sql", metavar="QUERY", help="Export this read-only query instead (one SELECT; run in a transaction that is rolled back).")
-@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl", "parquet"]), help="Output format (default: from -o's suffix, else csv).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE (default: stdout); CSV/JSONL get FILE.provenance.json beside it.")
-@click.option("--datasette-metadata", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE", help="Write a metadata.json for Datasette (title, source, terms, tables) instead of exporting.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["csv", "jsonl", "parquet"]), help="Output format (default: from -o's suffix, else csv)."
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write to FILE (default: stdout); CSV/JSONL get FILE.provenance.json beside it.",
+)
+@click.option(
+    "--datasette-metadata",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Write a metadata.json for Datasette (title, source, terms, tables) instead of exporting.",
+)
+@click.option(
+    "--job",
+    "job_ids",
+    type=click.IntRange(1, None),
+    multiple=True,
+    metavar="N",
+    help="Only the outputs of job N (repeatable): rows whose altmetric_id is one of them.",
+)
+@click.option(
+    "--list", "lists", multiple=True, metavar="NAME", help="Only the outputs of the jobs harvested with --name NAME (repeatable)."
+)
 @pass_state
 @handle_errors
-def export_command(state: State, table: str | None, sql: str | None, fmt: str | None, output: Path | None, datasette_metadata: Path | None) -> None:
+def export_command(
+    state: State,
+    table: str | None,
+    sql: str | None,
+    fmt: str | None,
+    output: Path | None,
+    datasette_metadata: Path | None,
+    job_ids: tuple[int, ...],
+    lists: tuple[str, ...],
+) -> None:
     """Export a table or view (default: output_summary) or a --sql query, with Altmetric's attribution.
 
     Rows are streamed, so memory stays flat however many there are. The
@@ -806,26 +965,40 @@ def export_command(state: State, table: str | None, sql: str | None, fmt: str | 
     the data goes to stdout. Data from a free (researcher) key must not be
     redistributed. Parquet needs pyarrow: pip install 'altmetric-harvester[parquet]'.
 
+    --job N and --list NAME keep the rows of those jobs' outputs (their done
+    items, an output merged into another counted as the new one) in a table
+    or view with an altmetric_id column; jobs, job_items and job_rejects keep
+    the rows of those jobs; other tables, and --sql, are refused.
+
     \b
     Examples:
       harvester export > summary.csv
+      harvester export --list our-papers -o our-papers.csv
       harvester export outputs --format parquet -o outputs.parquet
       harvester export --sql "select doi, score from outputs where score > 100" --format jsonl
       harvester export --datasette-metadata metadata.json && datasette serve harvest.db -m metadata.json -h 127.0.0.1
     """
     from harvester import export as export_module
 
+    if (job_ids or lists) and sql is not None:
+        raise click.UsageError("--job/--list choose the rows of a table or view, not of --sql: filter in your query instead")
+    if (job_ids or lists) and datasette_metadata is not None:
+        raise click.UsageError("--datasette-metadata describes the whole database: leave out --job/--list")
     engine = state.engine(must_exist=True)
+    chosen = export_module.select_set(engine, job_ids, lists)
     if datasette_metadata is not None:
         path = sqlite_path(state.config().database.url)
         export_module.write_datasette_metadata(engine, datasette_metadata, path.stem if path else "harvest")
         if state.verbosity >= 0:
-            click.echo(f"wrote {datasette_metadata}: serve it with datasette serve {path or 'DB'} --metadata {datasette_metadata} -h 127.0.0.1", err=True)
+            click.echo(
+                f"wrote {datasette_metadata}: serve it with datasette serve {path or 'DB'} --metadata {datasette_metadata} -h 127.0.0.1",
+                err=True,
+            )
         return
     if fmt is None:
         suffix = output.suffix.lower().lstrip(".") if output else ""
         fmt = {"parquet": "parquet", "pq": "parquet", "jsonl": "jsonl", "ndjson": "jsonl"}.get(suffix, "csv")
-    query = export_module.resolve(engine, table, sql)
+    query = export_module.resolve(engine, table, sql, chosen)
     if fmt == "parquet" and output is None and sys.stdout.isatty():
         raise click.UsageError("Parquet is binary: give -o FILE or redirect stdout")
     try:
@@ -912,11 +1085,34 @@ def demo(state: State, count: int, no_progress: bool) -> None:
 
 
 @cli.command()
-@click.option("-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path), default="report.html", show_default=True, help="Where to write the HTML file.")
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default="report.html",
+    show_default=True,
+    help="Where to write the HTML file.",
+)
+@click.option(
+    "--job",
+    "job_ids",
+    type=click.IntRange(1, None),
+    multiple=True,
+    metavar="N",
+    help="Only the outputs (and job health) of job N (repeatable).",
+)
+@click.option(
+    "--list", "lists", multiple=True, metavar="NAME", help="Only the outputs of the jobs harvested with --name NAME (repeatable)."
+)
 @pass_state
 @handle_errors
-def report(state: State, output: Path) -> None:
+def report(state: State, output: Path, job_ids: tuple[int, ...], lists: tuple[str, ...]) -> None:
     """Write one offline HTML report: headline numbers, charts, top outputs, nightlies, job health.
+
+    --job N and --list NAME cover only those jobs' outputs (their done items,
+    an output merged into another counted as the new one); the title says
+    which set it covers.
 
     The file is self-contained (charts are inline SVG, no script, nothing
     fetched), so it opens anywhere. Needs the `report` extra (matplotlib).
@@ -924,15 +1120,19 @@ def report(state: State, output: Path) -> None:
     published or redistributed.
 
     \b
-    Example:
+    Examples:
       harvester report -o report.html && xdg-open report.html
+      harvester report --list our-papers -o our-papers.html
     """
+    from harvester import export as export_module
     from harvester import report as report_module
 
     report_module.require_matplotlib()
-    data = report_module.write_report(state.engine(must_exist=True), output)
+    engine = state.engine(must_exist=True)
+    chosen = export_module.select_set(engine, job_ids, lists)
+    data = report_module.write_report(engine, output, chosen=chosen)
     if not state.quiet:
-        what = "nothing harvested yet" if data.empty else f"{data.headline['outputs']:,} outputs"
+        what = "nothing harvested yet" if data.empty else f"{data.chosen.title}: {data.headline['outputs']:,} outputs"
         click.echo(f"wrote {output} ({what})", err=True)
 
 

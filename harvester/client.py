@@ -17,6 +17,7 @@ from harvester.log import redact
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True, slots=True)
 class Response:
     status: int
@@ -36,9 +37,7 @@ class ApiClient:
     def __init__(self, api: ApiConfig, concurrency: int) -> None:
         self._base = api.url.rstrip("/")
         self._key_query = urlencode({"key": api.key}) if api.key else ""
-        self._timeout = aiohttp.ClientTimeout(
-            total=api.total_timeout, sock_connect=api.connect_timeout, sock_read=api.read_timeout
-        )
+        self._timeout = aiohttp.ClientTimeout(total=api.total_timeout, sock_connect=api.connect_timeout, sock_read=api.read_timeout)
         self._concurrency = concurrency
         self._session: aiohttp.ClientSession | None = None
 
@@ -56,9 +55,7 @@ class ApiClient:
         self._session._retry_connection = False
         return self
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         if self._session is not None:
             await self._session.close()
 

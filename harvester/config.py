@@ -20,8 +20,8 @@ from typing import Any
 
 from harvester.errors import ConfigError
 from harvester.parse import TIMEFRAMES as TIMEFRAMES  # one definition of the API's timeframes, re-exported
+from harvester.vocabulary import ENDPOINTS, ID_ENDPOINTS
 
-ENDPOINTS = ("counts", "fetch", "citations")
 # The Citations endpoint's filters; `issn` is the API's alias of `issns`.
 CITATION_FILTERS = ("cited_in", "doi_prefix", "issns", "order_by", "nlmid", "subjects")
 MAX_NUM_RESULTS = 99
@@ -67,6 +67,9 @@ class FetchConfig:
     post_types: str | None = None
 
 
+NIGHTLY_MODES = ("refresh", "changes")
+
+
 @dataclass(frozen=True)
 class NightlyConfig:
     timeframe: str = "1d"
@@ -86,6 +89,13 @@ class NightlyConfig:
     # An output Citations listed (and no list of the user's holds) is refreshed for this long
     # after it was last listed, after the user's lists; then it is left alone.
     follow_discovered: str = "30d"
+    # "refresh": ask every due output each night (one request an output). "changes": ask the
+    # Citations listing what changed since the last complete night and carry the rest forward
+    # (harvester/changefeed.py, docs/nightly.md).
+    mode: str = "refresh"
+    # In "changes" mode, each tracked output is asked again at least this often, oldest first, in
+    # the quota the listing leaves: readers (and recalculated scores) change without attention.
+    full_refresh_after: str = "30d"
 
 
 @dataclass(frozen=True)
@@ -308,9 +318,17 @@ def _validate_nightly(n: NightlyConfig, where: str) -> None:
         raise ConfigError(f"{where}: nightly.pages must be >= 1")
     if n.max_items is not None and n.max_items < 0:
         raise ConfigError(f"{where}: nightly.max_items must be >= 0")
-    if n.endpoint not in ("counts", "fetch"):
-        raise ConfigError(f"{where}: nightly.endpoint must be counts or fetch, not {n.endpoint!r}")
-    for name in ("refresh_after", "not_found_refresh_after", "keep_done_items", "follow_discovered"):
+    if n.endpoint not in ID_ENDPOINTS:
+        raise ConfigError(f"{where}: nightly.endpoint must be {' or '.join(ID_ENDPOINTS)}, not {n.endpoint!r}")
+    if n.mode not in NIGHTLY_MODES:
+        raise ConfigError(f"{where}: nightly.mode must be {' or '.join(repr(m) for m in NIGHTLY_MODES)}, not {n.mode!r}")
+    if n.mode == "changes":
+        # A filtered listing vouches only for the outputs the filter covers, and only a DOI prefix
+        # can be matched against the database: other filters would carry values nobody checked.
+        others = sorted(k for k in n.filters if k != "doi_prefix")
+        if others:
+            raise ConfigError(f'{where}: nightly.filters: mode = "changes" accepts only doi_prefix, not {", ".join(others)}')
+    for name in ("refresh_after", "not_found_refresh_after", "keep_done_items", "follow_discovered", "full_refresh_after"):
         if name == "keep_done_items" and n.keep_done_items == "never":
             continue
         try:

@@ -59,9 +59,7 @@ def run_demo(config: Config, count: int, reporter: Reporter) -> tuple[pipeline.R
 def summary(engine: Engine, url: str) -> str:
     with engine.connect() as conn:
         outputs = conn.execute(text("select count(*) from outputs")).scalar_one()
-        top = conn.execute(
-            text("select doi, score, posts_count, title from outputs order by score desc limit 5")
-        ).all()
+        top = conn.execute(text("select doi, score, posts_count, title from outputs order by score desc limit 5")).all()
         sources = conn.execute(
             text("select source, sum(unique_users_count) from source_counts group by source order by 2 desc limit 5")
         ).all()

@@ -20,10 +20,11 @@ from typing import Any, BinaryIO
 
 from sqlalchemy import Connection, Engine, func, select, text
 
-from harvester import jobs, nightly, schema
+from harvester import clock, endpoints, nightly, schema
 from harvester.budget import free_tier_rate, key_hash
 from harvester.config import Config, filters_text, parse_duration
 from harvester.ids import read_ids
+from harvester.vocabulary import ID_ENDPOINTS, JobStatus
 
 _CHUNK = 20_000
 # Without a measured rate, a commercial estimate assumes this much time per request in flight.
@@ -75,7 +76,7 @@ def _budget_row(conn: Connection, config: Config) -> Any:
 
 def estimate(conn: Connection, config: Config, requests: int, concurrency: int | None = None) -> Estimate:
     """Time and quota days of `requests` from now, as the shared budget would schedule them."""
-    now = jobs.utcnow()
+    now = clock.utcnow()
     limits = config.limits
     if config.api.tier != "free":
         rate, basis = _commercial_rate(conn, config, concurrency)
@@ -124,7 +125,7 @@ def _commercial_rate(conn: Connection, config: Config, concurrency: int | None) 
     j = schema.jobs.c
     last = conn.execute(
         select(j.total_items, j.started_at, j.finished_at)
-        .where(j.endpoint.in_(("counts", "fetch")), j.status == "finished", j.total_items >= 100, j.started_at.is_not(None))
+        .where(j.endpoint.in_(ID_ENDPOINTS), j.status == JobStatus.FINISHED, j.total_items >= 100, j.started_at.is_not(None))
         .order_by(j.finished_at.desc())
         .limit(1)
     ).first()
@@ -185,18 +186,26 @@ class HarvestPlan:
 
 
 def plan_harvest(
-    engine: Engine, config: Config, sources: list[str], id_type: str, endpoint: str, stdin: BinaryIO | None = None, concurrency: int | None = None
+    engine: Engine,
+    config: Config,
+    sources: list[str],
+    id_type: str,
+    endpoint: str,
+    stdin: BinaryIO | None = None,
+    concurrency: int | None = None,
 ) -> HarvestPlan:
     """Read the ids as `harvest` would, compare them with the database, and estimate the run; writes nothing."""
     refresh_after = config.nightly.refresh_after
-    fresh_since = jobs.utcnow() - parse_duration(refresh_after)
+    fresh_since = clock.utcnow() - parse_duration(refresh_after)
     with engine.connect() as conn:
         postgres = conn.dialect.name == "postgresql"
-        conn.exec_driver_sql(
-            "CREATE TEMPORARY TABLE dry_ids (k TEXT PRIMARY KEY)" + (" ON COMMIT DROP" if postgres else "")
-        )
+        conn.exec_driver_sql("CREATE TEMPORARY TABLE dry_ids (k TEXT PRIMARY KEY)" + (" ON COMMIT DROP" if postgres else ""))
         try:
-            insert = "INSERT INTO dry_ids (k) VALUES (%s) ON CONFLICT DO NOTHING" if postgres else "INSERT INTO dry_ids (k) VALUES (?) ON CONFLICT DO NOTHING"
+            insert = (
+                "INSERT INTO dry_ids (k) VALUES (%s) ON CONFLICT DO NOTHING"
+                if postgres
+                else "INSERT INTO dry_ids (k) VALUES (?) ON CONFLICT DO NOTHING"
+            )
             valid = rejected = 0
             chunk: list[tuple[str]] = []
             for line in read_ids(sources, id_type, stdin):
@@ -218,14 +227,11 @@ def plan_harvest(
                 join = "JOIN identifiers i ON i.scheme = :scheme AND i.value = d.k JOIN outputs o ON o.altmetric_id = i.altmetric_id"
                 params = {"scheme": id_type}
             stored, fresh = conn.execute(
-                text(
-                    "SELECT count(DISTINCT d.k), count(DISTINCT CASE WHEN o.harvested_at >= :fresh THEN d.k END)"
-                    f" FROM dry_ids d {join}"
-                ),
+                text(f"SELECT count(DISTINCT d.k), count(DISTINCT CASE WHEN o.harvested_at >= :fresh THEN d.k END) FROM dry_ids d {join}"),
                 {"fresh": _stamp(conn, fresh_since), **params},
             ).one()
             tweets = None
-            if endpoint == "fetch":
+            if "tweet-id" in endpoints.by_kind(endpoint).quotas:  # Fetch: its bodies carry the tweet ids
                 tweets = int(
                     conn.execute(
                         text(
@@ -252,9 +258,21 @@ def plan_harvest(
     if config.api.tier == "free" and est.days and est.days > 1:
         notes.append("free tier: the run pauses (exit 75) when a day's quota is spent; `harvester resume` continues it the next UTC day")
     return HarvestPlan(
-        endpoint, id_type, valid + rejected, rejected, valid - distinct, distinct, int(stored), int(fresh),
-        distinct - int(stored), distinct, refresh_after, est, tweets, notes,
-    )  # fmt: skip
+        endpoint,
+        id_type,
+        valid + rejected,
+        rejected,
+        valid - distinct,
+        distinct,
+        int(stored),
+        int(fresh),
+        distinct - int(stored),
+        distinct,
+        refresh_after,
+        est,
+        tweets,
+        notes,
+    )
 
 
 def _stamp(conn: Connection, when: datetime) -> Any:
@@ -378,9 +396,15 @@ class NightlyPlan:
         if not self.discover:
             lines.append("  discovery: none tonight")
         elif self.discovery_pages is None:
-            lines.append("  discovery: pages unknown until page 1 is read" + (f" (last listing: {self.last_total:,} outputs)" if self.last_total else ""))
+            lines.append(
+                "  discovery: pages unknown until page 1 is read"
+                + (f" (last listing: {self.last_total:,} outputs)" if self.last_total else "")
+            )
         else:
-            lines.append(f"  discovery: at most {self.discovery_pages:,} pages" + (f" (last listing: {self.last_total:,} outputs)" if self.last_total else ""))
+            lines.append(
+                f"  discovery: at most {self.discovery_pages:,} pages"
+                + (f" (last listing: {self.last_total:,} outputs)" if self.last_total else "")
+            )
         p = self.planned
         lines += [
             f"  1. your lists:  {p['lists']:>10,} of {self.lists_due:,} due",
@@ -395,7 +419,7 @@ class NightlyPlan:
 
 def plan_nightly(engine: Engine, config: Config) -> NightlyPlan:
     """Tonight's nightly without running it: the same selection queries, counted instead of inserted."""
-    now = jobs.utcnow()
+    now = clock.utcnow()
     p = nightly.params_for(config, now)
     with engine.connect() as conn:
         held = conn.execute(select(schema.jobs.c.id).where(schema.jobs.c.lock_name == nightly.LOCK)).scalar()
@@ -420,6 +444,20 @@ def plan_nightly(engine: Engine, config: Config) -> NightlyPlan:
         known = f"{math.ceil(last_total / p.num_results):,} pages last time" if last_total else "pages unknown until page 1 is read"
         notes.append(f"warning: discovery without [nightly] filters on a free key ({known}; capped at what the lists leave of the quota)")
     return NightlyPlan(
-        now.date().isoformat(), config.api.tier, held, p.discover and pages != 0, pages, last_total,
-        due[0], due[1], due[2], p.max_items, limit, quota, planned, p.follow_discovered, est, notes,
-    )  # fmt: skip
+        now.date().isoformat(),
+        config.api.tier,
+        held,
+        p.discover and pages != 0,
+        pages,
+        last_total,
+        due[0],
+        due[1],
+        due[2],
+        p.max_items,
+        limit,
+        quota,
+        planned,
+        p.follow_discovered,
+        est,
+        notes,
+    )

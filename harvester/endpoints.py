@@ -13,7 +13,13 @@ Counts, Fetch and Citations differ in these places, and only here:
 - what a commit does besides storing rows (`Batch.after`): a Citations page adds the pages its
   total implies and its outputs to the follow-up job, in the page's transaction; so the
   job grows as it is written (`grows`), and a run must wait for its writes before it knows it is done;
-- what the raw archive records of a body (`archive_params`, `archived_as`).
+- what the raw archive records of a body (`archive_params`, `archived_as`), and how an
+  archived body becomes rows again for `reparse` (`from_archive`, `rebuild`);
+- its job parameters' type (`params_type`), its own quotas' headers (`quotas`: Fetch's tweet
+  ids), and so the CLI's choices: every class here registers itself by its kind (`REGISTRY`).
+
+Adding an endpoint is adding a class here (and its kind to vocabulary.JobKind); nothing else
+compares endpoint names.
 
 The run (pipeline.py) asks the endpoint; the writer process (store.write_batch) is given the
 same object. Nothing here imports the HTTP client: the writer process does not load aiohttp.
@@ -23,32 +29,29 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 from urllib.parse import quote, urlencode
 
 from sqlalchemy import Connection, func, select
 
 from harvester import archive, jobs, schema
-from harvester.config import filters_text
+from harvester.config import FetchConfig, filters_text
 from harvester.db import upsert
 from harvester.jobs import Item, Job
 from harvester.params import CitationsParams, FetchOptions, HarvestParams, JobParams
 from harvester.parse import FETCH_SOURCES, ParseError, Records, as_int, decode, lower_doi, parse_citations, parse_counts, parse_fetch
-
-if TYPE_CHECKING:
-    from harvester.store import ItemResult
+from harvester.vocabulary import ENDPOINTS, ItemResult, ItemStatus, JobKind, OutcomeKind
 
 # Characters left raw in an id's path segment; everything else is
 # percent-encoded, so '#', '?', '%', ';', '<', '>', '[', ']' in DOIs survive.
 _SAFE = "/:()"
 
 
-def id_path(endpoint: str, id_type: str, identifier: str) -> str:
-    """The URL path (already encoded) of one id on the Counts or Fetch endpoint."""
-    prefix = "/fetch" if endpoint == "fetch" else ""
+def id_path(id_type: str, identifier: str, prefix: str = "") -> str:
+    """The URL path (already encoded) of one id: `/doi/10.1/x` (Counts), with `prefix` `/fetch` (Fetch)."""
     return f"{prefix}/{id_type}/{quote(identifier, safe=_SAFE)}"
 
 
@@ -129,20 +132,55 @@ class Batch:
 class Outcome:
     """What one HTTP answer means for its item (docs/architecture.md, HTTP outcomes).
 
-    kind: done, not_found, failed (final); retry (counts as an attempt); rate_limited
-    (waits, never an attempt); auth (stops the job).
+    kind: see OutcomeKind (done, not_found, failed are final).
     """
 
-    kind: str
+    kind: OutcomeKind
     error: str | None = None
     note: str | None = None
 
 
-class Endpoint:
-    """The parts of a harvest that depend on the endpoint; the rest of the run is the same for all three."""
+REGISTRY: dict[JobKind, type[Endpoint]] = {}
 
-    name: ClassVar[str]
+
+class Endpoint:
+    """The parts of a harvest that depend on the endpoint; the rest of the run is the same for every one."""
+
+    kind: ClassVar[JobKind]
     grows: ClassVar[bool] = False  # writing a result can add items to the job
+    # The endpoint's own quotas, {name: the header that says how much is left}: spent, the job pauses.
+    quotas: ClassVar[Mapping[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "kind" in cls.__dict__:
+            REGISTRY[cls.kind] = cls
+
+    @classmethod
+    def for_params(cls, params: JobParams | None) -> Endpoint:
+        """This endpoint with a job's parameters (a Fetch job's options, a Citations job's query)."""
+        return cls()
+
+    by_id: ClassVar[bool] = False  # asked about one id at a time (vocabulary.ID_ENDPOINTS)
+
+    @classmethod
+    def harvest_params(cls, fetch: FetchConfig, concurrency: int | None = None) -> HarvestParams:
+        """A harvest job's parameters on this endpoint, from the [fetch] settings (only Fetch keeps them)."""
+        return HarvestParams(concurrency=concurrency)
+
+    # `harvester check`: the one request that tells whether the key may use this endpoint, and
+    # whether its answer also tells whether the key is valid at all (Counts: every tier has it).
+    judges_the_key: ClassVar[bool] = False
+
+    @classmethod
+    def probe(cls) -> tuple[str, dict[str, str]]:
+        """The path and query of the cheapest request for a known output."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_archive(cls, params: Mapping[str, Any] | None) -> Endpoint:
+        """This endpoint as a harvest with these archived parameters (raw_bodies.params) was: for reparse."""
+        return cls()
 
     def url(self, item: Item) -> str:
         """The item's path and query, encoded, relative to the API root (the key is the client's to add)."""
@@ -161,23 +199,23 @@ class Endpoint:
             try:
                 body = self.check(raw)
             except ParseError as e:
-                return Outcome("retry", f"unusable body: {e}")
+                return Outcome(OutcomeKind.RETRY, f"unusable body: {e}")
             returned = other_doi(item.id_type, item.identifier, body)
             if returned:
-                return Outcome("done", note=f"the API returned DOI {returned} for this id")
-            return Outcome("done")
+                return Outcome(OutcomeKind.DONE, note=f"the API returned DOI {returned} for this id")
+            return Outcome(OutcomeKind.DONE)
         if status in (401, 403):
-            return Outcome("auth")
+            return Outcome(OutcomeKind.AUTH)
         if status == 429:
-            return Outcome("rate_limited")
+            return Outcome(OutcomeKind.RATE_LIMITED)
         if status == 404:
-            return Outcome("not_found")
+            return Outcome(OutcomeKind.NOT_FOUND)
         ended = self.past_the_end(item, status, raw)
         if ended is not None:
             return ended
         if 400 <= status < 500:
-            return Outcome("failed", f"HTTP {status}: {raw.decode('utf-8', 'replace').strip()[:500]}")
-        return Outcome("retry", f"HTTP {status}")
+            return Outcome(OutcomeKind.FAILED, f"HTTP {status}: {raw.decode('utf-8', 'replace').strip()[:500]}")
+        return Outcome(OutcomeKind.RETRY, f"HTTP {status}")
 
     def past_the_end(self, item: Item, status: int, raw: bytes) -> Outcome | None:
         """An answer that ends the job's listing rather than failing its item (Citations only)."""
@@ -201,12 +239,34 @@ class Endpoint:
         checked JSON yet unusable fails its item (not transient: asking again gives the same)."""
         raise NotImplementedError
 
+    def rebuild(self, id_type: str, archived: str, body: dict[str, Any], at: datetime) -> tuple[list[Records], list[dict[str, Any]]]:
+        """An archived body (decoded) -> its records and its asked-identifier rows, as the writer made them."""
+        raise NotImplementedError
+
+
+# The Altmetric docs' example output: it exists, so Counts and Fetch answer 200 for an allowed key.
+PROBE_DOI = "10.1038/news.2011.498"
+
 
 class Counts(Endpoint):
-    name = "counts"
+    kind = JobKind.COUNTS
+    path_prefix: ClassVar[str] = ""
+    judges_the_key = True
+    by_id = True
+
+    @classmethod
+    def probe(cls) -> tuple[str, dict[str, str]]:
+        return id_path("doi", PROBE_DOI, cls.path_prefix), {}
 
     def url(self, item: Item) -> str:
-        return id_path(self.name, item.id_type, item.identifier)
+        return id_path(item.id_type, item.identifier, self.path_prefix)
+
+    def rebuild(self, id_type: str, archived: str, body: dict[str, Any], at: datetime) -> tuple[list[Records], list[dict[str, Any]]]:
+        record = self.parse(body, at)
+        asked = self.asked_as(archived)  # a filtered Fetch body is archived with its query
+        if other_doi(id_type, asked, body):
+            return [record], []
+        return [record], asked_rows(id_type, asked, record.altmetric_id)
 
     def parse(self, body: dict[str, Any], now: datetime) -> Records:
         return parse_counts(body, now)
@@ -219,7 +279,7 @@ class Counts(Endpoint):
             try:
                 rec = self.parse(decode(r.body), now)
             except ParseError as e:
-                r.status, r.error = "failed", f"unusable body: {e}"
+                r.status, r.error = ItemStatus.FAILED, f"unusable body: {e}"
                 continue
             finally:
                 r.body = None
@@ -232,7 +292,26 @@ class Counts(Endpoint):
 
 
 class Fetch(Counts):
-    name = "fetch"
+    kind = JobKind.FETCH
+    path_prefix = "/fetch"
+    quotas = {"tweet-id": "X-TweetIDRateLimit-Remaining"}  # tweets the bodies carry, a day
+    judges_the_key = False
+
+    @classmethod
+    def probe(cls) -> tuple[str, dict[str, str]]:
+        return id_path("doi", PROBE_DOI, cls.path_prefix), {"include_sections": "counts"}
+
+    @classmethod
+    def for_params(cls, params: JobParams | None) -> Fetch:
+        return cls(params.fetch if isinstance(params, HarvestParams) else None)
+
+    @classmethod
+    def harvest_params(cls, fetch: FetchConfig, concurrency: int | None = None) -> HarvestParams:
+        return HarvestParams(concurrency=concurrency, fetch=FetchOptions.from_config(fetch))
+
+    @classmethod
+    def from_archive(cls, params: Mapping[str, Any] | None) -> Fetch:
+        return cls(FetchOptions.from_dict(params or {}))
 
     def __init__(self, options: FetchOptions | None = None) -> None:
         # The job's [fetch] options, the same for every id of the job: encoded once.
@@ -267,8 +346,24 @@ class Fetch(Counts):
 
 
 class Citations(Endpoint):
-    name = "citations"
+    kind = JobKind.CITATIONS
     grows = True
+
+    @classmethod
+    def probe(cls) -> tuple[str, dict[str, str]]:
+        return "/citations/1d", {"num_results": "1", "page": "1"}
+
+    @classmethod
+    def for_params(cls, params: JobParams | None) -> Citations:
+        if not isinstance(params, CitationsParams):
+            raise ValueError("a Citations job needs its query")
+        return cls(params)
+
+    @classmethod
+    def from_archive(cls, params: Mapping[str, Any] | None) -> Citations:
+        # A page is archived by its query: its results need nothing of the job's to be parsed.
+        query = dict(params or {})
+        return cls(CitationsParams(str(query.get("timeframe", "")), int(query.get("num_results") or 100), dict(query.get("filters") or {})))
 
     def __init__(self, params: CitationsParams) -> None:
         self.params = params
@@ -291,7 +386,7 @@ class Citations(Endpoint):
     def past_the_end(self, item: Item, status: int, raw: bytes) -> Outcome | None:
         if item.identifier != "1" and status == 400:
             # Past the last page (the listing shrank while we paged): the end, not a failure.
-            return Outcome("not_found", note=f"past the last page: {raw.decode('utf-8', 'replace').strip()[:200]}")
+            return Outcome(OutcomeKind.NOT_FOUND, note=f"past the last page: {raw.decode('utf-8', 'replace').strip()[:200]}")
         return None
 
     def archived_as(self, identifier: str) -> str:
@@ -301,6 +396,11 @@ class Citations(Endpoint):
     def read(self, results: Sequence[ItemResult], now: datetime, job_id: int) -> Batch:
         pages = _Pages(job_id, self.params, now)
         return Batch(pages.parse(results), after=pages.save)
+
+    def rebuild(self, id_type: str, archived: str, body: dict[str, Any], at: datetime) -> tuple[list[Records], list[dict[str, Any]]]:
+        # A page's results, in rank order; a page was asked by no id.
+        _, parsed = parse_citations(body, at)
+        return [r for r in parsed if r is not None], []
 
 
 class _Pages:
@@ -317,6 +417,10 @@ class _Pages:
         self.activity: list[tuple[str, dict[str, Any]]] = []  # (page, row)
         self.last_page = 0  # the highest page the batch's totals imply
         self.follow: list[tuple[str, tuple[str, str, int]]] = []  # (page, item)
+        # A change-feed listing: (page, total, [(rank, record)]) of each page, stored by save() once the
+        # database says which results it tracks (changefeed.save_tracked).
+        self.tracked_only = params.tracked_only
+        self.listed: list[tuple[int, int | None, list[tuple[int, Records]]]] = []
 
     def parse(self, results: Sequence[ItemResult]) -> dict[int, list[Records]]:
         records: dict[int, list[Records]] = {}
@@ -327,10 +431,18 @@ class _Pages:
             try:
                 total, parsed = parse_citations(decode(r.body), self.now)
             except ParseError as e:
-                r.status, r.error = "failed", f"unusable page: {e}"
+                r.status, r.error = ItemStatus.FAILED, f"unusable page: {e}"
                 continue
             finally:
                 r.body = None
+            if self.tracked_only:
+                self.listed.append((page, total, [((page - 1) * self.num + k + 1, rec) for k, rec in enumerate(parsed) if rec is not None]))
+                if total is not None:
+                    self.last_page = max(
+                        self.last_page,
+                        math.ceil(total / self.num) if self.max_pages is None else min(self.max_pages, math.ceil(total / self.num)),
+                    )
+                continue
             mine = records[i] = []
             for index, rec in enumerate(parsed):
                 if rec is None:
@@ -370,11 +482,14 @@ class _Pages:
 
     def save(self, conn: Connection, refused: set[str]) -> None:
         """Ranks and follow-up items of the pages stored; `refused`: pages the database refused."""
+        if self.tracked_only:
+            from harvester.changefeed import save_tracked  # it imports the writer's side (store), which imports this module
+
+            listed = [p for p in self.listed if str(p[0]) not in refused]
+            save_tracked(conn, self.job_id, self.timeframe, self.filters, listed, self.now)
         upsert(conn, schema.citation_activity, [row for page, row in self.activity if page not in refused])
         # Only pages the job lacks: every page of a 20,000-page listing reports the same total.
-        known = conn.execute(
-            select(func.max(schema.job_items.c.line_no)).where(schema.job_items.c.job_id == self.job_id)
-        ).scalar_one() or 0
+        known = conn.execute(select(func.max(schema.job_items.c.line_no)).where(schema.job_items.c.job_id == self.job_id)).scalar_one() or 0
         pages = range(known + 1, self.last_page + 1)
         jobs.add_items(conn, self.job_id, [("page", str(p), p) for p in pages], self.now)
         if self.then_job is not None:
@@ -396,24 +511,23 @@ def fetch_query(options: FetchOptions | None) -> dict[str, str]:
     return query
 
 
-ENDPOINTS = ("counts", "fetch", "citations")
+def by_kind(kind: str) -> type[Endpoint]:
+    """The endpoint class of a kind (an endpoint's name); ValueError for a kind that is no endpoint."""
+    if kind not in ENDPOINTS:
+        raise ValueError(f"no endpoint {kind!r}: one of {', '.join(ENDPOINTS)}")
+    return REGISTRY[JobKind(kind)]
 
 
 def endpoint_for(job: Job) -> Endpoint:
     """The endpoint object of a job, with the job's parameters."""
-    if job.endpoint not in ENDPOINTS:
+    endpoint = REGISTRY.get(JobKind(job.endpoint)) if job.endpoint in ENDPOINTS else None
+    if endpoint is None:
         raise ValueError(f"job {job.id} is a {job.endpoint} job: no endpoint of the run's")
-    return named(job.endpoint, job.params)
+    return endpoint.for_params(job.params)
 
 
 def named(name: str, params: JobParams | None = None) -> Endpoint:
     """The endpoint object of this name, with a job's parameters (a Fetch job's options, a Citations job's query)."""
-    if name == "citations":
-        if not isinstance(params, CitationsParams):
-            raise ValueError("a Citations job needs its query")
-        return Citations(params)
-    if name == "fetch":
-        return Fetch(params.fetch if isinstance(params, HarvestParams) else None)
-    if name == "counts":
-        return Counts()
-    raise ValueError(f"no endpoint {name!r}: one of {', '.join(ENDPOINTS)}")
+    if name not in ENDPOINTS:
+        raise ValueError(f"no endpoint {name!r}: one of {', '.join(ENDPOINTS)}")
+    return REGISTRY[JobKind(name)].for_params(params)

@@ -3,38 +3,8 @@
 from __future__ import annotations
 
 from datetime import datetime
-from enum import IntEnum, StrEnum
 
-
-class ExitCode(IntEnum):
-    """The process's exit status (docs/architecture.md, exit codes). Only commands exit."""
-
-    OK = 0  # finished: every item final, none failed
-    ERROR = 1  # configuration, key, database; or a run that stopped early
-    USAGE = 2
-    SOME_FAILED = 3  # finished, some items failed
-    PAUSED = 75  # resumable later: a spent quota, an outage, another process holds the nightly (EX_TEMPFAIL)
-    INTERRUPTED = 130  # Ctrl-C or SIGTERM, after writing what was fetched
-
-
-class JobStatus(StrEnum):
-    """`jobs.status`: the values users see in SQL and `status`."""
-
-    PENDING = "pending"  # created, never run
-    RUNNING = "running"
-    FINISHED = "finished"
-    INTERRUPTED = "interrupted"
-    PAUSED = "paused"
-    STOPPED = "stopped"
-
-
-class ItemStatus(StrEnum):
-    """`job_items.status`."""
-
-    PENDING = "pending"
-    DONE = "done"
-    NOT_FOUND = "not_found"
-    FAILED = "failed"
+from harvester.vocabulary import ExitCode, JobKind
 
 
 def db_message(error: BaseException) -> str:
@@ -47,7 +17,7 @@ def db_message(error: BaseException) -> str:
 class HarvesterError(Exception):
     """Base of every expected failure; str() is the one line shown to the user."""
 
-    exit_code: int = ExitCode.ERROR
+    exit_code: ExitCode = ExitCode.ERROR
 
 
 class ConfigError(HarvesterError):
@@ -82,7 +52,7 @@ class ApiAuthError(HarvesterError):
         hint = ""
         if status == 401:
             hint = " (set ALTMETRIC_API_KEY or [api] key)"
-        elif endpoint != "counts":
+        elif endpoint != JobKind.COUNTS:
             hint = (
                 f"; if your key's tier lacks {endpoint}, harvest counts instead"
                 ' and set endpoints = ["counts"] under [api] in the config so that nothing asks for it'

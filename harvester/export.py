@@ -24,12 +24,15 @@ from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
-from sqlalchemy import Boolean, Date, DateTime, Engine, Float, Integer, LargeBinary, Numeric, String, inspect
+from sqlalchemy import Boolean, Date, DateTime, Engine, Float, Integer, LargeBinary, Numeric, String, inspect, select
 from sqlalchemy.types import TypeEngine
 
-from harvester import __version__, jobs
+from harvester import __version__, clock, db, schema
 from harvester.errors import HarvesterError
+from harvester.params import ApiUsed
+from harvester.vocabulary import ENDPOINTS
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +45,7 @@ PARQUET_HINT = f"pip install '{DISTRIBUTION}[parquet]'"
 
 SOURCE_NAME = "Altmetric.com"
 SOURCE_URL = "https://www.altmetric.com"
-API_URL = "https://api.altmetric.com/v1"
+API_URL = "https://api.altmetric.com/v1"  # Altmetric's own API: data from any other address is not Altmetric's
 API_DOCS_URL = "https://api.altmetric.com"
 TERMS = (
     "Data from Altmetric.com, harvested through the Altmetric Details Page API. Cite Altmetric.com as the "
@@ -78,6 +81,7 @@ class Query:
     sql: str
     name: str | None  # the table or view, None for --sql
     types: dict[str, TypeEngine[Any]] = field(default_factory=dict)
+    chosen: OutputSet | None = None  # the --job/--list set it is restricted to; None: every row
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,153 @@ class ExportError(HarvesterError):
     """The export cannot be made: unknown table, a query that is not read-only, a file that cannot be written."""
 
 
+# --- a chosen set of outputs: --job N, --list NAME ------------------------------------------------
+
+# Tables about jobs rather than outputs: a set keeps the rows of its jobs (job_items also those not found).
+JOB_TABLES = {"jobs": "id", "job_items": "job_id", "job_rejects": "job_id"}
+
+
+@dataclass(frozen=True)
+class OutputSet:
+    """The outputs a report or an export covers: all of them, or those of some jobs and lists.
+
+    A list is the jobs harvested with `--name NAME`; the outputs of a job are the altmetric ids
+    of its `done` items, each followed through `output_aliases` (an output merged into another
+    counts as the new one; chains are kept one hop long).
+    """
+
+    jobs: tuple[int, ...] = ()  # every job of the set: those given and those of the lists
+    given_jobs: tuple[int, ...] = ()
+    lists: tuple[str, ...] = ()
+
+    @property
+    def everything(self) -> bool:
+        return not self.given_jobs and not self.lists
+
+    @property
+    def title(self) -> str:
+        """Which set this is, as the report's title says it: "All outputs", "List 'x'", "Jobs 3, 5"."""
+        parts = []
+        if self.lists:
+            parts.append(("List " if len(self.lists) == 1 else "Lists ") + ", ".join(f"'{n}'" for n in self.lists))
+        if self.given_jobs:
+            parts.append(("Job " if len(self.given_jobs) == 1 else "Jobs ") + ", ".join(str(j) for j in self.given_jobs))
+        return " + ".join(parts) or "All outputs"
+
+    def ids_sql(self) -> str:
+        """SQL for the set's current altmetric ids (job ids are integers checked by select_set, never user text)."""
+        in_jobs = ", ".join(str(int(j)) for j in self.jobs) or "NULL"
+        return (
+            "SELECT COALESCE(a.new_altmetric_id, i.altmetric_id) FROM job_items i "
+            "LEFT JOIN output_aliases a ON a.old_altmetric_id = i.altmetric_id "
+            f"WHERE i.job_id IN ({in_jobs}) AND i.status = 'done' AND i.altmetric_id IS NOT NULL"
+        )
+
+    def members_sql(self) -> str:
+        """The set's ids and the old ids merged into them: rows a table still keeps under an old id (snapshots) belong too."""
+        ids = self.ids_sql()
+        return f"{ids} UNION SELECT old_altmetric_id FROM output_aliases WHERE new_altmetric_id IN ({ids})"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"title": self.title, "lists": list(self.lists), "jobs": list(self.given_jobs), "all_jobs": list(self.jobs)}
+
+
+ALL = OutputSet()
+
+
+def select_set(engine: Engine, job_ids: Sequence[int] = (), lists: Sequence[str] = ()) -> OutputSet:
+    """The set of `--job N` and `--list NAME` (none: all outputs); an unknown job or list is an error."""
+    if not job_ids and not lists:
+        return ALL
+    given = tuple(sorted({int(j) for j in job_ids}))
+    names = tuple(dict.fromkeys(lists))
+    chosen: dict[int, None] = {}
+    with engine.connect() as conn:
+        known = {r[0] for r in conn.execute(select(schema.jobs.c.id).where(schema.jobs.c.id.in_(given)))} if given else set()
+        missing = [j for j in given if j not in known]
+        if missing:
+            raise ExportError(f"no job {', '.join(map(str, missing))} in this database (harvester jobs lists them)")
+        chosen.update(dict.fromkeys(given))
+        for name in names:
+            found = [r[0] for r in conn.execute(select(schema.jobs.c.id).where(schema.jobs.c.name == name).order_by(schema.jobs.c.id))]
+            if not found:
+                named = [
+                    r[0]
+                    for r in conn.execute(
+                        select(schema.jobs.c.name).where(schema.jobs.c.name.is_not(None)).distinct().order_by(schema.jobs.c.name).limit(9)
+                    )
+                ]
+                hint = (
+                    f"; lists: {', '.join(repr(n) for n in named[:8])}{' ...' if len(named) > 8 else ''}"
+                    if named
+                    else "; no job has a name yet"
+                )
+                raise ExportError(f"no list named {name!r}: no job was harvested with --name {name!r}{hint}")
+            chosen.update(dict.fromkeys(found))
+    return OutputSet(tuple(sorted(chosen)), given, names)
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where the data of a set came from: the APIs its jobs used, and when its outputs were harvested."""
+
+    apis: tuple[ApiUsed, ...]  # every (URL, tier) recorded, in the order first used
+    unknown_jobs: int  # jobs that ran before the URL was recorded
+    endpoints: tuple[str, ...]
+    first: str | None
+    last: str | None
+
+    @property
+    def urls(self) -> list[str]:
+        return list(dict.fromkeys(a.url for a in self.apis)) + (["unknown"] if self.unknown_jobs else [])
+
+    @property
+    def tiers(self) -> list[str]:
+        return list(dict.fromkeys(a.tier for a in self.apis if a.tier))
+
+    @property
+    def not_altmetric(self) -> list[str]:
+        """The recorded URLs that are not Altmetric's API (the bundled fake, a test server)."""
+        return [u for u in dict.fromkeys(a.url for a in self.apis) if urlsplit(u).hostname != urlsplit(API_URL).hostname]
+
+
+def origin(engine: Engine, chosen: OutputSet = ALL) -> Origin:
+    """The APIs (jobs.params "api", jobs.record_api) and harvest dates of the set's data.
+
+    All outputs: every job that ran. A set: the jobs that made one of its outputs `done`
+    (its own, and the nightlies' refreshes of them), and the harvest times of its outputs.
+    """
+    names = set(relations(engine))
+    if not {"jobs", "outputs"} <= names:
+        return Origin((), 0, (), None, None)
+    endpoints = ", ".join(f"'{e}'" for e in ENDPOINTS)  # the jobs that send requests (a nightly's steps are jobs of these)
+    where = f"started_at IS NOT NULL AND endpoint IN ({endpoints})"
+    restrict = ""
+    if not chosen.everything:
+        where += f" AND id IN (SELECT i.job_id FROM job_items i WHERE i.status = 'done' AND i.altmetric_id IN ({chosen.members_sql()}))"
+        restrict = f" WHERE altmetric_id IN ({chosen.ids_sql()})"
+    apis: dict[ApiUsed, None] = {}
+    unknown = 0
+    used: set[str] = set()
+    with engine.connect() as conn:
+        for endpoint, params in conn.exec_driver_sql(f"SELECT endpoint, params FROM jobs WHERE {where} ORDER BY id"):
+            used.add(endpoint)
+            try:
+                recorded = ApiUsed.read(json.loads(params or "{}").get("api"))
+            except (ValueError, AttributeError):
+                recorded = ()
+            apis.update(dict.fromkeys(recorded))
+            unknown += not recorded
+        row = conn.exec_driver_sql(
+            f"SELECT MIN(COALESCE(first_harvested_at, harvested_at)), MAX(harvested_at) FROM outputs{restrict}"
+        ).one()
+        first, last = (_iso(v) for v in row)
+        if first is None and chosen.everything:
+            row = conn.exec_driver_sql("SELECT MIN(started_at), MAX(COALESCE(finished_at, started_at)) FROM jobs").one()
+            first, last = (_iso(v) for v in row)
+    return Origin(tuple(apis), unknown, tuple(sorted(used)), first, last)
+
+
 def relations(engine: Engine) -> list[str]:
     """The database's tables and views, sorted."""
     insp = inspect(engine)
@@ -101,11 +252,18 @@ def relations(engine: Engine) -> list[str]:
 _READ_ONLY = re.compile(r"^\s*(?:--[^\n]*\n\s*|/\*.*?\*/\s*)*(select|with|values|table|explain)\b", re.I | re.S)
 
 
-def resolve(engine: Engine, table: str | None = None, sql: str | None = None) -> Query:
-    """Check the table or view name, or that the query reads, and return what to run."""
+def resolve(engine: Engine, table: str | None = None, sql: str | None = None, chosen: OutputSet = ALL) -> Query:
+    """Check the table or view name, or that the query reads, and return what to run.
+
+    With a chosen set (--job, --list), a table or view with an altmetric_id column keeps the rows
+    of the set's outputs (and of old ids merged into them); jobs, job_items and job_rejects keep
+    the rows of the set's jobs; any other table is refused. A --sql query is refused with a set.
+    """
     if sql is not None:
         if table is not None:
             raise ExportError("give a TABLE|VIEW or --sql, not both")
+        if not chosen.everything:
+            raise ExportError("--job/--list choose the rows of a table or view, not of --sql: filter in the query (docs/querying.md)")
         statement = sql.strip().rstrip(";").strip()
         if not _READ_ONLY.match(statement):
             raise ExportError("--sql takes one read-only query (SELECT, WITH ... SELECT or VALUES)")
@@ -120,7 +278,18 @@ def resolve(engine: Engine, table: str | None = None, sql: str | None = None) ->
         raise ExportError(f"no table or view named {name!r}; try one of: {', '.join(shown[:8])}{' ...' if len(shown) > 8 else ''}")
     types = {c["name"]: c["type"] for c in inspect(engine).get_columns(name)}
     quoted = engine.dialect.identifier_preparer.quote(name)
-    return Query(f"SELECT * FROM {quoted}", name, types)
+    statement = f"SELECT * FROM {quoted}"
+    if not chosen.everything:
+        if name in JOB_TABLES:
+            in_jobs = ", ".join(str(int(j)) for j in chosen.jobs) or "NULL"
+            statement += f" WHERE {JOB_TABLES[name]} IN ({in_jobs})"
+        elif "altmetric_id" in types:
+            statement += f" WHERE altmetric_id IN ({chosen.members_sql()})"
+        else:
+            raise ExportError(
+                f"{name!r} has no altmetric_id column, so --job/--list cannot choose its rows: export it without them, or use --sql"
+            )
+    return Query(statement, name, types, chosen)
 
 
 def _strip_literals(sql: str) -> str:
@@ -131,29 +300,18 @@ def _strip_literals(sql: str) -> str:
 @contextmanager
 def stream(engine: Engine, query: Query, chunk: int = FETCH_ROWS) -> Iterator[tuple[list[str], Iterator[list[tuple[Any, ...]]]]]:
     """(column names, chunks of rows), read in a transaction that is read-only and rolled back."""
-    with engine.connect() as conn:
-        sqlite = conn.dialect.name == "sqlite"
-        if sqlite:
-            # query_only refuses any write, also one hidden in a CTE; reset before the pool reuses the connection.
-            conn.exec_driver_sql("PRAGMA query_only = ON")
-        else:
-            conn = conn.execution_options(postgresql_readonly=True)
-        try:
-            options = conn.execution_options(stream_results=True, yield_per=chunk, no_parameters=True)
-            result = options.exec_driver_sql(query.sql)
-            columns = list(result.keys())
-            convert = _sqlite_dates(columns, query.types) if sqlite else None
+    with engine.connect() as plain, db.read_only(plain) as conn:
+        options = conn.execution_options(stream_results=True, yield_per=chunk, no_parameters=True)
+        result = options.exec_driver_sql(query.sql)
+        columns = list(result.keys())
+        convert = _sqlite_dates(columns, query.types) if db.dates_as_text(conn.dialect) else None
 
-            def chunks() -> Iterator[list[tuple[Any, ...]]]:
-                for part in result.partitions(chunk):
-                    rows = [tuple(r) for r in part]
-                    yield convert(rows) if convert else rows
+        def chunks() -> Iterator[list[tuple[Any, ...]]]:
+            for part in result.partitions(chunk):
+                rows = [tuple(r) for r in part]
+                yield convert(rows) if convert else rows
 
-            yield columns, chunks()
-        finally:
-            conn.rollback()
-            if sqlite:
-                conn.exec_driver_sql("PRAGMA query_only = OFF")
+        yield columns, chunks()
 
 
 def _sqlite_dates(columns: list[str], types: dict[str, TypeEngine[Any]]) -> Callable[[list[tuple[Any, ...]]], list[tuple[Any, ...]]] | None:
@@ -181,39 +339,27 @@ def _sqlite_dates(columns: list[str], types: dict[str, TypeEngine[Any]]) -> Call
 
 def provenance(engine: Engine, query: Query, fmt: str) -> dict[str, Any]:
     """Where the data comes from and on what terms: for the file's metadata, a sidecar, or stderr."""
-    endpoints, first, last = _harvest_facts(engine)
+    facts = origin(engine, query.chosen or ALL)
     return {
         "source": SOURCE_NAME,
         "source_url": SOURCE_URL,
-        "api": API_URL,
-        "endpoints": endpoints,
-        "harvested_from": first,
-        "harvested_to": last,
+        # The API base URLs the data came from (recorded by each job's runs), "unknown" for jobs run before that.
+        "api": ", ".join(facts.urls) or "unknown",
+        "api_urls": facts.urls,
+        "tiers": facts.tiers,
+        "not_altmetric_api": facts.not_altmetric,
+        "endpoints": list(facts.endpoints),
+        "harvested_from": facts.first,
+        "harvested_to": facts.last,
+        "outputs": query.chosen.as_dict() if query.chosen else OutputSet().as_dict(),
         "tool": f"{DISTRIBUTION} {__version__}",
         "table": query.name,
         "query": query.sql,
         "format": fmt,
-        "exported_at": jobs.utcnow().isoformat(timespec="seconds") + "Z",
+        "exported_at": clock.utcnow().isoformat(timespec="seconds") + "Z",
         "attribution": ATTRIBUTION,
         "terms": TERMS,
     }
-
-
-def _harvest_facts(engine: Engine) -> tuple[list[str], str | None, str | None]:
-    """The endpoints harvested and the first and last harvest times, from the jobs and outputs tables."""
-    names = set(relations(engine))
-    endpoints: list[str] = []
-    first = last = None
-    with engine.connect() as conn:
-        if "jobs" in names:
-            endpoints = [r[0] for r in conn.exec_driver_sql("SELECT DISTINCT endpoint FROM jobs WHERE started_at IS NOT NULL ORDER BY endpoint")]
-        if "outputs" in names:
-            row = conn.exec_driver_sql("SELECT MIN(COALESCE(first_harvested_at, harvested_at)), MAX(harvested_at) FROM outputs").one()
-            first, last = (_iso(v) for v in row)
-        if first is None and "jobs" in names:
-            row = conn.exec_driver_sql("SELECT MIN(started_at), MAX(COALESCE(finished_at, started_at)) FROM jobs").one()
-            first, last = (_iso(v) for v in row)
-    return endpoints, first, last
 
 
 def _iso(value: Any) -> str | None:
@@ -230,10 +376,13 @@ def _iso(value: Any) -> str | None:
 def attribution_lines(info: dict[str, Any]) -> list[str]:
     """The attribution as a few lines for stderr."""
     span = f"{(info['harvested_from'] or '?')[:10]} to {(info['harvested_to'] or '?')[:10]}"
-    return [
-        f"{ATTRIBUTION}; Details Page API endpoints {', '.join(info['endpoints']) or 'none'}, harvested {span} with {info['tool']}.",
+    lines = [
+        f"{ATTRIBUTION}; Details Page API endpoints {', '.join(info['endpoints']) or 'none'}, harvested {span} from {info['api']} with {info['tool']}.",
         "Terms: cite Altmetric.com; data from a free (researcher) key must not be redistributed or published.",
     ]
+    if info["not_altmetric_api"]:
+        lines.append(f"Note: not from Altmetric's API ({', '.join(info['not_altmetric_api'])}): test data, e.g. from the bundled fake API.")
+    return lines
 
 
 # --- writing -----------------------------------------------------------------------------------
@@ -288,7 +437,9 @@ def require_pyarrow() -> None:
         raise ExportError(f"Parquet needs pyarrow: {PARQUET_HINT}") from None
 
 
-def _write_parquet(out: IO[bytes], columns: list[str], chunks: Iterator[list[tuple[Any, ...]]], types: dict[str, TypeEngine[Any]], info: dict[str, Any]) -> int:
+def _write_parquet(
+    out: IO[bytes], columns: list[str], chunks: Iterator[list[tuple[Any, ...]]], types: dict[str, TypeEngine[Any]], info: dict[str, Any]
+) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -354,7 +505,14 @@ def _arrow_type(pa: Any, sql_type: TypeEngine[Any] | None, sample: list[Any]) ->
     if isinstance(sql_type, String):
         return pa.string()
     value = next((v for v in sample if v is not None), None)
-    for kind, arrow in ((bool, pa.bool_()), (int, pa.int64()), ((float, Decimal), pa.float64()), (datetime, pa.timestamp("us")), (date, pa.date32()), ((bytes, memoryview), pa.binary())):
+    for kind, arrow in (
+        (bool, pa.bool_()),
+        (int, pa.int64()),
+        ((float, Decimal), pa.float64()),
+        (datetime, pa.timestamp("us")),
+        (date, pa.date32()),
+        ((bytes, memoryview), pa.binary()),
+    ):
         if isinstance(value, kind):
             # An integer column of a view (SQLite types none) may hold REAL values further down.
             if kind is int and any(isinstance(v, float) for v in sample):
@@ -492,12 +650,11 @@ def _stdout_bytes() -> IO[bytes]:
 def datasette_metadata(engine: Engine, database_name: str) -> dict[str, Any]:
     """A metadata.json for `datasette serve DB.db --metadata metadata.json`: title, source, terms, tables."""
     names = set(relations(engine))
-    endpoints, first, last = _harvest_facts(engine)
-    span = f" Harvested {first[:10]} to {last[:10]}" if first and last else ""
+    facts = origin(engine)
+    endpoints, first, last = facts.endpoints, facts.first, facts.last
+    span = f" Harvested {first[:10]} to {last[:10]} from {', '.join(facts.urls)}" if first and last else ""
     tables = {
-        name: {"description": text, "source": SOURCE_NAME, "source_url": SOURCE_URL}
-        for name, text in DESCRIPTIONS.items()
-        if name in names
+        name: {"description": text, "source": SOURCE_NAME, "source_url": SOURCE_URL} for name, text in DESCRIPTIONS.items() if name in names
     }
     return {
         "title": "Altmetric attention data",

@@ -9,28 +9,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import socket
-import threading
-import uuid
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, BinaryIO
 
-from sqlalchemy import Connection, Engine, Table, func, insert, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Engine, func, insert, select, text, update
 
-from harvester import schema
-from harvester.errors import ConfigError, JobBusyError, JobError
+from harvester import db, schema
+from harvester.clock import utcnow
+from harvester.errors import JobError
 from harvester.ids import IdLine, read_ids
-from harvester.log import redact
+from harvester.params import ApiUsed, HarvestParams, JobParams, for_endpoint
 
 # CitationsParams and FetchOptions are re-exported (`as`): modules that handle a Job name its params' types as jobs.*.
 from harvester.params import CitationsParams as CitationsParams
 from harvester.params import FetchOptions as FetchOptions
-from harvester.params import HarvestParams, JobParams, for_endpoint
+from harvester.vocabulary import ItemStatus, JobKind, JobStatus
 
 logger = logging.getLogger(__name__)
 
@@ -41,68 +36,13 @@ STALE_AFTER = timedelta(seconds=60)
 _CHUNK = 2000
 
 
-_CLOCK_OFFSET = "_HARVESTER_CLOCK_OFFSET"  # how the injected clock reaches the writer process
-_offset: timedelta | None = None
-
-
-def utcnow() -> datetime:
-    """Now, in naive UTC: the time every stored timestamp and every nightly decision uses.
-
-    HARVESTER_NOW=2026-11-24T03:00:00 runs the harvester as if it were that
-    moment (the clock then runs on from there): how schedules such as two
-    nights in a row are tested. Never set it in production.
-    """
-    return datetime.now(UTC).replace(tzinfo=None) + clock_offset()
-
-
-def clock_offset() -> timedelta:
-    """How far the harvester's clock is set from the real one (HARVESTER_NOW; zero in production)."""
-    global _offset
-    if _offset is None:
-        _offset = _clock_offset()
-    return _offset
-
-
-def db_now(conn: Connection) -> datetime:
-    """Now by the database server's clock (naive UTC), plus the harvester's clock offset.
-
-    Leases, heartbeats and the shared rate budget are compared across processes
-    and machines: one clock, the server's, keeps a host with a skewed clock from
-    taking what another still holds. SQLite has no server: its clock is this host's.
-    """
-    if conn.dialect.name == "postgresql":
-        server: datetime = conn.execute(text("SELECT clock_timestamp() AT TIME ZONE 'UTC'")).scalar_one()
-    else:
-        server = datetime.now(UTC).replace(tzinfo=None)
-    return server + clock_offset()
-
-
-def _clock_offset() -> timedelta:
-    inherited = os.environ.get(_CLOCK_OFFSET)
-    if inherited:
-        return timedelta(seconds=float(inherited))
-    wanted = os.environ.get("HARVESTER_NOW")
-    if not wanted:
-        return timedelta(0)
-    try:
-        when = datetime.fromisoformat(wanted)
-    except ValueError:
-        raise ConfigError(f"HARVESTER_NOW must be an ISO date-time like 2026-11-24T03:00:00, not {wanted!r}") from None
-    if when.tzinfo is not None:
-        when = when.astimezone(UTC).replace(tzinfo=None)
-    offset = when - datetime.now(UTC).replace(tzinfo=None)
-    # Child processes (the writer) inherit one offset, so that both clocks agree.
-    os.environ[_CLOCK_OFFSET] = str(offset.total_seconds())
-    return offset
-
-
 @dataclass(frozen=True)
 class Job:
     id: int
     name: str | None
-    endpoint: str
+    endpoint: JobKind
     id_type: str
-    status: str
+    status: JobStatus
     sources: list[str]
     params: JobParams  # typed by endpoint (harvester.params); as_dict() is the stored JSON
     total_items: int
@@ -117,11 +57,6 @@ class Job:
     heartbeat_at: datetime | None
     lock_name: str | None = None
 
-    @property
-    def fetch(self) -> FetchOptions | None:
-        """A Fetch job's options; None for any other job (and for a Fetch job created without them)."""
-        return self.params.fetch if isinstance(self.params, HarvestParams) and self.endpoint == "fetch" else None
-
 
 @dataclass(frozen=True, slots=True)
 class Item:
@@ -134,6 +69,8 @@ def _job(row: Any) -> Job:
     values = dict(row._mapping)
     values["sources"] = json.loads(values["sources"] or "[]")
     values["params"] = for_endpoint(values["endpoint"], json.loads(values["params"] or "{}"))
+    values["endpoint"] = JobKind(values["endpoint"])
+    values["status"] = JobStatus(values["status"])
     return Job(**values)
 
 
@@ -145,21 +82,22 @@ def create_job(
     name: str | None = None,
     params: HarvestParams | None = None,
     stdin: BinaryIO | None = None,
+    column: str | None = None,
 ) -> Job:
     """Create a job and load its ids, all in one transaction.
 
     A crash while loading leaves no half-loaded job behind. Duplicates collapse
     on the primary key (DOIs compare lower-cased); invalid lines go to job_rejects.
+    `column`: the sources are CSV/TSV exports, their ids in this column. With id_type
+    "auto" each item has its own id type (job_items.id_type); the job's is "auto".
     """
     now = utcnow()
-    lines = read_ids(sources, id_type, stdin)
+    lines = read_ids(sources, id_type, stdin, column=column)
     with engine.begin() as conn:
         job_id = new_job(conn, endpoint, id_type, name, params or HarvestParams(), sources, now)
         load = _copy_lines if conn.dialect.name == "postgresql" else _insert_lines
         valid, rejected = load(conn, job_id, id_type, lines, now)
-        total = conn.execute(
-            select(func.count()).select_from(schema.job_items).where(schema.job_items.c.job_id == job_id)
-        ).scalar_one()
+        total = conn.execute(select(func.count()).select_from(schema.job_items).where(schema.job_items.c.job_id == job_id)).scalar_one()
         conn.execute(
             update(schema.jobs)
             .where(schema.jobs.c.id == job_id)
@@ -186,7 +124,7 @@ def _insert_lines(conn: Connection, job_id: int, id_type: str, lines: Iterable[I
     insert_rejects = f"INSERT INTO job_rejects ({_REJECT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
     valid = rejected = 0
     for chunk in _chunks(lines, _BULK_CHUNK):
-        items = [(job_id, id_type, line.key, line.exact, line.line_no, stamp) for line in chunk if line.key is not None]
+        items = [(job_id, line.id_type or id_type, line.key, line.exact, line.line_no, stamp) for line in chunk if line.key is not None]
         rejects = [
             (job_id, line.line_no, line.source, line.source_line, line.text[:1000], line.reason) for line in chunk if line.key is None
         ]
@@ -208,8 +146,8 @@ def _copy_lines(conn: Connection, job_id: int, id_type: str, lines: Iterable[IdL
     so of two lines with one key the first is kept, as when they are inserted one by one.
     """
     conn.exec_driver_sql(
-        "CREATE TEMPORARY TABLE job_load (line_no bigint, identifier text, input text, source text, source_line bigint,"
-        " line text, reason text) ON COMMIT DROP"
+        "CREATE TEMPORARY TABLE job_load (line_no bigint, id_type text, identifier text, input text, source text,"
+        " source_line bigint, line text, reason text) ON COMMIT DROP"
     )
     valid = rejected = 0
     driver = conn.connection.driver_connection
@@ -217,15 +155,15 @@ def _copy_lines(conn: Connection, job_id: int, id_type: str, lines: Iterable[IdL
     with driver.cursor() as cursor, cursor.copy("COPY job_load FROM STDIN") as copy:
         for line in lines:
             if line.key is not None:
-                copy.write_row((line.line_no, line.key, line.exact, None, None, None, None))
+                copy.write_row((line.line_no, line.id_type or id_type, line.key, line.exact, None, None, None, None))
                 valid += 1
             else:
-                copy.write_row((line.line_no, None, None, line.source, line.source_line, line.text[:1000], line.reason))
+                copy.write_row((line.line_no, None, None, None, line.source, line.source_line, line.text[:1000], line.reason))
                 rejected += 1
-    values = {"job_id": job_id, "id_type": id_type, "now": now}
+    values = {"job_id": job_id, "now": now}
     conn.execute(
         text(
-            f"INSERT INTO job_items ({_ITEM_COLUMNS}) SELECT :job_id, :id_type, identifier, input, line_no, 'pending', 0, :now"
+            f"INSERT INTO job_items ({_ITEM_COLUMNS}) SELECT :job_id, id_type, identifier, input, line_no, 'pending', 0, :now"
             " FROM job_load WHERE identifier IS NOT NULL ORDER BY line_no ON CONFLICT DO NOTHING"
         ),
         values,
@@ -255,7 +193,7 @@ def new_job(
             name=name,
             endpoint=endpoint,
             id_type=id_type,
-            status="pending",
+            status=JobStatus.PENDING,
             sources=json.dumps(sources or []),
             params=json.dumps(params.as_dict(), sort_keys=True),
             total_items=0,
@@ -265,11 +203,6 @@ def new_job(
         )
     ).inserted_primary_key[0]  # type: ignore[index]
     return job_id
-
-
-def insert_for(conn: Connection, table: Table) -> Any:
-    """The dialect's INSERT (it has ON CONFLICT)."""
-    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
 
 
 def count_items(conn: Connection, job_id: int) -> int:
@@ -284,7 +217,7 @@ def items_added(conn: Connection, job_id: int, before: int) -> int:
     job = update(schema.jobs).where(schema.jobs.c.id == job_id)
     conn.execute(job.values(total_items=total))
     if total > before:
-        conn.execute(job.where(schema.jobs.c.status == "finished").values(status="pending", finished_at=None))
+        conn.execute(job.where(schema.jobs.c.status == JobStatus.FINISHED).values(status=JobStatus.PENDING, finished_at=None))
     return total - before
 
 
@@ -301,7 +234,7 @@ def add_items(conn: Connection, job_id: int, items: Iterable[tuple[str, str, int
         return 0
     before = count_items(conn, job_id)
     for start in range(0, len(rows), _CHUNK):
-        conn.execute(insert_for(conn, schema.job_items).on_conflict_do_nothing(), rows[start : start + _CHUNK])
+        conn.execute(db.insert(conn, schema.job_items).on_conflict_do_nothing(), rows[start : start + _CHUNK])
     return items_added(conn, job_id, before)
 
 
@@ -314,6 +247,24 @@ def set_params(conn: Connection, job_id: int, **changes: Any) -> JobParams:
     params = dataclasses.replace(for_endpoint(row.endpoint, json.loads(row.params or "{}")), **changes)
     conn.execute(update(schema.jobs).where(schema.jobs.c.id == job_id).values(params=json.dumps(params.as_dict(), sort_keys=True)))
     return params
+
+
+def record_api(engine: Engine, job_id: int, url: str, tier: str | None) -> None:
+    """Add the API base URL (and tier) a run of the job uses to its params, once: the provenance
+    that the report and the exports name (a job resumed against another URL lists both)."""
+    used = ApiUsed.of(url, tier)
+    t = schema.jobs.c
+    with engine.connect() as conn:
+        stored = conn.execute(select(t.endpoint, t.params).where(t.id == job_id)).one()
+    known = for_endpoint(stored.endpoint, json.loads(stored.params or "{}"))
+    if not isinstance(known, (HarvestParams, CitationsParams)) or used in known.api:
+        return
+    with engine.begin() as conn:
+        row = conn.execute(select(t.endpoint, t.params).where(t.id == job_id).with_for_update()).one()
+        params = for_endpoint(row.endpoint, json.loads(row.params or "{}"))
+        if isinstance(params, (HarvestParams, CitationsParams)) and used not in params.api:
+            params = dataclasses.replace(params, api=(*params.api, used))
+            conn.execute(update(schema.jobs).where(t.id == job_id).values(params=json.dumps(params.as_dict(), sort_keys=True)))
 
 
 def create_citations_job(
@@ -336,7 +287,7 @@ def create_citations_job(
     """
     now = utcnow()
     params = CitationsParams(timeframe, num_results, filters, pages, nightly=nightly)
-    job_id = new_job(conn, "citations", "page", name, params, now=now)
+    job_id = new_job(conn, JobKind.CITATIONS, "page", name, params, now=now)
     follow_id = None
     if then is not None:
         follow_name = then_name or (f"{name}: {then}" if name else f"{then} of the outputs job {job_id} lists")
@@ -355,46 +306,6 @@ def chain(engine: Engine, job: Job) -> list[Job]:
     if isinstance(p, CitationsParams) and p.then_job:
         return [job, get_job(engine, p.then_job)]
     return [job]
-
-
-def beat(engine: Engine, runner: str) -> None:
-    """Refresh the heartbeat of every job this runner holds (a nightly and its current step)."""
-    with engine.begin() as conn:
-        conn.execute(update(schema.jobs).where(schema.jobs.c.runner == runner).values(heartbeat_at=db_now(conn)))
-
-
-@contextmanager
-def beating(engine: Engine, runner: str, every: float = 15.0) -> Iterator[None]:
-    """Keep `runner`'s heartbeat fresh while the block runs (SQL that can take minutes), and beat once at its end.
-
-    The beats run in a daemon thread, each on its own connection from the
-    engine's pool: the block's transaction holds another, and a beat must
-    commit on its own. A beat that fails (SQLite lets one writer in at a time,
-    so it waits while the block writes) is logged and tried again at the next
-    tick. Open it outside the block's transaction (`with beating(...),
-    engine.begin() as conn:`), so that the last beat comes after that
-    transaction has ended rather than waiting for it.
-    """
-    stop = threading.Event()
-
-    def beat_once() -> None:
-        try:
-            beat(engine, runner)
-        except Exception as e:  # a missed beat must not fail the work it accompanies; the next one may pass
-            logger.debug("heartbeat of %s failed: %s", runner, e)
-
-    def run() -> None:
-        while not stop.wait(every):
-            beat_once()
-
-    thread = threading.Thread(target=run, name=f"heartbeat {runner}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-    beat_once()
 
 
 def _chunks(lines: Iterable[IdLine], size: int) -> Iterator[list[IdLine]]:
@@ -424,7 +335,7 @@ def list_jobs(engine: Engine) -> list[Job]:
 def newest_unfinished(engine: Engine) -> Job:
     with engine.connect() as conn:
         row = conn.execute(
-            select(schema.jobs).where(schema.jobs.c.status != "finished").order_by(schema.jobs.c.id.desc()).limit(1)
+            select(schema.jobs).where(schema.jobs.c.status != JobStatus.FINISHED).order_by(schema.jobs.c.id.desc()).limit(1)
         ).first()
     if row is None:
         raise JobError("there is no unfinished job to resume")
@@ -440,103 +351,10 @@ def item_counts(engine: Engine, job_id: int) -> dict[str, int]:
 def item_counts_in(conn: Connection, job_id: int) -> dict[str, int]:
     counts = dict.fromkeys(STATUSES, 0)
     rows = conn.execute(
-        select(schema.job_items.c.status, func.count())
-        .where(schema.job_items.c.job_id == job_id)
-        .group_by(schema.job_items.c.status)
+        select(schema.job_items.c.status, func.count()).where(schema.job_items.c.job_id == job_id).group_by(schema.job_items.c.status)
     )
     counts.update({status: n for status, n in rows})
     return counts
-
-
-def new_runner_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def _runner_is_dead(runner: str, heartbeat_at: datetime | None, now: datetime) -> bool:
-    """A runner is gone when its heartbeat is stale, or when it was a process on this host that no longer exists."""
-    if heartbeat_at is None or now - heartbeat_at > STALE_AFTER:
-        return True
-    host, _, rest = runner.partition(":")
-    pid = rest.partition(":")[0]
-    if host == socket.gethostname() and pid.isdigit():
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-    return False
-
-
-def started(runner: str, now: datetime) -> dict[str, Any]:
-    """A job row's columns when a process starts working on it."""
-    return {
-        "runner": runner,
-        "heartbeat_at": now,
-        "status": "running",
-        "started_at": func.coalesce(schema.jobs.c.started_at, now),
-        "finished_at": None,
-        "last_error": None,
-        "resume_after": None,
-    }
-
-
-def ended(status: str, now: datetime, error: str | None, resume_after: datetime | None) -> dict[str, Any]:
-    """A job row's columns when its (last) process stops working on it."""
-    return {
-        "status": status,
-        "runner": None,
-        "heartbeat_at": now,
-        "last_error": redact(error) if error is not None else None,
-        "resume_after": resume_after,
-        "finished_at": now if status == "finished" else None,
-    }
-
-
-def runner_alive(engine: Engine, job: Job) -> bool:
-    """Is the process named in the job's runner column alive (fresh heartbeat, by the database's clock)?"""
-    if job.runner is None:
-        return False
-    with engine.connect() as conn:
-        now = db_now(conn)
-    return not _runner_is_dead(job.runner, job.heartbeat_at, now)
-
-
-def take_over(engine: Engine, job_id: int, runner: str) -> Job:
-    """Become the job's only runner and release the leases a dead runner left behind.
-
-    The swap is a conditional UPDATE, so two processes racing for one job
-    cannot both win.
-    """
-    job = get_job(engine, job_id)
-    with engine.connect() as conn:
-        now = db_now(conn)
-    if job.runner and job.runner != runner and not _runner_is_dead(job.runner, job.heartbeat_at, now):
-        age = (now - job.heartbeat_at).total_seconds() if job.heartbeat_at else 0
-        raise JobBusyError(f"job {job_id} is being run by {job.runner} (heartbeat {age:.0f}s ago); try again later")
-    with engine.begin() as conn:
-        cond = schema.jobs.c.runner.is_(None) if job.runner is None else schema.jobs.c.runner == job.runner
-        swapped = conn.execute(update(schema.jobs).where(schema.jobs.c.id == job_id, cond).values(started(runner, now))).rowcount
-        if swapped != 1:
-            raise JobBusyError(f"job {job_id} was taken by another process just now; try again later")
-        conn.execute(
-            update(schema.job_items)
-            .where(schema.job_items.c.job_id == job_id, schema.job_items.c.claimed_by.is_not(None))
-            .values(claimed_by=None, lease_until=None)
-        )
-    return get_job(engine, job_id)
-
-
-def release(engine: Engine, job_id: int, runner: str, status: str, error: str | None = None, resume_after: datetime | None = None) -> None:
-    """End a run: record the job's status and give up the runner slot and leases."""
-    with engine.begin() as conn:
-        now = db_now(conn)
-        conn.execute(update(schema.jobs).where(schema.jobs.c.id == job_id, schema.jobs.c.runner == runner).values(ended(status, now, error, resume_after)))
-        conn.execute(
-            update(schema.job_items)
-            .where(schema.job_items.c.job_id == job_id, schema.job_items.c.claimed_by == runner)
-            .values(claimed_by=None, lease_until=None)
-        )
 
 
 def retry_failed(engine: Engine, job_id: int) -> int:
@@ -545,14 +363,14 @@ def retry_failed(engine: Engine, job_id: int) -> int:
     with engine.begin() as conn:
         n = conn.execute(
             update(schema.job_items)
-            .where(schema.job_items.c.job_id == job_id, schema.job_items.c.status == "failed")
-            .values(status="pending", attempts=0, updated_at=utcnow())
+            .where(schema.job_items.c.job_id == job_id, schema.job_items.c.status == ItemStatus.FAILED)
+            .values(status=ItemStatus.PENDING, attempts=0, updated_at=utcnow())
         ).rowcount
         if n:
             conn.execute(
                 update(schema.jobs)
                 .where(schema.jobs.c.id == job_id, schema.jobs.c.runner.is_(None))
-                .values(status="pending", finished_at=None)
+                .values(status=JobStatus.PENDING, finished_at=None)
             )
     return n
 
@@ -575,8 +393,8 @@ def recent_rate(engine: Engine, job_id: int, window: timedelta = timedelta(minut
     since = utcnow() - window
     with engine.connect() as conn:
         n = conn.execute(
-            select(func.count()).select_from(schema.job_items).where(
-                ji.job_id == job_id, ji.status != "pending", ji.updated_at >= since
-            )
+            select(func.count())
+            .select_from(schema.job_items)
+            .where(ji.job_id == job_id, ji.status != ItemStatus.PENDING, ji.updated_at >= since)
         ).scalar_one()
     return n / window.total_seconds()

@@ -49,13 +49,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from harvester import jobs, leases, pipeline, schema
+from harvester import clock, db, endpoints, jobs, leases, pipeline, schema
 from harvester.budget import key_hash
 from harvester.config import Config, citation_filters, filters_text, parse_duration
-from harvester.errors import ExitCode, ItemStatus, JobBusyError, JobError, JobStatus
-from harvester.params import FetchOptions, HarvestParams, NightlyParams
+from harvester.errors import JobBusyError, JobError
+from harvester.params import HarvestParams, NightlyParams
 from harvester.pipeline import ProgressCallback, RunOutcome
 from harvester.store import upsert
+from harvester.vocabulary import ID_ENDPOINTS, ExitCode, ItemStatus, JobKind, JobStatus
 
 logger = logging.getLogger(__name__)
 
@@ -82,9 +83,20 @@ class Report:
     movers: list[dict[str, Any]] = field(default_factory=list)
     message: str | None = None
     stopped_step: int | None = None  # the job to resume when it did not finish
+    # The mode the night ran in, and (changes mode, changefeed.py) what its listing found; None: not recorded.
+    mode: str | None = None
+    mode_note: str | None = None  # why it fell back to refresh, or why its listing is incomplete
+    complete: bool | None = None
+    timeframe: str | None = None
+    requests: int | None = None
+    listed: int | None = None
+    listed_tracked: int | None = None
+    carried: int | None = None
+    full_refreshed: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        out = dict(self.__dict__)
+        # The change feed's keys only where a night recorded them: a refresh night's JSON keeps its keys.
+        out = {k: v for k, v in self.__dict__.items() if v is not None or k not in _CHANGES_KEYS}
         out["night"] = self.night.isoformat()
         out["movers"] = [{k: v.isoformat() if isinstance(v, date) else v for k, v in m.items()} for m in self.movers]
         return out
@@ -98,8 +110,10 @@ def run(engine: Engine, config: Config, progress: ProgressFactory | None = None,
     gone on this host) is taken over. `resume_only`: finish the unfinished
     one and start nothing new (`harvester resume`).
     """
-    runner = jobs.new_runner_id()
+    runner = leases.new_runner_id()
     reports: list[Report] = []
+    # The nightly is one more worker (leases.py): its row shows it in `status`, its heartbeat keeps the lock.
+    leases.register(engine, runner, "nightly")
     try:
         while True:
             job, created = acquire(engine, config, runner, create=not resume_only)
@@ -107,7 +121,7 @@ def run(engine: Engine, config: Config, progress: ProgressFactory | None = None,
             reports.append(report)
             # A leftover from an earlier night, now finished: tonight's work comes next. (Not after
             # a nightly this run started, even if it ran past midnight.)
-            if created or resume_only or report.status != JobStatus.FINISHED or report.night >= jobs.utcnow().date():
+            if created or resume_only or report.status != JobStatus.FINISHED or report.night >= clock.utcnow().date():
                 return reports
     finally:
         # Its steps ran as a worker under the nightly's runner: it leaves the workers table with it.
@@ -124,15 +138,15 @@ def acquire(engine: Engine, config: Config, runner: str, create: bool = True) ->
             held = conn.execute(select(schema.jobs.c.id).where(schema.jobs.c.lock_name == LOCK)).scalar()
         if held is not None:
             try:
-                return jobs.take_over(engine, held, runner), False
+                return leases.take_over(engine, held, runner), False
             except JobBusyError as e:
                 raise JobBusyError(f"another nightly is running: {e}") from None
         if not create:
             raise JobError("there is no unfinished nightly to resume")
-        now = jobs.utcnow()
+        now = clock.utcnow()
         try:
             with engine.begin() as conn:
-                job_id = jobs.new_job(conn, "nightly", "-", f"nightly {now:%Y-%m-%d}", params_for(config, now), now=now)
+                job_id = jobs.new_job(conn, JobKind.NIGHTLY, "-", f"nightly {now:%Y-%m-%d}", params_for(config, now), now=now)
                 # The unique lock_name is what refuses a second nightly started at the same moment.
                 conn.execute(
                     update(schema.jobs)
@@ -148,11 +162,11 @@ def acquire(engine: Engine, config: Config, runner: str, create: bool = True) ->
 def params_for(config: Config, now: datetime) -> NightlyParams:
     """The nightly's settings, kept with it: a nightly resumed tomorrow finishes as it began."""
     n = config.nightly
-    if "citations" not in config.api.endpoints:
+    if JobKind.CITATIONS not in config.api.endpoints:
         logger.warning("nightly: no discovery, [api] endpoints excludes citations; refreshing what is due")
     return NightlyParams(
         night=now.date(),
-        discover="citations" in config.api.endpoints,
+        discover=JobKind.CITATIONS in config.api.endpoints,
         timeframe=n.timeframe,
         filters=citation_filters(n.filters),
         num_results=n.num_results,
@@ -162,13 +176,24 @@ def params_for(config: Config, now: datetime) -> NightlyParams:
         max_items=n.max_items,
         follow_discovered=n.follow_discovered,
         endpoint=n.endpoint,
-        fetch=FetchOptions.from_config(config.fetch) if n.endpoint == "fetch" else None,
+        fetch=endpoints.by_kind(n.endpoint).harvest_params(config.fetch).fetch,
+        mode=n.mode,
+        full_refresh_after=n.full_refresh_after,
     )
 
 
 def _run_one(engine: Engine, config: Config, job: jobs.Job, runner: str, progress: ProgressFactory | None) -> Report:
     p = job.params
     assert isinstance(p, NightlyParams)  # jobs._job types a nightly row's params by its endpoint
+    if p.mode == "changes" and not (p.changes or {}).get("fallback"):
+        from harvester import changefeed  # it builds on this module's steps
+
+        changed: Report | None = changefeed.run_night(engine, config, job, runner, progress)
+        if changed is not None:
+            return changed
+        job = jobs.get_job(engine, job.id)  # the key lacks Citations: tonight runs as a refresh night
+        p = job.params
+        assert isinstance(p, NightlyParams)
     night = p.night
     if p.refresh_job is None:
         name = f"nightly {night}"
@@ -180,8 +205,15 @@ def _run_one(engine: Engine, config: Config, job: jobs.Job, runner: str, progres
             if pages != 0:
                 # No follow-up job: the refresh takes what the listing found after the user's lists (add_due).
                 discovery_job, _ = jobs.create_citations_job(
-                    conn, p.timeframe, p.filters, p.num_results, pages, None, f"{name} discovery", job.id,
-                )  # fmt: skip
+                    conn,
+                    p.timeframe,
+                    p.filters,
+                    p.num_results,
+                    pages,
+                    None,
+                    f"{name} discovery",
+                    job.id,
+                )
             refresh_job = jobs.new_job(conn, p.endpoint, "doi", f"{name} refresh", refresh_params)
             jobs.set_params(conn, job.id, discovery_job=discovery_job, refresh_job=refresh_job, discovery_pages=pages)
             p = replace(p, discovery_job=discovery_job, refresh_job=refresh_job, discovery_pages=pages)
@@ -195,14 +227,16 @@ def _run_one(engine: Engine, config: Config, job: jobs.Job, runner: str, progres
         _warn_unfiltered(engine, config, discovery, p)
     if not p.refresh_selected:
         # Minutes of SQL on a big database: without beats another process would take the nightly over.
-        with jobs.beating(engine, runner), engine.begin() as conn:
+        with leases.beating(engine, runner), engine.begin() as conn:
             quota = quota_left(conn, config)
             due = add_due(conn, refresh, p, quota, discovery)
             logger.info(
                 "nightly: refreshing %d outputs of your lists, %d discovered, %d old 404s%s",
-                due["lists"], due["discovered"], due["not_found"],
+                due["lists"],
+                due["discovered"],
+                due["not_found"],
                 "" if quota is None else f" (quota left today: {quota})",
-            )  # fmt: skip
+            )
             # The report of a nightly that runs straight through reads these too, as a resumed one does.
             selected = jobs.set_params(conn, job.id, refresh_selected=True, refresh_due=due, refresh_quota=quota)
             assert isinstance(selected, NightlyParams)
@@ -210,15 +244,25 @@ def _run_one(engine: Engine, config: Config, job: jobs.Job, runner: str, progres
     outcome = _step(engine, config, refresh, runner, progress)
     if outcome is not None and outcome.status != JobStatus.FINISHED:
         return _stopped(engine, job, night, runner, outcome)
-    with jobs.beating(engine, runner):
+    with leases.beating(engine, runner):
         report = _finish(engine, job, night, runner, discovery, refresh, p)
     keep = config.nightly.keep_done_items
     if keep != "never":
-        with jobs.beating(engine, runner):
-            pruned = prune(engine, jobs.utcnow() - parse_duration(keep))
+        with leases.beating(engine, runner):
+            pruned = prune(engine, clock.utcnow() - parse_duration(keep))
         if pruned:
             logger.info("nightly: deleted %d done items of nightlies finished before keep_done_items (%s)", pruned, keep)
     return report
+
+
+_CHANGES_KEYS = ("mode", "mode_note", "complete", "timeframe", "requests", "listed", "listed_tracked", "carried", "full_refreshed")
+
+
+def changefeed_fields(p: NightlyParams) -> dict[str, Any]:
+    """A refresh night's mode for its report and nightly_runs row (and why, when "changes" fell back to it)."""
+    from harvester import changefeed
+
+    return changefeed.refresh_fields(p)
 
 
 def discovery_pages(conn: Connection, config: Config, p: NightlyParams) -> int | None:
@@ -248,8 +292,11 @@ def _warn_unfiltered(engine: Engine, config: Config, discovery: int, p: NightlyP
         logger.warning(
             "nightly: discovery without [nightly] filters lists %d outputs: %d pages of %d a night, on a free key whose"
             " quota is %d requests a day; set filters (doi_prefix, issns ...) or pages",
-            total, pages, p.num_results, config.limits.per_day,
-        )  # fmt: skip
+            total,
+            pages,
+            p.num_results,
+            config.limits.per_day,
+        )
 
 
 def prune(engine: Engine, before: datetime) -> int:
@@ -300,7 +347,7 @@ def quota_today(conn: Connection, config: Config) -> tuple[int | None, int]:
         return limit, 0
     if row.day_limit is not None:
         limit = min(limit, int(row.day_limit))
-    used = int(row.day_used or 0) if row.day_start == jobs.utcnow().date() else 0
+    used = int(row.day_used or 0) if row.day_start == clock.utcnow().date() else 0
     return limit, used
 
 
@@ -315,7 +362,7 @@ def user_jobs(conn: Connection) -> list[int]:
     nor the follow-up of a Citations listing."""
     j = schema.jobs.c
     found = []
-    for job_id, params in conn.execute(select(j.id, j.params).where(j.endpoint.in_(("counts", "fetch")))):
+    for job_id, params in conn.execute(select(j.id, j.params).where(j.endpoint.in_(ID_ENDPOINTS))):
         if HarvestParams.from_dict(json.loads(params or "{}")).own_list:
             found.append(int(job_id))
     return found
@@ -338,7 +385,7 @@ def due_queries(conn: Connection, p: NightlyParams, discovery: int | None = None
     output is asked for by DOI, else by its Altmetric id; one that vanished
     upstream (its own id answered 404 lately) waits like any other 404.
     """
-    now = jobs.utcnow()
+    now = clock.utcnow()
     ji = schema.job_items.c
     o = schema.outputs.c
     ca = schema.citation_activity.c
@@ -399,7 +446,7 @@ def due_queries(conn: Connection, p: NightlyParams, discovery: int | None = None
             func.row_number().over(order_by=(last, ji.id_type, ji.identifier)).label("n"),
         )
         .join(schema.jobs, schema.jobs.c.id == ji.job_id)
-        .where(schema.jobs.c.endpoint.in_(("counts", "fetch")), tuple_(ji.id_type, ji.identifier).in_(old_404))
+        .where(schema.jobs.c.endpoint.in_(ID_ENDPOINTS), tuple_(ji.id_type, ji.identifier).in_(old_404))
         .group_by(ji.id_type, ji.identifier)
         .having(last < not_found_before)
         .having(func.max(ji.updated_at).filter(ji.status == ItemStatus.NOT_FOUND) == last)
@@ -422,7 +469,7 @@ def add_due(conn: Connection, refresh_job: int, p: NightlyParams, quota: int | N
     The line numbers give the order the items are claimed in: lists, then
     discovered, then 404s.
     """
-    now = jobs.utcnow()
+    now = clock.utcnow()
     before = jobs.count_items(conn, refresh_job)
     limit = room_for(p, quota)
     room = None if limit is None else max(0, limit - before)
@@ -432,10 +479,16 @@ def add_due(conn: Connection, refresh_job: int, p: NightlyParams, quota: int | N
             break
         due = (query.limit(room) if room is not None else query).subquery()
         rows = select(
-            literal(refresh_job), due.c.id_type, due.c.identifier, due.c.identifier,
-            literal(_DUE_BASE * (PARTS.index(part) + 1)) + due.c.n, literal(ItemStatus.PENDING.value), literal(0), literal(now, DateTime),
-        ).where(true())  # fmt: skip
-        insert = jobs.insert_for(conn, schema.job_items)
+            literal(refresh_job),
+            due.c.id_type,
+            due.c.identifier,
+            due.c.identifier,
+            literal(_DUE_BASE * (PARTS.index(part) + 1)) + due.c.n,
+            literal(ItemStatus.PENDING.value),
+            literal(0),
+            literal(now, DateTime),
+        ).where(true())
+        insert = db.insert(conn, schema.job_items)
         columns = ["job_id", "id_type", "identifier", "input", "line_no", "status", "attempts", "updated_at"]
         count = jobs.count_items(conn, refresh_job)
         conn.execute(insert.from_select(columns, rows).on_conflict_do_nothing())
@@ -451,21 +504,19 @@ def _stopped(engine: Engine, job: jobs.Job, night: date, runner: str, outcome: R
     """A step did not finish: the nightly keeps its lock (the next run resumes it) and says why."""
     error = outcome.message or f"job {outcome.job_id} {outcome.status}"
     resume_after = jobs.get_job(engine, outcome.job_id).resume_after
-    jobs.release(engine, job.id, runner, outcome.status, error, resume_after)
+    leases.release(engine, job.id, runner, outcome.status, error, resume_after)
     return Report(job.id, night, outcome.status, outcome.exit_code, message=outcome.message, stopped_step=outcome.job_id)
 
 
 def _finish(engine: Engine, job: jobs.Job, night: date, runner: str, discovery: int | None, refresh: int, p: NightlyParams) -> Report:
     """Count, find the movers, store the report and give the lock up: one transaction."""
-    started = job.started_at or jobs.utcnow()
-    now = jobs.utcnow()
+    started = job.started_at or clock.utcnow()
+    now = clock.utcnow()
     with engine.begin() as conn:
         counts = jobs.item_counts_in(conn, refresh)
         pages_failed = jobs.item_counts_in(conn, discovery)[ItemStatus.FAILED] if discovery is not None else 0
         discovered = conn.execute(
-            select(func.count(schema.citation_activity.c.altmetric_id.distinct())).where(
-                schema.citation_activity.c.job_id == discovery
-            )
+            select(func.count(schema.citation_activity.c.altmetric_id.distinct())).where(schema.citation_activity.c.job_id == discovery)
         ).scalar_one()
         o, ji = schema.outputs.c, schema.job_items.c
         harvested = (
@@ -486,37 +537,61 @@ def _finish(engine: Engine, job: jobs.Job, night: date, runner: str, discovery: 
         new = conn.execute(
             select(func.count()).select_from(schema.outputs).where(o.first_harvested_at >= started, o.altmetric_id.in_(ours))
         ).scalar_one()
-        refreshed = conn.execute(
-            select(func.count()).select_from(harvested).where(harvested.c.first_harvested_at < started)
-        ).scalar_one()
+        refreshed = conn.execute(select(func.count()).select_from(harvested).where(harvested.c.first_harvested_at < started)).scalar_one()
         movers = movers_of(conn, refresh)
         report = Report(
-            job.id, night, JobStatus.FINISHED, ExitCode.SOME_FAILED if counts[ItemStatus.FAILED] or pages_failed else ExitCode.OK,
-            discovered=discovered, new_outputs=new, refreshed=refreshed,
-            not_found=counts[ItemStatus.NOT_FOUND], failed=counts[ItemStatus.FAILED] + pages_failed, movers=movers,
-        )  # fmt: skip
+            job.id,
+            night,
+            JobStatus.FINISHED,
+            ExitCode.SOME_FAILED if counts[ItemStatus.FAILED] or pages_failed else ExitCode.OK,
+            discovered=discovered,
+            new_outputs=new,
+            refreshed=refreshed,
+            not_found=counts[ItemStatus.NOT_FOUND],
+            failed=counts[ItemStatus.FAILED] + pages_failed,
+            movers=movers,
+            **changefeed_fields(p),
+        )
         upsert(
             conn,
             schema.nightly_runs,
             [
                 {
-                    "job_id": job.id, "night": night, "timeframe": p.timeframe,
-                    "filters": filters_text(p.filters), "endpoint": p.endpoint,
-                    "discovery_job_id": discovery, "refresh_job_id": refresh, "discovered": discovered,
-                    "new_outputs": new, "refreshed": refreshed, "not_found": report.not_found,
-                    "failed": report.failed, "started_at": started, "finished_at": now,
+                    "job_id": job.id,
+                    "night": night,
+                    "timeframe": p.timeframe,
+                    "filters": filters_text(p.filters),
+                    "endpoint": p.endpoint,
+                    "discovery_job_id": discovery,
+                    "refresh_job_id": refresh,
+                    "discovered": discovered,
+                    "new_outputs": new,
+                    "refreshed": refreshed,
+                    "not_found": report.not_found,
+                    "failed": report.failed,
+                    "started_at": started,
+                    "finished_at": now,
+                    **changefeed_fields(p),
                 }
             ],
-        )  # fmt: skip
+        )
         conn.execute(delete(schema.nightly_movers).where(schema.nightly_movers.c.job_id == job.id))
         if movers:
             conn.execute(insert(schema.nightly_movers), [{"job_id": job.id, **m} for m in movers])
         done = conn.execute(
             update(schema.jobs)
             .where(schema.jobs.c.id == job.id, schema.jobs.c.runner == runner)
-            .values(status=JobStatus.FINISHED, finished_at=now, runner=None, lock_name=None, heartbeat_at=now, last_error=None,
-                    resume_after=None, params=json.dumps(replace(p, report=report.as_dict()).as_dict(), sort_keys=True))
-        ).rowcount  # fmt: skip
+            .values(
+                status=JobStatus.FINISHED,
+                finished_at=now,
+                runner=None,
+                lock_name=None,
+                heartbeat_at=now,
+                last_error=None,
+                resume_after=None,
+                params=json.dumps(replace(p, report=report.as_dict()).as_dict(), sort_keys=True),
+            )
+        ).rowcount
         if done != 1:
             raise JobError(f"nightly job {job.id} was taken over by another process; its report was not stored")
     return report

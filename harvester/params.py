@@ -15,8 +15,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from harvester.config import FetchConfig, NightlyConfig
+from harvester.vocabulary import JobKind
 
 
 def _sorted(d: dict[str, Any]) -> dict[str, Any]:
@@ -73,6 +75,31 @@ class FetchOptions:
 
 
 @dataclass(frozen=True)
+class ApiUsed:
+    """The API a job's requests went to (its base URL, without credentials or query) and the tier: the data's provenance."""
+
+    url: str
+    tier: str | None = None
+
+    @classmethod
+    def of(cls, url: str, tier: str | None) -> ApiUsed:
+        parts = urlsplit(url.strip())
+        host = parts.hostname or ""
+        netloc = f"[{host}]" if ":" in host else host
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+        return cls(urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", "")) if netloc else url.strip(), tier)
+
+    @classmethod
+    def read(cls, value: Any) -> tuple[ApiUsed, ...]:
+        """The "api" key of any version's JSON: absent (jobs run before it was recorded) is ()."""
+        return tuple(cls(str(v["url"]), v.get("tier")) for v in value or () if isinstance(v, dict) and v.get("url"))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"tier": self.tier, "url": self.url}
+
+
+@dataclass(frozen=True)
 class HarvestParams:
     """A Counts or Fetch job's: the user's harvest, a Citations listing's follow-up, or a nightly's refresh."""
 
@@ -80,6 +107,7 @@ class HarvestParams:
     fetch: FetchOptions | None = None  # a Fetch job's options; None for Counts
     nightly: int | None = None  # the nightly this job is the refresh step of
     after_job: int | None = None  # the Citations job whose listing feeds this one
+    api: tuple[ApiUsed, ...] = ()  # every API its runs used (jobs.record_api); written only once one has run
 
     @property
     def own_list(self) -> bool:
@@ -95,6 +123,7 @@ class HarvestParams:
             fetch=FetchOptions.from_dict(fetch) if fetch is not None else None,
             nightly=_int(d.get("nightly")),
             after_job=_int(d.get("after_job")),
+            api=ApiUsed.read(d.get("api")),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -107,6 +136,8 @@ class HarvestParams:
             out["nightly"] = self.nightly
         if self.after_job is not None:
             out["after_job"] = self.after_job
+        if self.api:
+            out["api"] = [a.as_dict() for a in self.api]
         return _sorted(out)
 
 
@@ -121,6 +152,10 @@ class CitationsParams:
     then_job: int | None = None  # the follow-up harvest that the listed outputs are added to
     then: str | None = None  # its endpoint
     nightly: int | None = None  # the nightly this job is the discovery step of
+    api: tuple[ApiUsed, ...] = ()  # every API its runs used (jobs.record_api)
+    # A change-feed listing (changefeed.py): only outputs the database already tracks are stored, and
+    # every page's query.total is kept (listing_pages) so the night can tell whether it read the listing whole.
+    tracked_only: bool = False
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CitationsParams:
@@ -132,6 +167,8 @@ class CitationsParams:
             then_job=_int(d.get("then_job")),
             then=d.get("then"),
             nightly=_int(d.get("nightly")),
+            api=ApiUsed.read(d.get("api")),
+            tracked_only=bool(d.get("tracked_only", False)),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -140,6 +177,10 @@ class CitationsParams:
             out["nightly"] = self.nightly
         if self.then_job is not None:
             out |= {"then_job": self.then_job, "then": self.then}
+        if self.api:
+            out["api"] = [a.as_dict() for a in self.api]
+        if self.tracked_only:
+            out["tracked_only"] = True
         return _sorted(out)
 
 
@@ -163,6 +204,10 @@ class NightlyParams:
     follow_discovered: str = _N.follow_discovered
     endpoint: str = _N.endpoint  # the refresh's: counts or fetch
     fetch: FetchOptions | None = None  # a Fetch refresh's options
+    mode: str = _N.mode  # "refresh" or "changes" ([nightly] mode when the night began)
+    full_refresh_after: str = _N.full_refresh_after  # "changes" mode's slow full refresh
+    # "changes" mode's progress (changefeed.py): its jobs, window, spent requests, outcome; None until it starts.
+    changes: dict[str, Any] | None = None
     # Step 1, the jobs created (together): discovery_job is None when there is no discovery tonight.
     refresh_job: int | None = None
     discovery_job: int | None = None
@@ -190,6 +235,9 @@ class NightlyParams:
             follow_discovered=d.get("follow_discovered") or _N.follow_discovered,
             endpoint=d.get("endpoint", _N.endpoint),
             fetch=FetchOptions.from_dict(fetch) if fetch else None,
+            mode=d.get("mode") or _N.mode,
+            full_refresh_after=d.get("full_refresh_after") or _N.full_refresh_after,
+            changes=d.get("changes"),
             refresh_job=_int(d.get("refresh_job")),
             discovery_job=_int(d.get("discovery_job")),
             discovery_pages=_int(d.get("discovery_pages")),
@@ -214,6 +262,11 @@ class NightlyParams:
             "endpoint": self.endpoint,
             "fetch": self.fetch.as_dict() if self.fetch is not None else None,
         }
+        # A refresh night's JSON stays what it always was: the change feed's keys appear only where it was asked for.
+        if self.mode != "refresh":
+            out |= {"mode": self.mode, "full_refresh_after": self.full_refresh_after}
+        if self.changes is not None:
+            out["changes"] = self.changes
         # The state keys appear as each step records them: until then the JSON has none of them.
         if self.refresh_job is not None:
             out |= {"discovery_job": self.discovery_job, "refresh_job": self.refresh_job, "discovery_pages": self.discovery_pages}
@@ -227,10 +280,11 @@ class NightlyParams:
 JobParams = HarvestParams | CitationsParams | NightlyParams
 
 
+# What each kind of job keeps in jobs.params (a kind not listed keeps HarvestParams).
+PARAMS_TYPES: dict[str, type[CitationsParams] | type[NightlyParams]] = {JobKind.CITATIONS: CitationsParams, JobKind.NIGHTLY: NightlyParams}
+
+
 def for_endpoint(endpoint: str, d: Mapping[str, Any] | None) -> JobParams:
-    """A job row's params, typed by its endpoint."""
-    if endpoint == "citations":
-        return CitationsParams.from_dict(d or {})
-    if endpoint == "nightly":
-        return NightlyParams.from_dict(d or {})
-    return HarvestParams.from_dict(d)
+    """A job row's params, typed by its kind (jobs.endpoint)."""
+    special = PARAMS_TYPES.get(endpoint)
+    return special.from_dict(d or {}) if special is not None else HarvestParams.from_dict(d)

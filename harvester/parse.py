@@ -614,9 +614,7 @@ def mention_id(altmetric_id: int, source: str, post_key: str) -> int:
     return int.from_bytes(digest, "big") & (2**63 - 1)
 
 
-def mention_rows(
-    posts: Any, altmetric_id: int, harvested_at: datetime
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def mention_rows(posts: Any, altmetric_id: int, harvested_at: datetime) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Fetch's `posts` (source -> list of posts) -> (mentions rows, mention_citations rows)."""
     found: dict[int, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
     for name, items in _dict(posts).items():

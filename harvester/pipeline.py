@@ -12,39 +12,26 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import email.utils
 import logging
 import math
-import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, fields
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from harvester import db, jobs, leases
+from harvester import clock, db, jobs, leases
 from harvester.budget import SharedBudget
-from harvester.client import ApiClient, ConnectError, Response, TransportError
+from harvester.client import ApiClient, ConnectError, TransportError
 from harvester.config import Config, parse_duration
-from harvester.endpoints import ENDPOINTS, endpoint_for
-from harvester.errors import (
-    ApiAuthError,
-    ApiUnreachableError,
-    DatabaseError,
-    ExitCode,
-    HarvesterError,
-    ItemStatus,
-    JobError,
-    JobStatus,
-    QuotaExhausted,
-    db_message,
-)
+from harvester.endpoints import endpoint_for
+from harvester.errors import ApiAuthError, ApiUnreachableError, DatabaseError, HarvesterError, JobError, QuotaExhausted, db_message
 from harvester.log import redact
-from harvester.ratelimit import CircuitBreaker, RateLimiter, next_utc_midnight
-from harvester.store import ItemResult
+from harvester.ratelimit import CircuitBreaker, RateLimiter
+from harvester.retry import RetryPolicy, Try, retry_after
+from harvester.vocabulary import ENDPOINTS, ExitCode, ItemResult, ItemStatus, JobStatus, OutcomeKind
 from harvester.writer import WriterProcess
 
 logger = logging.getLogger(__name__)
@@ -54,8 +41,6 @@ BATCH_WAIT = 0.5  # seconds before a partial batch is written anyway
 BATCH_BYTES = 8 << 20  # fetch bodies run to megabytes: bound the memory a batch holds
 CLAIM_SECONDS = 2.0  # a claim holds about this much of a worker's work
 MAX_CLAIM = 1000
-# A result is a tuple of ItemResult's fields, in order (Run.fetch): where its body is.
-BODY = [f.name for f in fields(ItemResult)].index("body")
 WRITES_IN_FLIGHT = 2  # batches handed to the writer process and not yet committed
 _DONE = object()
 
@@ -68,9 +53,9 @@ class RunOutcome:
     """How a run ended: the job's status, its item counts and the exit code."""
 
     job_id: int
-    status: str  # a JobStatus: finished, interrupted, paused, stopped
+    status: JobStatus  # finished, interrupted, paused, stopped (running: other workers go on)
     counts: dict[str, int]
-    exit_code: int  # an ExitCode
+    exit_code: ExitCode
     message: str | None = None
     elapsed: float = 0.0
     processed: int = 0  # items finalized in this run
@@ -81,65 +66,7 @@ class RunOutcome:
         return self.processed / self.elapsed if self.elapsed > 0 else 0.0
 
 
-def backoff(attempt: int, base: float, cap: float) -> float:
-    """Capped exponential backoff with full jitter in the upper half."""
-    delay: float = min(cap, base * 2.0 ** (attempt - 1))
-    return delay * random.uniform(0.5, 1.0)
-
-
-def retry_after(response: Response) -> float | None:
-    """Seconds from a Retry-After header (delta or HTTP date), if any."""
-    value = response.headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        when = email.utils.parsedate_to_datetime(value) if value else None
-        if when is None:
-            return None
-        return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
 HEARTBEAT = 15.0  # seconds; well inside leases.STALE_AFTER, so a live worker never looks gone
-
-
-def boottime() -> float:
-    """Seconds on a clock that keeps counting while the machine sleeps (CLOCK_MONOTONIC stops):
-    a laptop suspended past its leases must notice it lost them."""
-    return time.clock_gettime(time.CLOCK_BOOTTIME) if hasattr(time, "CLOCK_BOOTTIME") else time.monotonic()
-
-
-class LeaseKeeper:
-    """How long this worker may still trust its leases, by its own clock.
-
-    The database renews leases at every heartbeat; locally, each renewal (or the
-    first claim) is trusted for the lease minus a margin, counted from before
-    the statement was sent. Past that (the process was frozen, suspended or cut
-    off), every item it held is dropped, unrequested and unwritten: another
-    worker may have it by now. A new generation of claims then starts.
-    """
-
-    def __init__(self, lease: timedelta) -> None:
-        self.seconds = lease.total_seconds()
-        self.margin = min(max(0.5, 0.1 * self.seconds), self.seconds / 2)
-        self.valid_until: float | None = None  # boottime(); None while nothing is held
-        self.generation = 0
-        self.lock = asyncio.Lock()  # claims, renewals and the release after a lapse never interleave
-
-    def valid(self, generation: int) -> bool:
-        return generation == self.generation and self.valid_until is not None and boottime() < self.valid_until
-
-    def lapsed(self) -> bool:
-        return self.valid_until is not None and boottime() >= self.valid_until
-
-    def trusted_from(self, started: float, renewal: bool) -> None:
-        if renewal or self.valid_until is None:
-            self.valid_until = started + self.seconds - self.margin
-
-    def lapse(self) -> None:
-        self.generation += 1
-        self.valid_until = None
 
 
 class Run:
@@ -169,9 +96,10 @@ class Run:
         self.endpoint = endpoint_for(job)
         limits = config.limits
         self.limits = limits
+        self.retry = RetryPolicy.from_limits(limits)
         self.concurrency = max(1, limits.concurrency)
         self.lease = parse_duration(config.workers.lease)
-        self.keeper = LeaseKeeper(self.lease)
+        self.keeper = leases.LeaseKeeper(engine, runner, self.lease)
         self.limiter = RateLimiter(SharedBudget(engine, config.api.key, limits, config.api.tier), config.api.tier)
         self.breaker = CircuitBreaker(cooldown=min(5.0, limits.max_outage / 4), max_outage=limits.max_outage)
         # Not bounded by its size: the feeder claims again once less than low_water() is queued.
@@ -277,16 +205,6 @@ class Run:
         waited for the writer's transaction), and no more, so that other workers find items to claim."""
         return max(self.concurrency * 2, self.claim_size() // 2)
 
-    async def check_lapse(self) -> None:
-        """Under keeper.lock: after a lapse, give every lease back before claiming or renewing again."""
-        if self.keeper.lapsed():
-            self.keeper.lapse()
-            logger.warning(
-                "this worker was held up longer than its lease (%s): it drops the items it held; other workers take them",
-                self.config.workers.lease,
-            )
-            await asyncio.to_thread(leases.release_all, self.engine, self.runner)
-
     async def feed(self) -> None:
         """Claim items and queue them for the workers, until nothing is left to claim (or, with
         `drain`, until every item of the job is final, those of other workers included)."""
@@ -298,13 +216,7 @@ class Run:
                 # Cleared before the count is read: a batch written after this line wakes the wait below.
                 self.written.clear()
                 settled_before = self.settled
-                async with self.keeper.lock:
-                    await self.check_lapse()
-                    claimed_at = boottime()
-                    items = await asyncio.to_thread(leases.claim, self.engine, self.job.id, self.runner, self.claim_size(), self.lease)
-                    if items:
-                        self.keeper.trusted_from(claimed_at, renewal=False)
-                    generation = self.keeper.generation
+                items, generation = await self.keeper.claim(self.job.id, self.claim_size())
                 if items:
                     self.claimed += len(items)
                     for item in items:
@@ -343,14 +255,7 @@ class Run:
         while True:
             await asyncio.sleep(self.beat_every)
             try:
-                async with self.keeper.lock:
-                    await self.check_lapse()
-                    renewed_at = boottime()
-                    await asyncio.to_thread(
-                        leases.renew, self.engine, self.runner, self.job.id, self.lease, self.processed, self.requests
-                    )
-                    if self.keeper.valid_until is not None:
-                        self.keeper.trusted_from(renewed_at, renewal=True)
+                await self.keeper.renew(self.job.id, self.processed, self.requests)
             except SQLAlchemyError as e:
                 logger.warning("could not record the heartbeat: %s", db_message(e))
 
@@ -377,72 +282,81 @@ class Run:
                 continue
             await self.results.put((result, generation))
 
-    async def fetch(self, item: jobs.Item, generation: int) -> tuple[Any, ...] | None:
-        """The item's final outcome (an ItemResult's fields), or None when this worker lost its lease
-        (then it asks nothing more). Every attempt waits for the breaker and the rate limiter."""
+    async def fetch(self, item: jobs.Item, generation: int) -> ItemResult | None:
+        """The item's final outcome, or None when this worker lost its lease (then it asks nothing
+        more). The retry policy runs the attempts; each waits for the breaker and the rate limiter."""
+        url = self.endpoint.url(item)
+        answer = await self.retry.run(lambda limited: self.attempt(item, url, generation, limited))
+        if answer is None:
+            return None
+        return ItemResult(
+            item.id_type,
+            item.identifier,
+            ItemStatus(answer.kind),
+            answer.attempts,
+            answer.status,
+            _redacted(answer.error),
+            answer.body,
+            answer.note,
+        )
+
+    async def attempt(self, item: jobs.Item, url: str, generation: int, limited: int) -> Try | None:
+        """One request for the item and what its answer means (`limited`: 429s in a row before it);
+        None when its lease is lost. Raises what stops the job: a refused key, a spent quota."""
         assert self.client is not None
-        endpoint, limiter, breaker, limits = self.endpoint, self.limiter, self.breaker, self.limits
-        url = endpoint.url(item)
-        attempts = 0
-        slow_429 = 1.0
-        while True:
-            if limiter.tweet_quota_spent:
-                raise QuotaExhausted(next_utc_midnight(), "tweet-id")
-            if not self.keeper.valid(generation):
-                return None
-            probe = await breaker.admit()
-            try:
-                await limiter.acquire()
-            except BaseException:
-                if probe:
-                    breaker.release()
-                raise
-            if not self.keeper.valid(generation):
-                if probe:
-                    breaker.release()  # a probe that sent nothing must not hold the breaker shut
-                return None
-            self.requests += 1
-            status: int | None = None
-            try:
-                response = await self.client.get(url)
-            except ConnectError as e:
-                if self.responses == 0:
-                    # Nothing ever answered: a wrong URL or no network, not a flaky item.
-                    raise ApiUnreachableError(str(e)) from None
-                error = str(e)
-            except TransportError as e:
-                error = str(e)
-            else:
-                self.responses += 1
-                status = response.status
-                await limiter.observe(response.headers, endpoint.name)
-                outcome = endpoint.classify(item, status, response.body)
-                if outcome.kind == "auth":
-                    raise ApiAuthError(status, endpoint.name, response.body.decode("utf-8", "replace"))
-                if outcome.kind == "rate_limited":
-                    breaker.record(True)  # an API that rate-limits is up
-                    wait = retry_after(response)
-                    quota = await limiter.quota_error(response.headers, endpoint.name, wait)
-                    if quota is not None:
-                        raise quota
-                    # A 429 is the server asking for patience, not a failure: it never counts as an attempt.
-                    await limiter.slow_down(wait if wait is not None else slow_429)
-                    slow_429 = min(60.0, slow_429 * 2)
-                    continue
-                if outcome.kind != "retry":
-                    breaker.record(True)
-                    # The writer parses the body, in its own process.
-                    body = response.body if outcome.kind == "done" else None
-                    return (item.id_type, item.identifier, outcome.kind, attempts + 1, status, _redacted(outcome.error), body, outcome.note)
-                error = outcome.error or f"HTTP {status}"
-            breaker.record(False)
-            if breaker.is_open:
-                continue  # an outage, not this item's fault: the attempt does not count
-            attempts += 1
-            if attempts >= limits.max_attempts:
-                return (item.id_type, item.identifier, "failed", attempts, status, _redacted(error), None, None)
-            logger.debug("%s %s: %s; retry %d", item.id_type, item.identifier, error, attempts)
-            await asyncio.sleep(backoff(attempts, limits.backoff_base, limits.backoff_max))
+        endpoint, limiter, breaker = self.endpoint, self.limiter, self.breaker
+        if limiter.quota_spent is not None:
+            raise QuotaExhausted(clock.next_midnight(), limiter.quota_spent)
+        if not self.keeper.valid(generation):
+            return None
+        probe = await breaker.admit()
+        try:
+            await limiter.acquire()
+        except BaseException:
+            if probe:
+                breaker.release()
+            raise
+        if not self.keeper.valid(generation):
+            if probe:
+                breaker.release()  # a probe that sent nothing must not hold the breaker shut
+            return None
+        self.requests += 1
+        try:
+            response = await self.client.get(url)
+        except ConnectError as e:
+            if self.responses == 0:
+                # Nothing ever answered: a wrong URL or no network, not a flaky item.
+                raise ApiUnreachableError(str(e)) from None
+            return self._failed(str(e), None)
+        except TransportError as e:
+            return self._failed(str(e), None)
+        self.responses += 1
+        await limiter.observe(response.headers, endpoint.quotas)
+        outcome = endpoint.classify(item, response.status, response.body)
+        if outcome.kind is OutcomeKind.AUTH:
+            raise ApiAuthError(response.status, endpoint.kind, response.body.decode("utf-8", "replace"))
+        if outcome.kind is OutcomeKind.RATE_LIMITED:
+            breaker.record(True)  # an API that rate-limits is up
+            wait = self.retry.rate_limited_wait(response.headers, limited)
+            quota = await limiter.quota_error(response.headers, retry_after(response.headers), endpoint.quotas)
+            if quota is not None:
+                raise quota
+            # A 429 is the server asking for patience, not a failure: it never counts as an attempt.
+            await limiter.slow_down(wait)
+            return Try(OutcomeKind.RATE_LIMITED, response.status)
+        if outcome.kind is OutcomeKind.RETRY:
+            return self._failed(outcome.error or f"HTTP {response.status}", response.status)
+        breaker.record(True)
+        # The writer parses the body, in its own process.
+        body = response.body if outcome.kind is OutcomeKind.DONE else None
+        return Try(outcome.kind, response.status, outcome.error, body, outcome.note)
+
+    def _failed(self, error: str, status: int | None) -> Try:
+        """A transient failure; while the breaker is open it is the API's outage, not the item's."""
+        self.breaker.record(False)
+        if not self.breaker.is_open:
+            logger.debug("%s: %s; retrying", error, status)
+        return Try(OutcomeKind.RETRY, status, error, counts=not self.breaker.is_open)
 
     # -- writing --------------------------------------------------------------------------------
 
@@ -517,8 +431,8 @@ class Run:
             taken += 1
             if generation != self.keeper.generation:
                 continue  # fetched under leases given up since: not ours to write
-            batch.append(result)
-            size += len(result[BODY] or b"")
+            batch.append(result.as_tuple())
+            size += len(result.body or b"")
         return batch, taken, False
 
     # -- the end --------------------------------------------------------------------------------
@@ -527,14 +441,14 @@ class Run:
         """Record how the run ended (the job's status, unless other workers still work it) and say so."""
         engine, job_id, runner, error = self.engine, self.job.id, self.runner, self.error
         resume_after = None
-        status: str
-        code: int
+        status: JobStatus
+        code: ExitCode
         if isinstance(error, QuotaExhausted):
             status, code, resume_after = JobStatus.PAUSED, ExitCode.PAUSED, error.resume_at
         elif error is not None and getattr(error, "exit_code", ExitCode.ERROR) == ExitCode.PAUSED:
             status, code = JobStatus.PAUSED, ExitCode.PAUSED
         elif error is not None:
-            status, code = JobStatus.STOPPED, getattr(error, "exit_code", ExitCode.ERROR)
+            status, code = JobStatus.STOPPED, ExitCode(getattr(error, "exit_code", ExitCode.ERROR))
         elif interrupted:
             status, code = JobStatus.INTERRUPTED, ExitCode.INTERRUPTED
         else:
@@ -586,13 +500,12 @@ async def run_job(
     if job.endpoint not in ENDPOINTS:
         raise JobError(f"job {job_id} is a {job.endpoint} job: run it with `harvester {job.endpoint}`")
     if job.endpoint not in config.api.endpoints:
-        raise JobError(
-            f"job {job_id} needs the {job.endpoint} endpoint, but [api] endpoints = {list(config.api.endpoints)} excludes it"
-        )
-    if job.status == JobStatus.PAUSED and job.resume_after is not None and job.resume_after > jobs.utcnow():
+        raise JobError(f"job {job_id} needs the {job.endpoint} endpoint, but [api] endpoints = {list(config.api.endpoints)} excludes it")
+    if job.status == JobStatus.PAUSED and job.resume_after is not None and job.resume_after > clock.utcnow():
         # Paused on a spent quota that has not reset yet: asking now would only draw 429s.
         raise QuotaExhausted(job.resume_after)
-    return await Run(engine, job, config, runner or jobs.new_runner_id(), progress, stop, drain, command).execute()
+    jobs.record_api(engine, job_id, config.api.url, config.api.tier)  # the provenance the report and exports name
+    return await Run(engine, job, config, runner or leases.new_runner_id(), progress, stop, drain, command).execute()
 
 
 def pending(engine: Engine, job_id: int) -> int:
@@ -612,7 +525,7 @@ def run(
     Without `runner`, this process is a worker of its own for this run, and leaves `workers` at the end.
     """
     own = runner is None
-    runner = runner or jobs.new_runner_id()
+    runner = runner or leases.new_runner_id()
     started = time.monotonic()
     try:
         return with_signals(lambda stop: run_job(engine, job_id, config, progress, stop, runner, command=command))
@@ -636,7 +549,7 @@ def _quit_at_once(engine: Engine, job_id: int, runner: str, elapsed: float) -> R
     """The outcome of a run a second signal stopped: its leases go back and the job is `interrupted`
     (or stays with the other live workers that still run it). Only committed batches counted, so
     every item is final with its rows or pending: `resume` picks up the rest."""
-    status: str = JobStatus.INTERRUPTED
+    status = JobStatus.INTERRUPTED
     try:
         status = leases.leave(engine, job_id, runner, JobStatus.INTERRUPTED)
         counts = jobs.item_counts(engine, job_id)

@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TaskID, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
+from harvester.vocabulary import ItemStatus
+
 
 def describe(counts: dict[str, int]) -> str:
     return f"done {counts['done']:,} · not found {counts['not_found']:,} · failed {counts['failed']:,}"
@@ -55,7 +57,7 @@ class Reporter:
             now = time.monotonic()
             if self._first is None:
                 self._first = (now, final)
-            if now - self._last_line >= self.interval or counts["pending"] == 0:
+            if now - self._last_line >= self.interval or counts[ItemStatus.PENDING] == 0:
                 self._last_line = now
                 self.stream.write(self.line(counts) + "\n")
                 self.stream.flush()

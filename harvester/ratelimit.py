@@ -27,11 +27,11 @@ import logging
 import math
 import time
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import timedelta
 
-from harvester.budget import SharedBudget, State, hour_of, next_midnight, to_datetime
+from harvester.budget import SharedBudget, State
+from harvester.clock import hour_of, next_midnight, to_datetime, utcnow
 from harvester.errors import ApiUnavailableError, QuotaExhausted
-from harvester.jobs import utcnow  # the harvester's clock: HARVESTER_NOW moves it in tests
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +43,6 @@ PREWAKE = 0.005
 FIRST_GAP = 0.5
 # Headers that only confirm what the budget knows are written to it at most this often.
 OBSERVE_EVERY = 5.0
-
-
-def next_utc_midnight(now: datetime | None = None) -> datetime:
-    now = now or utcnow()
-    return datetime(now.year, now.month, now.day) + timedelta(days=1)
 
 
 class Pacer:
@@ -106,7 +101,7 @@ class RateLimiter:
         self._last_sent = -math.inf  # loop time
         self._sequence = 0  # requests sent, ever
         self._day_ends_at: int | None = None  # the request count at which the server's daily quota runs out
-        self._tweet_quota_spent = False
+        self._quota_spent: str | None = None  # an endpoint's own quota that a response said is spent
         self._observed_at = -math.inf
         self._known_limits: tuple[int | None, int | None] = (None, None)
         self._sent: collections.deque[float] = collections.deque(maxlen=4096)
@@ -122,8 +117,9 @@ class RateLimiter:
         return self.budget.rate is not None
 
     @property
-    def tweet_quota_spent(self) -> bool:
-        return self._tweet_quota_spent
+    def quota_spent(self) -> str | None:
+        """The endpoint's own quota (Fetch's tweet ids) that a response said is spent, by its name."""
+        return self._quota_spent
 
     async def acquire(self) -> None:
         """Wait for a slot; raise QuotaExhausted when the day's budget is spent."""
@@ -137,7 +133,7 @@ class RateLimiter:
                 if self._paused():
                     continue
                 if self._day_ends_at is not None and self._sequence >= self._day_ends_at:
-                    raise QuotaExhausted(next_utc_midnight())
+                    raise QuotaExhausted(next_midnight())
                 if self._throttle is not None:
                     self._recover(loop.time())
                     if self._throttle is not None:
@@ -254,8 +250,10 @@ class RateLimiter:
         await asyncio.gather(*self._pending)
         await self._give_back()
 
-    async def observe(self, headers: Mapping[str, str], endpoint: str) -> None:
-        """Adapt to the rate-limit headers of a response (before its status is handled)."""
+    async def observe(self, headers: Mapping[str, str], quotas: Mapping[str, str] = {}) -> None:
+        """Adapt to the rate-limit headers of a response (before its status is handled).
+
+        `quotas`: the endpoint's own quotas, {name: its -Remaining header} (Endpoint.quotas)."""
         hour_limit = _header_int(headers, "X-HourlyRateLimit-Limit")
         day_limit = _header_int(headers, "X-DailyRateLimit-Limit")
         hour_left = _header_int(headers, "X-HourlyRateLimit-Remaining")
@@ -266,15 +264,16 @@ class RateLimiter:
             # sent so far. The earliest end wins.
             ends_at = self._sequence + day_left
             self._day_ends_at = ends_at if self._day_ends_at is None else min(self._day_ends_at, ends_at)
-        if endpoint == "fetch" and _header_int(headers, "X-TweetIDRateLimit-Remaining") == 0:
-            self._tweet_quota_spent = True
+        for name, header in quotas.items():
+            if _header_int(headers, header) == 0:
+                self._quota_spent = name
         if hour_left == 0:
             until = hour_of(self.budget.now()) + 3600.0
             if self._state.paused_until < until - 1:
                 logger.warning("the API's hourly limit is spent: waiting %.0f minutes for the next hour", (until - self.budget.now()) / 60)
                 self._apply(await asyncio.to_thread(self.budget.pause, until, "the hourly limit is spent"))
         if day_left == 0:
-            reset = to_datetime(next_midnight(self.budget.now()))
+            reset = next_midnight(to_datetime(self.budget.now()))
             await asyncio.to_thread(self.budget.spend_quota, reset, "daily")
             self._quota = QuotaExhausted(reset)
             return
@@ -284,18 +283,22 @@ class RateLimiter:
             self._known_limits, self._observed_at = limits, now
             await asyncio.to_thread(self.budget.observe, hour_limit, hour_left, day_limit, day_left)
 
-    async def quota_error(self, headers: Mapping[str, str], endpoint: str, retry_after: float | None) -> QuotaExhausted | None:
-        """For a 429: the quota that is spent (daily, or Fetch's tweet ids), if any; a spent daily quota holds every process."""
+    async def quota_error(
+        self, headers: Mapping[str, str], retry_after: float | None, quotas: Mapping[str, str] = {}
+    ) -> QuotaExhausted | None:
+        """For a 429: the quota that is spent (daily, or one of the endpoint's own, `quotas` as for
+        observe), if any; a spent daily quota holds every process."""
         day_left = _header_int(headers, "X-DailyRateLimit-Remaining")
-        tweets_left = _header_int(headers, "X-TweetIDRateLimit-Remaining") if endpoint == "fetch" else None
-        if day_left != 0 and tweets_left != 0:
+        own = next((name for name, header in quotas.items() if _header_int(headers, header) == 0), None)
+        if day_left != 0 and own is None:
             return None
         now = utcnow()
-        resume_at = now + timedelta(seconds=retry_after) if retry_after else next_utc_midnight(now)
+        resume_at = now + timedelta(seconds=retry_after) if retry_after else next_midnight(now)
         if day_left == 0:
             await asyncio.to_thread(self.budget.spend_quota, resume_at, "daily")
             return QuotaExhausted(resume_at, "daily")
-        return QuotaExhausted(resume_at, "tweet-id")
+        assert own is not None
+        return QuotaExhausted(resume_at, own)
 
     async def slow_down(self, retry_after: float | None) -> None:
         """After a 429: every process waits; if 429s persist, halve the rate (at most once a second)."""

@@ -20,8 +20,8 @@ from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from harvester import archive, endpoints, store
 from harvester.errors import DatabaseError, db_message
-from harvester.params import FetchOptions, HarvestParams
-from harvester.parse import ParseError, Records, decode, parse_citations
+from harvester.parse import ParseError, Records, decode
+from harvester.vocabulary import JobKind
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +43,7 @@ class Outcome:
         return self.bodies / self.elapsed if self.elapsed > 0 else 0.0
 
     def summary(self) -> str:
-        line = (
-            f"reparse: {self.bodies:,} bodies, {self.outputs:,} outputs in {self.elapsed:.1f}s "
-            f"({self.rate:,.0f} ids/s), 0 requests"
-        )
+        line = f"reparse: {self.bodies:,} bodies, {self.outputs:,} outputs in {self.elapsed:.1f}s ({self.rate:,.0f} ids/s), 0 requests"
         if self.unusable or self.refused:
             line += f"; {self.unusable:,} unusable, {self.refused:,} refused by the database"
         return line
@@ -71,9 +68,10 @@ def reparse(engine: Engine, endpoint: str | None = None, job_id: int | None = No
         chunks: list[_Chunk] = []
         key: tuple[str, str | None] | None = None
         for body in bodies:
-            body_key = (body.endpoint, _options(body))
+            body_key = (body.endpoint, json.dumps(body.params, sort_keys=True))
+            parser = _endpoint(*body_key)
             try:
-                records, asked = _parse(body, body_key[1])
+                records, asked = parser.rebuild(body.id_type, body.identifier, decode(body.body), body.fetched_at)
             except ParseError as e:
                 outcome.unusable += 1
                 logger.debug("%s %s %s: unusable body: %s", body.endpoint, body.id_type, body.identifier, e)
@@ -81,8 +79,7 @@ def reparse(engine: Engine, endpoint: str | None = None, job_id: int | None = No
             # A new chunk for other Fetch options, and for an output seen twice (two days' bodies with
             # keep = "all"): replacing its sections with both bodies' rows at once would keep the older's.
             if key != body_key or any(r.altmetric_id in chunks[-1].ids for r in records):
-                cover = endpoints.COMPLETE if body.endpoint == "citations" else _endpoint(*body_key).coverage
-                chunks.append(_Chunk(cover))
+                chunks.append(_Chunk(parser.coverage))
                 key = body_key
             chunk = chunks[-1]
             chunk.records += records
@@ -97,32 +94,10 @@ def reparse(engine: Engine, endpoint: str | None = None, job_id: int | None = No
     return outcome
 
 
-def _parse(body: archive.Archived, options: str | None) -> tuple[list[Records], list[dict[str, Any]]]:
-    """One archived body -> its records and the asked-identifier rows, as the harvest's writer makes them."""
-    raw = decode(body.body)
-    at = body.fetched_at
-    if body.endpoint == "citations":  # archived by its query: a page's results, no asked id
-        _, parsed = parse_citations(raw, at)
-        return [r for r in parsed if r is not None], []
-    endpoint = _endpoint(body.endpoint, options)
-    assert isinstance(endpoint, endpoints.Counts)  # Counts or Fetch
-    record = endpoint.parse(raw, at)
-    asked = endpoint.asked_as(body.identifier)  # a filtered Fetch body is archived with its query
-    if endpoints.other_doi(body.id_type, asked, raw):
-        return [record], []
-    return [record], endpoints.asked_rows(body.id_type, asked, record.altmetric_id)
-
-
-def _options(body: archive.Archived) -> str | None:
-    """A Fetch body's options as archived (JSON text: a key for the cache below); None for the others."""
-    return json.dumps(body.params, sort_keys=True) if body.endpoint == "fetch" else None
-
-
 @functools.lru_cache(maxsize=64)
-def _endpoint(name: str, fetch_options: str | None) -> endpoints.Endpoint:
-    """The endpoint that parses a body as its harvest did (a Fetch job's options, as archived)."""
-    options = FetchOptions.from_dict(json.loads(fetch_options) or {}) if fetch_options is not None else None
-    return endpoints.named(name, HarvestParams(fetch=options))
+def _endpoint(kind: str, params: str) -> endpoints.Endpoint:
+    """The endpoint that parses a body as its harvest did (with its archived parameters: a Fetch job's options)."""
+    return endpoints.REGISTRY[JobKind(kind)].from_archive(json.loads(params))
 
 
 def _save(engine: Engine, chunk: _Chunk, outcome: Outcome) -> None:

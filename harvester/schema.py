@@ -340,6 +340,30 @@ nightly_runs = Table(
     Column("failed", Integer, nullable=False, doc="refresh items and citations pages that failed"),
     Column("started_at", DateTime, nullable=False),
     Column("finished_at", DateTime, nullable=False),
+    # Added in 0011 for the change feed (docs/nightly.md); NULL on rows of older nightlies.
+    Column("mode", String(10), doc="refresh or changes: how the night ran (refresh when changes fell back)"),
+    Column("mode_note", Text, doc="why the night ran in another mode than configured, or why it is incomplete"),
+    Column("complete", Boolean, doc="changes: the listing was read whole, so unlisted outputs are carried (daily_series)"),
+    Column("window_from", Date, doc="changes: the first day the listing's timeframe covers (the last is night)"),
+    Column("listing_job_id", Integer, doc="changes: the citations job of the night's listing"),
+    Column("covers_doi_prefix", Text, doc="changes: the doi_prefix filter of the listing; NULL: every output"),
+    Column("requests", Integer, doc="changes: HTTP requests the night spent"),
+    Column("listed", Integer, doc="changes: outputs the listing held (query.total), tracked or not"),
+    Column("listed_tracked", Integer, doc="changes: listed outputs that are tracked, stored from their entry"),
+    Column("carried", Integer, doc="changes: tracked outputs carried forward without a request"),
+    Column("full_refreshed", Integer, doc="changes: outputs asked again by the full refresh"),
+)
+
+# The pages of change-feed listings: their query.total tells whether the listing held still while it was read.
+listing_pages = Table(
+    "listing_pages",
+    metadata,
+    Column("job_id", Integer, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True, doc="the citations job"),
+    Column("page", Integer, primary_key=True, autoincrement=False),
+    Column("total", Integer, doc="query.total the page reported"),
+    Column("results", Integer, nullable=False, doc="results on the page"),
+    Column("tracked", Integer, nullable=False, doc="of them, outputs the database tracks (stored)"),
+    Column("harvested_at", DateTime, nullable=False),
 )
 
 nightly_movers = Table(
@@ -401,13 +425,22 @@ raw_bodies = Table(
     # schema migration never costs quota. Written in the transaction that stores the body's data.
     Column("endpoint", String(20), primary_key=True, doc="counts, fetch or citations"),
     Column("id_type", String(40), primary_key=True, doc="as in job_items (doi, pmid ...; 'page' for citations)"),
-    Column("identifier", Text, primary_key=True, doc="the id asked, as in job_items; for citations the page's query, e.g. '1w?doi_prefix=10.1038&num_results=99&page=3'"),
+    Column(
+        "identifier",
+        Text,
+        primary_key=True,
+        doc="the id asked, as in job_items; for citations the page's query, e.g. '1w?doi_prefix=10.1038&num_results=99&page=3'",
+    ),
     # Part of the key so that [archive] keep = "all" keeps a body a day; with "latest" a
     # newer body replaces the older ones of its endpoint and id, whatever their day.
     Column("harvested_on", Date, primary_key=True, doc="UTC day the body was fetched"),
     Column("fetched_at", DateTime, nullable=False, doc="when the writer stored it: outputs.harvested_at of its data"),
     Column("job_id", Integer, doc="the job that fetched it"),
-    Column("params", Text, doc="JSON: the Fetch options the body was fetched with (a filtered body carries part of its sections), the Citations query; NULL for counts"),
+    Column(
+        "params",
+        Text,
+        doc="JSON: the Fetch options the body was fetched with (a filtered body carries part of its sections), the Citations query; NULL for counts",
+    ),
     Column("raw_size", Integer, nullable=False, doc="bytes of the body as the API sent it"),
     Column("body", LargeBinary, nullable=False, doc="the body, zstd-compressed (one frame)"),
     Index(None, "fetched_at"),

@@ -9,7 +9,6 @@ updates its rows instead of duplicating them.
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import operator
 from collections.abc import Callable, Iterable, Sequence
@@ -17,10 +16,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Connection, Dialect, Engine, Integer, Table, update
+from sqlalchemy import Connection, Dialect, Engine, Table, update
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
-from harvester import aliases, archive, jobs, leases, schema
+from harvester import aliases, archive, clock, db, leases, schema
 from harvester.config import ArchiveConfig
 from harvester.db import patiently
 from harvester.db import upsert as upsert  # re-exported: the writer's statement, shared with nightly and reparse
@@ -28,6 +27,7 @@ from harvester.endpoints import COMPLETE, Coverage, Endpoint
 from harvester.errors import DatabaseError, db_message
 from harvester.log import redact
 from harvester.parse import Records
+from harvester.vocabulary import ItemResult, ItemStatus
 
 logger = logging.getLogger(__name__)
 
@@ -53,24 +53,6 @@ DATA_TABLES = (
 )
 
 
-@dataclass(slots=True)
-class ItemResult:
-    """The final outcome of one job item, as the writer commits it.
-
-    A done item carries the raw body (already checked to be a JSON object with
-    an altmetric_id): the writer parses it, off the event loop's core.
-    """
-
-    id_type: str
-    identifier: str
-    status: str  # done, not_found, failed
-    attempts: int
-    http_status: int | None = None
-    error: str | None = None
-    body: bytes | None = None
-    note: str | None = None
-
-
 # The key of each replaced table besides altmetric_id; a body carrying the section owns all
 # of the output's rows in it (identifiers and mentions are scoped more narrowly, see save_records).
 _REPLACED = {
@@ -83,26 +65,6 @@ _REPLACED = {
     "downloads": ("platform", "metric"),
     "downloads_timeline": ("platform", "month", "metric"),
 }
-
-
-def _value_set(dialect: Dialect, table: Table, columns: Sequence[str], values: Sequence[tuple[Any, ...]]) -> tuple[str, list[Any]]:
-    """A subquery of these value tuples, in one or two parameters however many there are.
-
-    A VALUES list would take a parameter per value (SQLite allows 32766 in a
-    statement) and SQLite parses each of its rows as a SELECT of its own.
-    """
-    if dialect.name == "postgresql":
-        types = ["bigint" if isinstance(table.c[c].type, BigInteger) else "integer" if isinstance(table.c[c].type, Integer) else "text" for c in columns]
-        unnest = ", ".join(f"%s::{t}[]" for t in types)
-        return f"(SELECT * FROM unnest({unnest}))", [list(column) for column in zip(*values)]
-    if len(columns) == 1:
-        return "(SELECT value FROM json_each(?))", [json.dumps([v[0] for v in values])]
-    picks = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(columns)))
-    return f"(SELECT {picks} FROM json_each(?))", [json.dumps(values)]
-
-
-def _tuple(columns: Sequence[str]) -> str:
-    return columns[0] if len(columns) == 1 else "(" + ", ".join(columns) + ")"
 
 
 def _delete_missing(
@@ -118,12 +80,12 @@ def _delete_missing(
     """DELETE the rows of these owners (and `where`) whose key is not among `keep`: one statement, any batch size."""
     if not owners:
         return
-    owned, owned_params = _value_set(conn.dialect, table, owner, owners)
-    sql = f"DELETE FROM {table.name} WHERE {_tuple(owner)} IN {owned}{where}"
+    owned, owned_params = db.value_set(conn.dialect, table, owner, owners)
+    sql = f"DELETE FROM {table.name} WHERE {db.row_of(owner)} IN {owned}{where}"
     args = [*owned_params, *params]
     if keep:
-        kept, kept_params = _value_set(conn.dialect, table, key, keep)
-        sql += f" AND {_tuple(key)} NOT IN {kept}"
+        kept, kept_params = db.value_set(conn.dialect, table, key, keep)
+        sql += f" AND {db.row_of(key)} NOT IN {kept}"
         args += kept_params
     conn.exec_driver_sql(sql, tuple(args))
 
@@ -132,7 +94,7 @@ def _in_list(dialect: Dialect, column: str, scope: tuple[str, tuple[str, ...]] |
     """` AND column IN (...)` for a source filter; nothing without one."""
     if scope is None:
         return "", []
-    mark = "%s" if dialect.name == "postgresql" else "?"
+    mark = db.placeholder(dialect)
     return f" AND {column} {scope[0].upper()} ({', '.join([mark] * len(scope[1]))})", list(scope[1])
 
 
@@ -148,8 +110,10 @@ def replace_sections(conn: Connection, batch: Sequence[Records], cover: Coverage
     ids = [(r.altmetric_id,) for r in batch]
     if not ids:
         return
-    known_sql, known_params = _value_set(conn.dialect, schema.outputs, ("altmetric_id",), ids)
-    known = {row[0] for row in conn.exec_driver_sql(f"SELECT altmetric_id FROM outputs WHERE altmetric_id IN {known_sql}", tuple(known_params))}
+    known_sql, known_params = db.value_set(conn.dialect, schema.outputs, ("altmetric_id",), ids)
+    known = {
+        row[0] for row in conn.exec_driver_sql(f"SELECT altmetric_id FROM outputs WHERE altmetric_id IN {known_sql}", tuple(known_params))
+    }
     batch = [r for r in batch if r.altmetric_id in known]
     for name, key in _REPLACED.items():
         table = schema.metadata.tables[name]
@@ -170,19 +134,21 @@ def replace_sections(conn: Connection, batch: Sequence[Records], cover: Coverage
     carrying = [r for r in batch if "mentions" in r.sections] if cover.posts else []
     if carrying:
         where, params = _in_list(conn.dialect, "source", cover.sources)
-        owned, owned_params = _value_set(conn.dialect, schema.mentions, ("altmetric_id",), [(r.altmetric_id,) for r in carrying])
+        owned, owned_params = db.value_set(conn.dialect, schema.mentions, ("altmetric_id",), [(r.altmetric_id,) for r in carrying])
         # A post's citations first, while its mentions row still says whose post it is.
         sql = f"DELETE FROM mention_citations WHERE mention_id IN (SELECT mention_id FROM mentions WHERE altmetric_id IN {owned}{where})"
         args: list[Any] = [*owned_params, *params]
         get = operator.itemgetter("mention_id", "altmetric_id")
         keep_cited = [get(c) for r in carrying for c in r.mention_citations]
         if keep_cited:
-            kept, kept_params = _value_set(conn.dialect, schema.mention_citations, ("mention_id", "altmetric_id"), keep_cited)
+            kept, kept_params = db.value_set(conn.dialect, schema.mention_citations, ("mention_id", "altmetric_id"), keep_cited)
             sql += f" AND (mention_id, altmetric_id) NOT IN {kept}"
             args += kept_params
         conn.exec_driver_sql(sql, tuple(args))
         keep_posts = [(m["mention_id"],) for r in carrying for m in r.mentions]
-        _delete_missing(conn, schema.mentions, ("altmetric_id",), [(r.altmetric_id,) for r in carrying], ("mention_id",), keep_posts, where, params)
+        _delete_missing(
+            conn, schema.mentions, ("altmetric_id",), [(r.altmetric_id,) for r in carrying], ("mention_id",), keep_posts, where, params
+        )
 
 
 def owned_identifiers(named: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -203,12 +169,16 @@ def owned_identifiers(named: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             asked.add(key)
     # Rows without `asked` leave the column as it is: an id asked by an earlier batch stays asked.
     return [
-        {"scheme": scheme, "value": value, "altmetric_id": owner, "asked": True} if (scheme, value) in asked else {"scheme": scheme, "value": value, "altmetric_id": owner}
+        {"scheme": scheme, "value": value, "altmetric_id": owner, "asked": True}
+        if (scheme, value) in asked
+        else {"scheme": scheme, "value": value, "altmetric_id": owner}
         for (scheme, value), owner in owners.items()
     ]
 
 
-def save_records(conn: Connection, batch: Sequence[Records], cover: Coverage = COMPLETE, asked: Sequence[Sequence[dict[str, Any]]] = ()) -> None:
+def save_records(
+    conn: Connection, batch: Sequence[Records], cover: Coverage = COMPLETE, asked: Sequence[Sequence[dict[str, Any]]] = ()
+) -> None:
     """Make each output's rows equal its latest body: replace the sections it carries, upsert every table's rows, add the day's snapshot.
 
     `batch` in the order the bodies were received (archive.tie_break within one
@@ -234,55 +204,12 @@ def save_records(conn: Connection, batch: Sequence[Records], cover: Coverage = C
         values = {c: output[c] for c in SNAPSHOT_COLUMNS if c in output}
         if values:
             at = output["harvested_at"]
-            tables["counts_snapshots"].append({"altmetric_id": records.altmetric_id, "harvested_on": at.date(), "harvested_at": at, **values})
+            tables["counts_snapshots"].append(
+                {"altmetric_id": records.altmetric_id, "harvested_on": at.date(), "harvested_at": at, **values}
+            )
     tables["identifiers"] = owned_identifiers(named)
     for name, rows in tables.items():
         upsert(conn, schema.metadata.tables[name], rows)
-
-
-# PostgreSQL: the batch's statuses in one statement of column arrays. Each item is found by its
-# primary key first (LATERAL ... OFFSET 0, as in db.lookup_pairs), then updated by its row's
-# address: joined directly, the planner scanned every item of a fresh job (130 ms a batch in a
-# job of 200,000, against 10 ms). The rows are the writer's: leases.held locked them.
-_MARK_ITEMS_PG = """
-UPDATE job_items AS t SET status = v.status, attempts = t.attempts + v.attempts, http_status = v.http_status,
-    last_error = v.last_error, altmetric_id = v.altmetric_id, note = v.note, claimed_by = NULL, lease_until = NULL,
-    updated_at = %(updated_at)s
-FROM (
-    SELECT u.*, x.ctid AS tid
-    FROM unnest(%(id_type)b::text[], %(identifier)b::text[], %(status)b::text[], %(attempts)b::int[], %(http_status)b::int[],
-                %(last_error)b::text[], %(altmetric_id)b::bigint[], %(note)b::text[])
-         AS u(id_type, identifier, status, attempts, http_status, last_error, altmetric_id, note)
-    CROSS JOIN LATERAL (
-        SELECT ctid FROM job_items WHERE job_id = %(job_id)s AND id_type = u.id_type AND identifier = u.identifier OFFSET 0
-    ) AS x
-) AS v
-WHERE t.ctid = v.tid
-"""
-_MARKED = ("b_id_type", "b_identifier", "status", "b_attempts", "http_status", "last_error", "altmetric_id", "note")
-# SQLite: one prepared statement, run by executemany in C over plain tuples (through SQLAlchemy's
-# execute, compiling and processing the parameters took as long as the statement).
-_MARK_ITEM_SQLITE = (
-    "UPDATE job_items SET status = ?, attempts = attempts + ?, http_status = ?, last_error = ?, altmetric_id = ?, note = ?,"
-    " claimed_by = NULL, lease_until = NULL, updated_at = ? WHERE job_id = ? AND id_type = ? AND identifier = ?"
-)
-_SQLITE_MARKS = operator.itemgetter(
-    "status", "b_attempts", "http_status", "last_error", "altmetric_id", "note", "updated_at", "b_job_id", "b_id_type", "b_identifier"
-)
-
-
-def _mark_items(conn: Connection, items: list[dict[str, Any]]) -> None:
-    """Record each item's final status (and give its lease up): one statement on PostgreSQL, where
-    an executemany sends one a row. The items of a batch share one job and one time (write_batch)."""
-    if not items:
-        return
-    if conn.dialect.name != "postgresql":
-        conn.exec_driver_sql(_MARK_ITEM_SQLITE, list(map(_SQLITE_MARKS, items)))
-        return
-    columns = zip(*map(operator.itemgetter(*_MARKED), items), strict=True)
-    names = ("id_type", "identifier", "status", "attempts", "http_status", "last_error", "altmetric_id", "note")
-    params: dict[str, Any] = dict(zip(names, map(list, columns), strict=True))
-    conn.exec_driver_sql(_MARK_ITEMS_PG, params | {"updated_at": items[0]["updated_at"], "job_id": items[0]["b_job_id"]})
 
 
 @dataclass(slots=True)
@@ -324,7 +251,7 @@ def write_batch(
     # Parsing lets go of the bodies; the archive keeps them (an unusable one too: a parser fix may read it).
     raws = {
         i: archive.entry(
-            archive_config, endpoint.name, r.id_type, endpoint.archived_as(r.identifier), r.body, now, job_id, endpoint.archive_params
+            archive_config, endpoint.kind.value, r.id_type, endpoint.archived_as(r.identifier), r.body, now, job_id, endpoint.archive_params
         )
         for i, r in enumerate(results)
         if r.body is not None
@@ -336,7 +263,7 @@ def write_batch(
                 "b_job_id": job_id,
                 "b_id_type": r.id_type,
                 "b_identifier": r.identifier,
-                "status": r.status,
+                "status": str(r.status),  # a plain str for the drivers (psycopg dumps an Enum by its name)
                 "b_attempts": r.attempts,
                 "http_status": r.http_status,
                 "last_error": _clean(None if r.error is None else redact(r.error)),
@@ -381,7 +308,7 @@ def _commit(
             [unit] = units
             logger.warning("the database refused item %s: %s", unit.item["b_identifier"], e)
             failed.add(unit.item["b_identifier"])
-            item = unit.item | {"status": "failed", "last_error": f"the database refused the data: {e}", "altmetric_id": None}
+            item = unit.item | {"status": str(ItemStatus.FAILED), "last_error": f"the database refused the data: {e}", "altmetric_id": None}
             alone = [Unit(item, [], [])]
             # Without its data the item's status row is ordinary: a refusal now is not the item's.
             _retrying(lambda conn: _write(conn, job_id, alone, now, runner, cover, more, failed), engine, refused_is_fatal=True)
@@ -426,7 +353,11 @@ def _write(
         conn,
         [row for u in units for row in u.asked],
         [rec for u in units for rec in u.records],
-        [(int(u.item["b_identifier"]), u.item["altmetric_id"]) for u in units if u.item["b_id_type"] == "id" and u.item["altmetric_id"] is not None],
+        [
+            (int(u.item["b_identifier"]), u.item["altmetric_id"])
+            for u in units
+            if u.item["b_id_type"] == "id" and u.item["altmetric_id"] is not None
+        ],
     )
     # A unit's asked rows go with its last record (a Citations page, the only unit of many records, asks by no id).
     records = [rec for u in units for rec in u.records]
@@ -439,10 +370,10 @@ def _write(
         # A page whose lease was lost adds no pages or follow-up items: its new holder will.
         lost = {u.item["b_identifier"] for u in claimed if u.item["status"] == "lost"}
         more(conn, (refused or set()) | lost)
-    _mark_items(conn, [u.item for u in units])
+    db.mark_items(conn, [u.item for u in units])
     # The heartbeat rides on every batch: a live run is one that writes.
     conn.execute(
-        update(schema.jobs).where(schema.jobs.c.id == job_id, schema.jobs.c.runner == runner).values(heartbeat_at=jobs.db_now(conn))
+        update(schema.jobs).where(schema.jobs.c.id == job_id, schema.jobs.c.runner == runner).values(heartbeat_at=clock.db_now(conn))
     )
 
 

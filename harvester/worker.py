@@ -18,21 +18,21 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, or_, select
 
-from harvester import jobs, leases, pipeline, schema
+from harvester import clock, jobs, leases, pipeline, schema
 from harvester.config import Config
-from harvester.errors import ExitCode, ItemStatus, JobStatus, QuotaExhausted
+from harvester.errors import QuotaExhausted
 from harvester.pipeline import ProgressCallback, RunOutcome
+from harvester.vocabulary import ENDPOINTS, ExitCode, ItemStatus, JobStatus
 
 logger = logging.getLogger(__name__)
 
-WORKABLE = ("counts", "fetch", "citations")
 POLL = 1.0  # seconds between looks when every item left is another worker's (a count of pending items)
 IDLE_POLL = 5.0  # seconds between looks for new jobs (--wait) when there is nothing at all to do
 
 
 @dataclass
 class WorkerOutcome:
-    exit_code: int
+    exit_code: ExitCode
     runs: list[RunOutcome] = field(default_factory=list)
     jobs: list[int] = field(default_factory=list)  # the jobs it looked at
     message: str | None = None
@@ -41,7 +41,7 @@ class WorkerOutcome:
 def candidates(engine: Engine, job_ids: list[int] | None, endpoints: tuple[str, ...]) -> list[jobs.Job]:
     """The unfinished jobs a worker may take, oldest first (all of them, or those named)."""
     j = schema.jobs.c
-    query = select(j.id).where(j.status != "finished", j.endpoint.in_([e for e in WORKABLE if e in endpoints])).order_by(j.id)
+    query = select(j.id).where(j.status != JobStatus.FINISHED, j.endpoint.in_([e for e in ENDPOINTS if e in endpoints])).order_by(j.id)
     if job_ids:
         query = query.where(j.id.in_(job_ids))
     with engine.connect() as conn:
@@ -53,10 +53,10 @@ def claimable(engine: Engine, job_id: int) -> bool:
     """Has the job an item that is pending and not leased (or whose lease ended)?"""
     ji = schema.job_items.c
     with engine.connect() as conn:
-        now = jobs.db_now(conn)
+        now = clock.db_now(conn)
         row = conn.execute(
             select(ji.line_no)
-            .where(ji.job_id == job_id, ji.status == "pending", or_(ji.lease_until.is_(None), ji.lease_until < now))
+            .where(ji.job_id == job_id, ji.status == ItemStatus.PENDING, or_(ji.lease_until.is_(None), ji.lease_until < now))
             .limit(1)
         ).first()
     return row is not None
@@ -76,17 +76,17 @@ async def work(
     if job_ids:
         for job_id in job_ids:
             jobs.get_job(engine, job_id)  # a wrong id is an error, not an idle worker
-    runner = jobs.new_runner_id()
+    runner = leases.new_runner_id()
     await asyncio.to_thread(leases.register, engine, runner, "worker")
-    outcome = WorkerOutcome(0)
+    outcome = WorkerOutcome(ExitCode.OK)
     seen: set[int] = set()
     try:
         while not stop.is_set():
             await asyncio.to_thread(leases.reap, engine)
             todo = await asyncio.to_thread(candidates, engine, job_ids, config.api.endpoints)
             seen.update(j.id for j in todo)
-            now = jobs.utcnow()
-            paused = [j for j in todo if j.status == "paused" and j.resume_after is not None and j.resume_after > now]
+            now = clock.utcnow()
+            paused = [j for j in todo if j.status == JobStatus.PAUSED and j.resume_after is not None and j.resume_after > now]
             ready = [j for j in todo if j not in paused]
             job = None
             for j in ready:

@@ -18,7 +18,8 @@ from harvester.config import ArchiveConfig
 from harvester.endpoints import Endpoint
 from harvester.errors import DatabaseError, HarvesterError
 from harvester.log import child_settings, setup_child
-from harvester.store import ItemResult, write_batch
+from harvester.store import write_batch
+from harvester.vocabulary import ItemResult
 
 
 class WriterProcess:
@@ -107,8 +108,8 @@ def _writer_main(
     setup_child(log_settings)
     parent = multiprocessing.parent_process()
     _die_with_parent()
+    from harvester.clock import utcnow
     from harvester.db import make_engine
-    from harvester.jobs import utcnow
 
     # BEGIN IMMEDIATE on SQLite: a batch first reads which leases it holds, then writes; a
     # read transaction that later writes fails when another process wrote in between.
@@ -124,7 +125,7 @@ def _writer_main(
             if batch is None:
                 return
             try:
-                results = [ItemResult(*fields) for fields in batch]
+                results = [ItemResult.from_tuple(fields) for fields in batch]
                 outbox.put(("ok", write_batch(engine, job_id, endpoint, results, utcnow(), runner, archive_config)))
             except HarvesterError as e:
                 outbox.put(("error", str(e)))

@@ -29,7 +29,34 @@ pg_cluster, pg_url = pg.pg_cluster, pg.pg_url
 
 
 def sample(name: str) -> dict[str, Any]:
-    return json.loads((SAMPLES / name).read_text())
+    data: dict[str, Any] = json.loads((SAMPLES / name).read_text())
+    return data
+
+
+# The fast tier (`python -m pytest -q -n 2 -m "not slow"`, README.md) leaves out what takes seconds a
+# test: real subprocesses killed or timed, PostgreSQL, the browser, multi-day nightlies. CI runs it all.
+SLOW_MODULES = {
+    "test_chaos",
+    "test_free_tier",
+    "test_nightly",
+    "test_nightly_order",
+    "test_packaging",
+    "test_workers",
+    "test_resume",
+    "test_database_failures",
+    "test_redaction",
+    "test_report",
+    "test_changefeed",
+}
+SLOW_FIXTURES = {"pg_url", "pg_cluster", "reaper"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if isinstance(item, pytest.Function) and item.module is not None else ""
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if module in SLOW_MODULES or fixtures & SLOW_FIXTURES or item.get_closest_marker("timing") or "postgresql" in item.name:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.hookimpl(hookwrapper=True)

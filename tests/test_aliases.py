@@ -17,7 +17,8 @@ from harvester import jobs, schema
 from harvester.db import open_database
 from harvester.endpoints import named
 from harvester.params import FetchOptions, HarvestParams
-from harvester.store import ItemResult, write_batch
+from harvester.store import write_batch
+from harvester.vocabulary import ExitCode, ItemResult, ItemStatus
 from tests.conftest import rows
 from tests.subproc import query
 from tests.test_nightly import NIGHT, SEED_KEY, World, make_world
@@ -36,11 +37,11 @@ def _two_nights(world: World) -> None:
     ids = world.tmp / "mine.txt"
     ids.write_text(f"{DOI}\n10.5555/plain.0001\n")
     code, _, err = world.run(NIGHT - timedelta(hours=24), "harvest", "--no-progress", str(ids), ALTMETRIC_API_KEY=SEED_KEY)
-    assert code == 0, err
+    assert code == ExitCode.OK, err
     [(first_id,)] = query(db, f"select altmetric_id from outputs where doi = '{DOI}'")
     for night in (NIGHT, NIGHT + timedelta(days=1)):
         code, _, err = world.run(night, "nightly", "--no-progress")
-        assert code == 0, err
+        assert code == ExitCode.OK, err
     [(current,)] = query(db, f"select altmetric_id from outputs where doi = '{DOI}' and superseded_by is null")
     assert current != first_id
     # One current row; the replaced ones point to it, and the aliases are one hop long.
@@ -61,13 +62,14 @@ def _two_nights(world: World) -> None:
     )
     assert len(days) == 3
     # Not new to the database: the nightly did not report it as a new output.
-    assert query(db, "select sum(new_outputs) from nightly_runs")[0][0] == query(
-        db, "select count(distinct altmetric_id) from citation_activity"
-    )[0][0]
+    assert (
+        query(db, "select sum(new_outputs) from nightly_runs")[0][0]
+        == query(db, "select count(distinct altmetric_id) from citation_activity")[0][0]
+    )
     # A superseded output is never due again: the third night asks for the DOI once, and never for an old id.
     before = dict(world.server.stats.per_path)
     code, _, err = world.run(NIGHT + timedelta(days=2), "nightly", "--no-progress")
-    assert code == 0, err
+    assert code == ExitCode.OK, err
     asked = {p: n - before.get(p, 0) for p, n in world.server.stats.per_path.items() if n > before.get(p, 0)}
     assert asked[f"/v1/doi/{DOI}"] == 1
     assert not any(p.startswith("/v1/id/") and p.endswith(tuple(str(o) for o, _ in old)) for p in asked)
@@ -114,6 +116,8 @@ def _harvest_by(engine: Engine, id_type: str, bodies: dict[str, dict[str, Any]],
     with engine.begin() as conn:
         job_id = jobs.new_job(conn, "fetch", id_type, None, params)
         jobs.add_items(conn, job_id, [(id_type, i, n) for n, i in enumerate(bodies, 1)], now)
-        conn.execute(update(schema.job_items).where(schema.job_items.c.job_id == job_id).values(claimed_by="test", lease_until=datetime(2100, 1, 1)))
-    results = [ItemResult(id_type, i, "done", 1, 200, None, json.dumps(b).encode()) for i, b in bodies.items()]
+        conn.execute(
+            update(schema.job_items).where(schema.job_items.c.job_id == job_id).values(claimed_by="test", lease_until=datetime(2100, 1, 1))
+        )
+    results = [ItemResult(id_type, i, ItemStatus.DONE, 1, 200, None, json.dumps(b).encode()) for i, b in bodies.items()]
     assert write_batch(engine, job_id, named("fetch", params), results, now, "test") == {"done": len(bodies)}

@@ -18,6 +18,7 @@ from harvester import archive, reparse, schema
 from harvester.db import open_database
 from harvester.fakeapi import FakeServer
 from harvester.store import DATA_TABLES
+from harvester.vocabulary import ExitCode
 from tests.conftest import KEY, Harness, dois
 from tests.subproc import query, snapshot, start, url_of
 
@@ -54,7 +55,7 @@ def test_reparse_rebuilds_every_table_without_a_request(h: Harness, fake: FakeSe
     fetch_ids = h.ids(dois(60) + SAMPLE_DOIS, "fetch.txt")
     for endpoint, ids in (("counts", counts_ids), ("fetch", fetch_ids)):
         result = h.run("--database", database, "harvest", "--endpoint", endpoint, "--no-progress", ids)
-        assert result.exit_code == 0, result.output
+        assert result.exit_code == ExitCode.OK, result.output
     before, compared = whole(db), snapshot(db)
     assert len(before["outputs"]) > 200 and len(before["mentions"]) > 300 and before["counts_snapshots"]
     done = query(db, "select count(*) from job_items where status = 'done'")[0][0]
@@ -63,7 +64,7 @@ def test_reparse_rebuilds_every_table_without_a_request(h: Harness, fake: FakeSe
     wipe(db)
     asked = fake.stats.total
     result = h.run("--database", database, "reparse")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == ExitCode.OK, result.output
     assert fake.stats.total == asked, "reparse must not call the API"
     assert f"reparse: {done:,} bodies" in result.stderr and "ids/s" in result.stderr
     assert snapshot(db) == compared
@@ -86,7 +87,7 @@ def test_reparse_by_endpoint_and_job(h: Harness) -> None:
     counts, fetched = (query(h.db, f"select count(*) from job_items where job_id = {job} and status = 'done'")[0][0] for job in (1, 2))
     wipe(h.db)
     result = h.run("reparse", "--endpoint", "fetch")
-    assert result.exit_code == 0 and f"reparse: {fetched} bodies" in result.stderr, result.output
+    assert result.exit_code == ExitCode.OK and f"reparse: {fetched} bodies" in result.stderr, result.output
     assert query(h.db, "select count(*) from outputs")[0][0] == fetched
     result = h.run("reparse", "--job", "1")
     assert f"reparse: {counts} bodies" in result.stderr
@@ -96,7 +97,7 @@ def test_reparse_by_endpoint_and_job(h: Harness) -> None:
 
 def test_archive_off_stores_no_body(h: Harness) -> None:
     (h.tmp / "harvester.toml").write_text((h.tmp / "harvester.toml").read_text() + "[archive]\nenabled = false\n")
-    assert h.run("harvest", "--no-progress", h.ids(dois(30))).exit_code == 0
+    assert h.run("harvest", "--no-progress", h.ids(dois(30))).exit_code == ExitCode.OK
     assert query(h.db, "select count(*) from outputs")[0][0] > 0
     assert query(h.db, "select count(*) from raw_bodies")[0][0] == 0
 
@@ -111,7 +112,7 @@ def test_keep_latest_or_all_days(tmp_path: Path, fake: FakeServer, clean_env: No
     for day in ("2026-11-24T03:00:00", "2026-11-25T03:00:00"):
         proc = start(db, fake, "harvest", "--no-progress", str(ids), config=config, HARVESTER_NOW=day)
         out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err
+        assert proc.returncode == ExitCode.OK, err
     days = query(db, "select harvested_on, count(*) from raw_bodies group by harvested_on order by harvested_on")
     done = query(db, "select count(*) from job_items where job_id = 1 and status = 'done'")[0][0]
     dates = [date.fromisoformat(str(d)) for d, _ in days]
@@ -122,16 +123,18 @@ def test_keep_latest_or_all_days(tmp_path: Path, fake: FakeServer, clean_env: No
     # Each archived day rebuilds its own snapshot.
     wipe(db)
     proc = start(db, fake, "reparse", config=config)
-    assert proc.wait(timeout=120) == 0
+    assert proc.wait(timeout=120) == ExitCode.OK
     snapshot_days = query(db, "select distinct harvested_on from counts_snapshots order by harvested_on")
     assert [date.fromisoformat(str(d)) for (d,) in snapshot_days] == dates
 
 
 def test_the_key_is_never_archived(h: Harness) -> None:
-    assert h.run("harvest", "--no-progress", h.ids(dois(20) + SAMPLE_DOIS)).exit_code == 0
+    assert h.run("harvest", "--no-progress", h.ids(dois(20) + SAMPLE_DOIS)).exit_code == ExitCode.OK
     fetch = ("harvest", "--endpoint", "fetch", "--include-sources", "twitter,news", "--no-progress", h.ids(dois(5), "f.txt"))
-    assert h.run(*fetch).exit_code == 0
-    assert h.run("citations", "1w", "--doi-prefix", "10.1038", "--num-results", "10", "--pages", "2", "--no-progress").exit_code == 0
+    assert h.run(*fetch).exit_code == ExitCode.OK
+    assert (
+        h.run("citations", "1w", "--doi-prefix", "10.1038", "--num-results", "10", "--pages", "2", "--no-progress").exit_code == ExitCode.OK
+    )
     rows = query(h.db, "select endpoint, id_type, identifier, params, body from raw_bodies")
     assert {r[0] for r in rows} == {"counts", "fetch", "citations"}
     for _endpoint, _id_type, identifier, params, body in rows:
@@ -155,12 +158,12 @@ def test_bodies_round_trip_smaller() -> None:
 
 
 def test_archive_settings_are_checked(tmp_path: Path) -> None:
-    from harvester.config import load_config
+    from harvester.config import ArchiveConfig, load_config
     from harvester.errors import ConfigError
 
     path = tmp_path / "h.toml"
     path.write_text('[archive]\nenabled = false\nkeep = "all"\n')
-    assert load_config(path, env={}).archive == archive.ArchiveConfig(enabled=False, keep="all")
+    assert load_config(path, env={}).archive == ArchiveConfig(enabled=False, keep="all")
     for bad, message in (('keep = "every"', "archive.keep must be one of latest, all"), ('enabled = "no"', "archive.enabled must be bool")):
         path.write_text(f"[archive]\n{bad}\n")
         with pytest.raises(ConfigError, match=message):

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from harvester.fakeapi import FakeConfig, serve_in_thread
+from harvester.vocabulary import ExitCode
 from tests.conftest import KEY
 from tests.subproc import final_count, query, snapshot, start, wait_until
 
@@ -65,7 +66,7 @@ def test_five_random_kills_then_resume_equal_an_undisturbed_run(tmp_path: Path, 
         calm = tmp_path / "calm.db"
         proc = start(calm, server, *harvest, config=config)
         out, err = proc.communicate(timeout=900)
-        assert proc.returncode == 0, err
+        assert proc.returncode == ExitCode.OK, err
         expected = snapshot(calm)
 
     seed = random.randrange(2**32)
@@ -74,7 +75,7 @@ def test_five_random_kills_then_resume_equal_an_undisturbed_run(tmp_path: Path, 
     with serve_in_thread(replace(FAULTY)) as server:
         db = tmp_path / "chaos.db"
         proc = start(db, server, *harvest, config=config)
-        kills = []
+        kills: list[int] = []
         for _ in range(KILLS):
             # Once the run has committed something, at a random moment: mid-fetch,
             # mid-batch, or inside a commit.
@@ -86,7 +87,7 @@ def test_five_random_kills_then_resume_equal_an_undisturbed_run(tmp_path: Path, 
             kills.append(final_count(db))
             proc = start(db, server, "resume", "--no-progress", config=config)
         out, err = proc.communicate(timeout=900)
-        assert proc.returncode == 0, f"seed {seed}: {err}"
+        assert proc.returncode == ExitCode.OK, f"seed {seed}: {err}"
         faults = dict(server.stats.faults)
 
     got = snapshot(db)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from harvester.fakeapi import FakeConfig, FakeServer, serve_in_thread
+from harvester.vocabulary import ExitCode
 from tests.conftest import KEY, Harness
 
 
@@ -18,7 +19,7 @@ def config(h: Harness, text: str) -> None:
 
 def test_a_full_key_may_call_every_endpoint_with_three_requests(h: Harness, fake: FakeServer) -> None:
     result = h.run("check")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == ExitCode.OK, result.output
     out = result.stdout
     assert "ok: the key is valid" in out
     for endpoint in ("counts", "fetch", "citations"):
@@ -30,18 +31,18 @@ def test_a_full_key_may_call_every_endpoint_with_three_requests(h: Harness, fake
 
 def test_check_json_is_one_object(h: Harness) -> None:
     result = h.run("check", "--json")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == ExitCode.OK, result.output
     report = json.loads(result.stdout)
     assert report["key_valid"] is True
     assert {name: e["allowed"] for name, e in report["endpoints"].items()} == {"counts": True, "fetch": True, "citations": True}
     assert report["announced_limits"]["hourly"]["limit"] > 0
-    assert report["exit_code"] == 0
+    assert report["exit_code"] == ExitCode.OK
     assert KEY not in result.stdout
 
 
 def test_a_counts_only_key_fails_when_the_config_uses_fetch(h: Harness) -> None:
     result = h.run("check", ALTMETRIC_API_KEY="counts-only-key")
-    assert result.exit_code == 1
+    assert result.exit_code == ExitCode.ERROR
     assert "ok: counts: allowed" in result.stdout
     assert "error: fetch: not allowed for this key's tier (403" in result.stderr
     assert "error: citations: not allowed" in result.stderr
@@ -51,14 +52,14 @@ def test_a_counts_only_key_fails_when_the_config_uses_fetch(h: Harness) -> None:
 def test_a_counts_only_key_passes_when_the_config_uses_counts_only(h: Harness) -> None:
     config(h, '[api]\nendpoints = ["counts"]\n')
     result = h.run("check", ALTMETRIC_API_KEY="counts-only-key")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == ExitCode.OK, result.output
     assert "info: fetch: not allowed for this key's tier" in result.stdout
     assert "error" not in result.output
 
 
 def test_a_wrong_key_is_one_error_after_one_request(h: Harness, fake: FakeServer) -> None:
     result = h.run("check", ALTMETRIC_API_KEY="not-a-key-123")
-    assert result.exit_code == 1
+    assert result.exit_code == ExitCode.ERROR
     assert "error: the key is not valid: Counts answered 403" in result.stderr
     assert fake.stats.total == 1
     assert "not-a-key-123" not in result.output + result.stderr
@@ -66,14 +67,14 @@ def test_a_wrong_key_is_one_error_after_one_request(h: Harness, fake: FakeServer
 
 def test_no_key_is_an_error_without_a_request(h: Harness, fake: FakeServer) -> None:
     result = h.run("check", ALTMETRIC_API_KEY=None)
-    assert result.exit_code == 1
+    assert result.exit_code == ExitCode.ERROR
     assert "no API key configured" in result.stderr
     assert fake.stats.total == 0
 
 
 def test_an_unreachable_api_is_one_line(h: Harness) -> None:
     result = h.run("check", HARVESTER_API_URL="http://127.0.0.1:9/v1")
-    assert result.exit_code == 1
+    assert result.exit_code == ExitCode.ERROR
     assert result.stdout == ""
     [line] = result.stderr.splitlines()
     assert line.startswith("error: the API is unreachable: cannot connect to http://127.0.0.1:9/v1")
@@ -89,7 +90,7 @@ def strict_fake() -> Iterator[FakeServer]:
 def test_lower_announced_limits_are_reported_with_the_values_to_configure(h: Harness, strict_fake: FakeServer) -> None:
     env = {"HARVESTER_API_URL": strict_fake.url, "HARVESTER_TIER": "free"}
     result = h.run("check", **env)
-    assert result.exit_code == 0, result.output  # every endpoint is allowed: the limits are warnings
+    assert result.exit_code == ExitCode.OK, result.output  # every endpoint is allowed: the limits are warnings
     out = result.stdout
     assert "limits announced: 1,000 an hour" in out and "20,000 a day" in out
     assert "warning: [limits] per_hour = 3,600 is above the announced 1,000 an hour" in out
@@ -102,13 +103,13 @@ def test_lower_announced_limits_are_reported_with_the_values_to_configure(h: Har
     # With the suggested values in the config, the configuration fits.
     config(h, "[limits]\nper_second = 0.231\nper_hour = 1000\nper_day = 20000\n")
     result = h.run("check", **env)
-    assert result.exit_code == 0 and "warning" not in result.output, result.output
+    assert result.exit_code == ExitCode.OK and "warning" not in result.output, result.output
     assert "ok: [limits] fit the announced limits" in result.stdout
 
 
 def test_a_commercial_config_against_a_limited_key_suggests_the_free_tier(h: Harness, strict_fake: FakeServer) -> None:
     result = h.run("check", HARVESTER_API_URL=strict_fake.url, HARVESTER_TIER="commercial")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == ExitCode.OK, result.output
     assert "warning: tier = commercial, but the server announces a limit of 1,000 an hour" in result.stdout
     assert 'suggest: tier = "free"; [limits] per_second = 0.231' in result.stdout
 
@@ -116,5 +117,5 @@ def test_a_commercial_config_against_a_limited_key_suggests_the_free_tier(h: Har
 def test_quiet_check_prints_errors_only(h: Harness, tmp_path: Path) -> None:
     assert h.run("-q", "check").output == ""
     result = h.run("-q", "check", ALTMETRIC_API_KEY="counts-only-key")
-    assert result.exit_code == 1 and result.stdout == ""
+    assert result.exit_code == ExitCode.ERROR and result.stdout == ""
     assert result.stderr.count("error:") == 2

@@ -15,6 +15,8 @@ ENDPOINTS: dict[str, Endpoint] = {"counts": Counts(), "fetch": Fetch(), "citatio
 
 def classify(endpoint: str, item: Item, status: int, body: bytes) -> Outcome:
     return ENDPOINTS[endpoint].classify(item, status, body)
+
+
 COUNTS = b'{"altmetric_id": 502878, "doi": "10.1038/480426a"}'
 
 

@@ -30,7 +30,7 @@ def test_a_get_is_never_sent_again_behind_the_limiter_after_a_disconnect() -> No
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        port: int = runner.addresses[0][1]  # (host, port) of the site just started
         try:
             async with ApiClient(ApiConfig(url=f"http://127.0.0.1:{port}/v1", key="k"), 1) as client:
                 assert (await client.get("/a")).status == 200  # opens the connection, kept alive

@@ -68,8 +68,11 @@ def test_nightly_filters_and_durations(tmp_path: Path) -> None:
     assert citation_filters(nightly.filters) == {"issns": "0028-0836", "subjects": "biology,ecology"}
     assert parse_duration(nightly.refresh_after) == timedelta(hours=36)
     assert [parse_duration(d) for d in ("90m", "2w", "3600s", "1.5d")] == [
-        timedelta(minutes=90), timedelta(weeks=2), timedelta(hours=1), timedelta(hours=36)
-    ]  # fmt: skip
+        timedelta(minutes=90),
+        timedelta(weeks=2),
+        timedelta(hours=1),
+        timedelta(hours=36),
+    ]
 
 
 def test_bad_environment_value() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from harvester.fakeapi import FakeConfig, FakeServer, serve_in_thread
+from harvester.vocabulary import ExitCode
 from tests.conftest import FAKE, KEY
 from tests.subproc import query, snapshot, start, wait_until
 
@@ -43,7 +44,7 @@ def test_a_locked_database_makes_the_writer_wait(tmp_path: Path, server: FakeSer
         other.execute("ROLLBACK")
         other.close()
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
+    assert proc.returncode == ExitCode.OK, err
     assert query(db, "select count(*) from job_items where status = 'pending'") == [(0,)]
 
 
@@ -76,7 +77,7 @@ def test_a_full_disk_stops_the_job_with_items_pending_and_resume_finishes(
     id_file = ids(tmp_path, n)
     calm = tmp_path / "calm.db"
     proc = start(calm, server, "harvest", "--no-progress", str(id_file))
-    assert proc.wait(timeout=300) == 0
+    assert proc.wait(timeout=300) == ExitCode.OK
 
     # Room for about half of what the harvest needs: the disk fills in the middle of the run.
     needed = sum(f.stat().st_size for f in tmp_path.glob("calm.db*"))
@@ -84,7 +85,7 @@ def test_a_full_disk_stops_the_job_with_items_pending_and_resume_finishes(
     db = disk / "full.db"
     proc = start(db, server, "harvest", "--no-progress", str(id_file))
     out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 1, err
+    assert proc.returncode == ExitCode.ERROR, err
     assert "disk is full" in err
     assert "Resume with:" in err and "Traceback" not in err
     done = query(db, "select count(*) from job_items where status != 'pending'")[0][0]
@@ -99,9 +100,8 @@ def test_a_full_disk_stops_the_job_with_items_pending_and_resume_finishes(
     subprocess.run(["mount", "-o", "remount,size=200m", str(disk)], check=True)
     proc = start(db, server, "resume", "--no-progress")
     out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
+    assert proc.returncode == ExitCode.OK, err
     assert snapshot(db) == snapshot(calm)
-
 
 
 def test_a_process_frozen_with_the_sqlite_write_lock_holds_a_worker_but_never_fails_it(tmp_path: Path) -> None:
@@ -118,19 +118,17 @@ def test_a_process_frozen_with_the_sqlite_write_lock_holds_a_worker_but_never_fa
         worker = start(db, server, "harvest", "--no-progress", str(ids), config=cfg, HARVESTER_SQLITE_BUSY_TIMEOUT="1")
         try:
             wait_until(db, 5, worker)
-            holder = subprocess.Popen(
-                [sys.executable, "-c", LOCK_AND_FREEZE, str(db)], stdout=subprocess.PIPE, text=True
-            )
+            holder = subprocess.Popen([sys.executable, "-c", LOCK_AND_FREEZE, str(db)], stdout=subprocess.PIPE, text=True)
             assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
             time.sleep(15)  # frozen with the lock
             assert worker.poll() is None, worker.communicate()
             holder.send_signal(signal.SIGCONT)
-            assert holder.wait(timeout=30) == 0
+            assert holder.wait(timeout=30) == ExitCode.OK
             code = worker.wait(timeout=120)
             _, err = worker.communicate()
         finally:
             worker.kill()
-    assert code == 0, err
+    assert code == ExitCode.OK, err
     assert "locked by another process" in err
     assert query(db, "select count(*) from job_items where status = 'pending'") == [(0,)]
 

@@ -22,9 +22,10 @@ from click.testing import CliRunner, Result
 from sqlalchemy import Engine
 
 import harvester.cli
-from harvester import fakeapi, jobs, schema
+from harvester import clock, fakeapi, schema
 from harvester.db import open_database
 from harvester.fakeapi import FakeConfig, serve_in_thread
+from harvester.vocabulary import ExitCode
 from tests.conftest import ROOT, rows, scalar
 from tests.subproc import start
 
@@ -119,32 +120,33 @@ def _harvest(tmp: Path, url: str, ids_file: Path, reharvest_file: Path) -> None:
 
         # 3: finished with the badrequest DOI failed, everything else final.
         result = harvest(str(ids_file))
-        assert result.exit_code == 3, result.output
+        assert result.exit_code == ExitCode.SOME_FAILED, result.output
         result = harvest("--endpoint", "fetch", str(ids_file))
-        assert result.exit_code == 3, result.output
+        assert result.exit_code == ExitCode.SOME_FAILED, result.output
         result = harvest("1w", "--num-results", "20", command="citations")
-        assert result.exit_code == 0, result.output
+        assert result.exit_code == ExitCode.OK, result.output
         # The server thread looks _fetch_bytes up on every request; fetch_body (below) too.
         lost = _posts_lost_upstream(fakeapi.bodies._fetch_bytes)
         mp.setattr(fakeapi.server, "_fetch_bytes", lost)
         mp.setattr(fakeapi.evolution, "_fetch_bytes", lost)
         result = harvest("--endpoint", "fetch", str(reharvest_file))
-        assert result.exit_code == 0, result.output
+        assert result.exit_code == ExitCode.OK, result.output
 
 
 def _two_nights(tmp: Path, url: str) -> None:
     """Two nightlies, a day apart, against a fake whose attention grows: snapshots, movers, reports."""
     config = tmp / "nightly.toml"
     config.write_text('[nightly]\ntimeframe = "1d"\nnum_results = 20\npages = 1\n')
-    clock = [0.0]
-    with serve_in_thread(FakeConfig(keys=("demo-key",), evolve=True, clock=lambda: clock[0])) as server:
+    fake_now = [0.0]
+    with serve_in_thread(FakeConfig(keys=("demo-key",), evolve=True, clock=lambda: fake_now[0])) as server:
         for days in (1, 2):
-            when = jobs.utcnow() + timedelta(days=days)
-            clock[0] = when.replace(tzinfo=UTC).timestamp()
-            proc = start(url, server, "nightly", "--no-progress", config=config, HARVESTER_NOW=when.isoformat(),
-                         ALTMETRIC_API_KEY="demo-key")  # fmt: skip
+            when = clock.utcnow() + timedelta(days=days)
+            fake_now[0] = when.replace(tzinfo=UTC).timestamp()
+            proc = start(
+                url, server, "nightly", "--no-progress", config=config, HARVESTER_NOW=when.isoformat(), ALTMETRIC_API_KEY="demo-key"
+            )
             out, err = proc.communicate(timeout=120)
-            assert proc.returncode == 0, err
+            assert proc.returncode == ExitCode.OK, err
 
 
 def test_the_docs_have_sql_examples() -> None:
@@ -175,7 +177,9 @@ def test_the_harvest_has_what_the_examples_need(harvested: Engine) -> None:
         body = fakeapi.fetch_body("doi", doi)
         if body and isinstance(body.get("posts"), dict):
             served += sum(len(posts[1:]) for posts in body["posts"].values())
-    stored = "select count(*) from mentions m join identifiers i on i.altmetric_id = m.altmetric_id where i.scheme = 'doi' and i.value in ({})"
+    stored = (
+        "select count(*) from mentions m join identifiers i on i.altmetric_id = m.altmetric_id where i.scheme = 'doi' and i.value in ({})"
+    )
     assert scalar(harvested, stored.format(", ".join(f"'{d.lower()}'" for d in REHARVEST_LINES))) == served > 0
 
 
@@ -222,11 +226,7 @@ COMMANDS = list(_commands(harvester.cli.cli))
 @pytest.mark.parametrize(("path", "command"), COMMANDS, ids=[p for p, _ in COMMANDS])
 def test_commands_have_help(path: str, command: click.Command) -> None:
     assert (command.help or "").strip(), f"`{path}` has no help text"
-    no_help = [
-        param.opts[-1]
-        for param in command.params
-        if isinstance(param, click.Option) and not (param.help or "").strip()
-    ]
+    no_help = [param.opts[-1] for param in command.params if isinstance(param, click.Option) and not (param.help or "").strip()]
     assert not no_help, f"`{path}` options without help: {no_help}"
 
 

@@ -22,6 +22,7 @@ from sqlalchemy import Engine
 from harvester.db import open_database
 from harvester.fakeapi import serve_in_thread
 from harvester.parse import parse_fetch
+from harvester.vocabulary import ExitCode
 from tests.conftest import FAKE, ROOT, Harness, dois, rows, sample
 from tests.test_replace import T1, T2, harvest
 
@@ -57,11 +58,17 @@ def test_downloads_are_their_own_rows_never_a_source() -> None:
     rec = parse_fetch(body_with_downloads(), T1)
     assert "downloads" not in {r["source"] for r in rec.source_counts}
     assert {(r["platform"], r["metric"], r["count"]) for r in rec.downloads} == {
-        ("pmc", "unique_ips", 237), ("pmc", "full_text", 253), ("pmc", "pdf", 179), ("pmc", "abstract", 4)
-    }  # fmt: skip
+        ("pmc", "unique_ips", 237),
+        ("pmc", "full_text", 253),
+        ("pmc", "pdf", 179),
+        ("pmc", "abstract", 4),
+    }
     assert {(r["month"], r["metric"], r["count"]) for r in rec.downloads_timeline} == {
-        ("2012-05", "unique_ips", 42), ("2012-04", "unique_ips", 65), ("2012-03", "unique_ips", 93), ("2012-02", "unique_ips", 37)
-    }  # fmt: skip
+        ("2012-05", "unique_ips", 42),
+        ("2012-04", "unique_ips", 65),
+        ("2012-03", "unique_ips", 93),
+        ("2012-02", "unique_ips", 37),
+    }
     assert {"downloads", "downloads_timeline"} <= rec.sections
     # citation.pmcid is the `pmc` scheme, next to the PMID the sample carries.
     assert ("pmc", "PMC2244806") in {(r["scheme"], r["value"]) for r in rec.identifiers}
@@ -87,8 +94,11 @@ def test_the_database_equals_the_latest_answer_for_downloads(db: Engine) -> None
     harvest(db, "fetch", {doi: body_with_downloads()}, T1)
     assert rows(db, "select count(*) as n from source_counts where source = 'downloads'")[0]["n"] == 0
     assert {(r["metric"], r["count"]) for r in rows(db, "select metric, count from downloads where altmetric_id = :a", a=aid)} == {
-        ("unique_ips", 237), ("full_text", 253), ("pdf", 179), ("abstract", 4)
-    }  # fmt: skip
+        ("unique_ips", 237),
+        ("full_text", 253),
+        ("pdf", 179),
+        ("abstract", 4),
+    }
     assert len(rows(db, "select * from downloads_timeline where altmetric_id = :a", a=aid)) == 4
     assert rows(db, "select altmetric_id from identifiers where scheme = 'pmc' and value = 'PMC2244806'") == [{"altmetric_id": aid}]
     # A later body with the section replaces it: a month and a metric gone, one month new.
@@ -98,8 +108,10 @@ def test_the_database_equals_the_latest_answer_for_downloads(db: Engine) -> None
     newer["pmc"]["timeline"] = {"2012-06": "11", "2012-05": "42"}
     harvest(db, "fetch", {doi: body_with_downloads(newer)}, T2)
     assert {(r["metric"], r["count"]) for r in rows(db, "select metric, count from downloads where altmetric_id = :a", a=aid)} == {
-        ("unique_ips", 237), ("full_text", 253), ("pdf", 200)
-    }  # fmt: skip
+        ("unique_ips", 237),
+        ("full_text", 253),
+        ("pdf", 200),
+    }
     assert {r["month"] for r in rows(db, "select month from downloads_timeline where altmetric_id = :a", a=aid)} == {"2012-06", "2012-05"}
     # A body without the section leaves the rows alone.
     harvest(db, "fetch", {doi: sample(JAMA)}, T2)
@@ -119,12 +131,14 @@ def _documented_query(title: str) -> str:
 
 
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
-def test_the_documented_downloads_query_runs_on_a_real_harvest(tmp_path: Path, clean_env: None, request: pytest.FixtureRequest, database: str) -> None:
+def test_the_documented_downloads_query_runs_on_a_real_harvest(
+    tmp_path: Path, clean_env: None, request: pytest.FixtureRequest, database: str
+) -> None:
     url = f"sqlite:///{tmp_path / 'harvest.db'}" if database == "sqlite" else request.getfixturevalue("pg_url")
     with serve_in_thread(FAKE) as server:
         h = Harness(tmp_path, server)
         result = h.run("--database", url, "harvest", "--endpoint", "fetch", "--no-progress", h.ids(dois(40, "10.5555/dl")))
-        assert result.exit_code == 0, result.output
+        assert result.exit_code == ExitCode.OK, result.output
     engine = open_database(url)
     try:
         found = rows(engine, _documented_query("PubMed Central downloads per output, and the last month counted"))
@@ -142,6 +156,10 @@ def test_the_documented_downloads_query_runs_on_a_real_harvest(tmp_path: Path, c
 def test_downloads_without_the_platform_level_are_pmcs() -> None:
     flat = {"unique_ips": "12", "full_text": 7, "pdf": 3, "timeline": {"2012-05": "5", "2012-06": 7}}
     rec = parse_fetch(body_with_downloads(flat), T1)
-    assert {(r["platform"], r["metric"], r["count"]) for r in rec.downloads} == {("pmc", "unique_ips", 12), ("pmc", "full_text", 7), ("pmc", "pdf", 3)}
+    assert {(r["platform"], r["metric"], r["count"]) for r in rec.downloads} == {
+        ("pmc", "unique_ips", 12),
+        ("pmc", "full_text", 7),
+        ("pmc", "pdf", 3),
+    }
     assert {(r["platform"], r["month"], r["count"]) for r in rec.downloads_timeline} == {("pmc", "2012-05", 5), ("pmc", "2012-06", 7)}
     assert "downloads" not in {r["source"] for r in rec.source_counts}

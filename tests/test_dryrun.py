@@ -9,16 +9,17 @@ from pathlib import Path
 import pytest
 from sqlalchemy import insert
 
-from harvester import dryrun, jobs, schema
+from harvester import clock, dryrun, schema
 from harvester.config import Config
 from harvester.db import open_database
 from harvester.fakeapi import FakeServer
+from harvester.vocabulary import ExitCode
 from tests.conftest import Harness, dois, rows, scalar
 
 
 def _at(monkeypatch: pytest.MonkeyPatch, offset: timedelta) -> None:
     """Run the harvester as if it were now + offset: this process's clock and the writer process's."""
-    monkeypatch.setattr(jobs, "_offset", offset)
+    monkeypatch.setattr(clock, "_offset", offset)
     monkeypatch.setenv("_HARVESTER_CLOCK_OFFSET", str(offset.total_seconds()))
 
 
@@ -32,9 +33,9 @@ def test_a_harvest_dry_run_predicts_the_real_run_on_a_database_holding_part_of_t
     ids = dois(120)
     # Two days ago: the first 40 ids; an hour ago: the next 30. Both are stored, only the second lot is fresh.
     _at(monkeypatch, timedelta(days=-2))
-    assert h.run("harvest", "--no-progress", h.ids(ids[:40], "old.txt")).exit_code == 0
+    assert h.run("harvest", "--no-progress", h.ids(ids[:40], "old.txt")).exit_code == ExitCode.OK
     _at(monkeypatch, timedelta(hours=-1))
-    assert h.run("harvest", "--no-progress", h.ids(ids[40:70], "recent.txt")).exit_code == 0
+    assert h.run("harvest", "--no-progress", h.ids(ids[40:70], "recent.txt")).exit_code == ExitCode.OK
     _at(monkeypatch, timedelta(0))
     stored_before = {r["value"] for r in rows(h.engine, "select value from identifiers where scheme = 'doi'")}
     fresh_before = {
@@ -42,7 +43,7 @@ def test_a_harvest_dry_run_predicts_the_real_run_on_a_database_holding_part_of_t
         for r in rows(
             h.engine,
             "select i.value from identifiers i join outputs o using (altmetric_id) where i.scheme = 'doi' and o.harvested_at >= :t",
-            t=jobs.utcnow() - timedelta(hours=20),
+            t=clock.utcnow() - timedelta(hours=20),
         )
     }
     # The list: every id, some twice (one in another case), two bad lines and a comment.
@@ -50,7 +51,7 @@ def test_a_harvest_dry_run_predicts_the_real_run_on_a_database_holding_part_of_t
     jobs_before, requests_before = _jobs(h), fake.stats.total
 
     result = h.run("harvest", "--dry-run", "--json", listing)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == ExitCode.OK, result.output
     plan = json.loads(result.stdout)
     assert (_jobs(h), fake.stats.total) == (jobs_before, requests_before)  # no job, no request
     expected_stored = len(stored_before & set(ids))
@@ -61,12 +62,12 @@ def test_a_harvest_dry_run_predicts_the_real_run_on_a_database_holding_part_of_t
     assert plan["estimate"]["tier"] == "commercial" and plan["estimate"]["quota_per_day"] is None
 
     text = h.run("harvest", "--dry-run", listing)
-    assert text.exit_code == 0
+    assert text.exit_code == ExitCode.OK
     assert "unlimited quota" in text.stdout and "to request:" in text.stdout
 
     # The real run: the requests it sends and the outputs it stores are the dry run's figures.
     result = h.run("harvest", "--no-progress", listing)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == ExitCode.OK, result.output
     assert fake.stats.total - requests_before == plan["to_request"] == 120
     job = _jobs(h)
     items = rows(h.engine, "select identifier, status from job_items where job_id = :j", j=job)
@@ -82,7 +83,7 @@ def test_a_free_tier_dry_run_spans_days_of_quota(h: Harness) -> None:
     free = {"HARVESTER_TIER": "free"}
     h.tmp.joinpath("harvester.toml").write_text("[limits]\nper_second = 2.0\nper_hour = 100\nper_day = 150\n")
     result = h.run("harvest", "--dry-run", "--json", listing, **free)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == ExitCode.OK, result.output
     est = json.loads(result.stdout)["estimate"]
     # 150 a day: 500 requests need today and three more days (the last one takes 50).
     assert est["quota_per_day"] == 150 and est["days"] == 4 and est["requests"] == 500
@@ -91,22 +92,22 @@ def test_a_free_tier_dry_run_spans_days_of_quota(h: Harness) -> None:
 def test_a_citations_dry_run_requests_nothing_not_even_page_one(h: Harness, fake: FakeServer) -> None:
     before = fake.stats.total
     result = h.run("citations", "1d", "--all-pages", "--dry-run")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == ExitCode.OK, result.output
     assert "unknown until page 1 is read" in result.stdout
     result = h.run("citations", "1d", "--pages", "3", "--then", "counts", "--dry-run")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == ExitCode.OK, result.output
     assert "pages: 3" in result.stdout and "then counts: up to 297 requests" in result.stdout
     assert fake.stats.total == before and _jobs(h) == 0
 
 
 def test_a_nightly_dry_run_lists_what_is_due_by_reason(h: Harness, fake: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
     _at(monkeypatch, timedelta(days=-1))
-    assert h.run("harvest", "--no-progress", h.ids(dois(30))).exit_code == 0
+    assert h.run("harvest", "--no-progress", h.ids(dois(30))).exit_code == ExitCode.OK
     _at(monkeypatch, timedelta(0))
     stored = scalar(h.engine, "select count(*) from outputs")
     before, jobs_before = fake.stats.total, _jobs(h)
     result = h.run("nightly", "--dry-run", "--json")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == ExitCode.OK, result.output
     plan = json.loads(result.stdout)
     assert plan["lists_due"] == stored and plan["planned"]["lists"] == stored
     assert (fake.stats.total, _jobs(h)) == (before, jobs_before)
@@ -118,20 +119,35 @@ def test_a_nightly_dry_run_lists_what_is_due_by_reason(h: Harness, fake: FakeSer
 def test_plan_harvest_compares_with_the_database_on_each_engine(dialect: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     url = request.getfixturevalue("pg_url") if dialect == "postgresql" else f"sqlite:///{tmp_path / 'h.db'}"
     engine = open_database(url)
-    now = jobs.utcnow()
+    now = clock.utcnow()
     with engine.begin() as conn:
-        conn.execute(insert(schema.outputs), [
-            {"altmetric_id": 1, "doi": "10.1000/a", "harvested_at": now - timedelta(days=3)},
-            {"altmetric_id": 2, "doi": "10.1000/b", "harvested_at": now - timedelta(hours=1)},
-        ])  # fmt: skip
-        conn.execute(insert(schema.identifiers), [
-            {"scheme": "doi", "value": "10.1000/a", "altmetric_id": 1},
-            {"scheme": "doi", "value": "10.1000/b", "altmetric_id": 2},
-        ])  # fmt: skip
+        conn.execute(
+            insert(schema.outputs),
+            [
+                {"altmetric_id": 1, "doi": "10.1000/a", "harvested_at": now - timedelta(days=3)},
+                {"altmetric_id": 2, "doi": "10.1000/b", "harvested_at": now - timedelta(hours=1)},
+            ],
+        )
+        conn.execute(
+            insert(schema.identifiers),
+            [
+                {"scheme": "doi", "value": "10.1000/a", "altmetric_id": 1},
+                {"scheme": "doi", "value": "10.1000/b", "altmetric_id": 2},
+            ],
+        )
     ids = tmp_path / "ids.txt"
     ids.write_text("10.1000/A\n10.1000/b\ndoi:10.1000/b\n10.1000/c\nnonsense\n")
     plan = dryrun.plan_harvest(engine, Config(), [str(ids)], "doi", "counts")
-    assert (plan.lines, plan.rejected, plan.duplicates, plan.distinct, plan.stored, plan.fresh, plan.new, plan.to_request) == (5, 1, 1, 3, 2, 1, 1, 3)
+    assert (plan.lines, plan.rejected, plan.duplicates, plan.distinct, plan.stored, plan.fresh, plan.new, plan.to_request) == (
+        5,
+        1,
+        1,
+        3,
+        2,
+        1,
+        1,
+        3,
+    )
     # Twice on one engine: the temporary table is gone after each plan.
     assert dryrun.plan_harvest(engine, Config(), [str(ids)], "doi", "counts").stored == 2
     by_id = tmp_path / "by-id.txt"

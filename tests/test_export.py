@@ -28,6 +28,7 @@ from click.testing import CliRunner
 import harvester.cli
 from benchmarks.export import make_synthetic, run_export
 from harvester.fakeapi import FakeConfig, serve_in_thread
+from harvester.vocabulary import ExitCode
 from tests.conftest import dois
 from tests.subproc import query
 
@@ -39,8 +40,10 @@ def harvest_into(url: str, ids: Path) -> None:
     with serve_in_thread(FakeConfig()) as server:
         env = {"HARVESTER_API_URL": server.url, "ALTMETRIC_API_KEY": "demo-key", "HARVESTER_TIER": "commercial", "HARVESTER_CONFIG": ""}
         for endpoint in ("counts", "fetch"):
-            result = CliRunner().invoke(harvester.cli.cli, ["--database", url, "harvest", "--endpoint", endpoint, "--no-progress", str(ids)], env=env)
-            assert result.exit_code == 0, result.output
+            result = CliRunner().invoke(
+                harvester.cli.cli, ["--database", url, "harvest", "--endpoint", endpoint, "--no-progress", str(ids)], env=env
+            )
+            assert result.exit_code == ExitCode.OK, result.output
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +57,9 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def export(database: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HARVESTER_")}
-    return subprocess.run([sys.executable, "-m", "harvester", "--database", database, "export", *args], env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "harvester", "--database", database, "export", *args], env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def canon(value: Any) -> str:
@@ -106,7 +111,7 @@ def read_back(path: Path, fmt: str) -> tuple[list[str], list[list[str]]]:
 def test_round_trip_equals_the_rows_with_the_attribution(db: Path, tmp_path: Path, fmt: str, source: str) -> None:
     out = tmp_path / f"export.{fmt}"
     result = export(f"sqlite:///{db}", source, "--format", fmt, "-o", str(out))
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == ExitCode.OK, result.stderr
     columns, expected = table_rows(f"sqlite:///{db}", f"SELECT * FROM {source}")
     assert len(expected) > 50
     assert read_back(out, fmt) == (columns, expected)
@@ -129,7 +134,7 @@ def test_round_trip_equals_the_rows_with_the_attribution(db: Path, tmp_path: Pat
 
 def test_parquet_keeps_the_column_types(db: Path, tmp_path: Path) -> None:
     out = tmp_path / "summary.parquet"
-    assert export(f"sqlite:///{db}", "-o", str(out)).returncode == 0  # the format from the suffix
+    assert export(f"sqlite:///{db}", "-o", str(out)).returncode == ExitCode.OK  # the format from the suffix
     schema = pq.read_schema(out)
     types = {name: str(schema.field(name).type) for name in schema.names}
     assert types["altmetric_id"] == "int64" and types["score"] == "double" and types["doi"] == "string"
@@ -138,51 +143,68 @@ def test_parquet_keeps_the_column_types(db: Path, tmp_path: Path) -> None:
 
 def test_to_stdout_csv_with_the_attribution_on_stderr(db: Path) -> None:
     result = export(f"sqlite:///{db}")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == ExitCode.OK, result.stderr
     rows = list(csv.reader(result.stdout.splitlines()))
     assert rows[0][:3] == ["altmetric_id", "doi", "title"]
     assert len(rows) - 1 == query(db, "select count(*) from output_summary")[0][0]
     assert "Source: Altmetric.com" in result.stderr and "must not be redistributed" in result.stderr
     assert "counts, fetch" in result.stderr
-    quiet = subprocess.run([sys.executable, "-m", "harvester", "-q", "--database", f"sqlite:///{db}", "export"], capture_output=True, text=True)
-    assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout == result.stdout
+    quiet = subprocess.run(
+        [sys.executable, "-m", "harvester", "-q", "--database", f"sqlite:///{db}", "export"], capture_output=True, text=True
+    )
+    assert quiet.returncode == ExitCode.OK and quiet.stderr == "" and quiet.stdout == result.stdout
 
 
 def test_sql_query_jsonl_with_iso_dates(db: Path) -> None:
-    result = export(f"sqlite:///{db}", "--sql", "SELECT doi, score, published_on FROM output_summary WHERE doi LIKE '10.5555/%' ORDER BY doi", "--format", "jsonl")
-    assert result.returncode == 0, result.stderr
+    result = export(
+        f"sqlite:///{db}",
+        "--sql",
+        "SELECT doi, score, published_on FROM output_summary WHERE doi LIKE '10.5555/%' ORDER BY doi",
+        "--format",
+        "jsonl",
+    )
+    assert result.returncode == ExitCode.OK, result.stderr
     objects = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [o["doi"] for o in objects] == [r[0] for r in query(db, "select doi from output_summary where doi like '10.5555/%' order by doi")]
+    assert [o["doi"] for o in objects] == [
+        r[0] for r in query(db, "select doi from output_summary where doi like '10.5555/%' order by doi")
+    ]
     assert all(isinstance(o["score"], (float, int, type(None))) for o in objects)
 
 
 def test_sql_must_be_read_only(db: Path) -> None:
     before = query(db, "select count(*) from outputs")[0][0]
-    for sql in ("DELETE FROM outputs", "SELECT 1; DELETE FROM outputs", "WITH x AS (SELECT 1) DELETE FROM outputs", "UPDATE outputs SET score = 0"):
+    for sql in (
+        "DELETE FROM outputs",
+        "SELECT 1; DELETE FROM outputs",
+        "WITH x AS (SELECT 1) DELETE FROM outputs",
+        "UPDATE outputs SET score = 0",
+    ):
         result = export(f"sqlite:///{db}", "--sql", sql)
-        assert result.returncode == 1 and result.stderr.startswith("Error: "), (sql, result.stderr)
+        assert result.returncode == ExitCode.ERROR and result.stderr.startswith("Error: "), (sql, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert query(db, "select count(*) from outputs")[0][0] == before
 
 
 def test_unknown_table_lists_valid_names(db: Path) -> None:
     result = export(f"sqlite:///{db}", "no_such_table")
-    assert result.returncode == 1 and result.stdout == ""
+    assert result.returncode == ExitCode.ERROR and result.stdout == ""
     line = result.stderr.strip()
-    assert len(line.splitlines()) == 1 and "no table or view named 'no_such_table'" in line and "output_summary" in line and "outputs" in line
+    assert (
+        len(line.splitlines()) == 1 and "no table or view named 'no_such_table'" in line and "output_summary" in line and "outputs" in line
+    )
 
 
 def test_unwritable_path_and_full_disk_are_one_line(db: Path, tmp_path: Path) -> None:
     for target, reason in ((tmp_path / "missing" / "x.csv", "No such file or directory"), (Path("/dev/full"), "No space left on device")):
         result = export(f"sqlite:///{db}", "-o", str(target))
-        assert result.returncode == 1 and result.stderr.strip() == f"Error: cannot write {target}: {reason}"
+        assert result.returncode == ExitCode.ERROR and result.stderr.strip() == f"Error: cannot write {target}: {reason}"
     readonly = tmp_path / "readonly"
     readonly.mkdir()
     readonly.chmod(0o500)
     try:
         result = export(f"sqlite:///{db}", "-o", str(readonly / "x.csv"))
         if os.geteuid() != 0:  # root writes anyway
-            assert result.returncode == 1 and "Permission denied" in result.stderr and len(result.stderr.splitlines()) == 1
+            assert result.returncode == ExitCode.ERROR and "Permission denied" in result.stderr and len(result.stderr.splitlines()) == 1
     finally:
         readonly.chmod(0o700)
     assert not list(tmp_path.rglob("*.partial"))  # a failed export leaves nothing half-written
@@ -193,9 +215,12 @@ def test_broken_pipe_exits_quietly(db: Path, tmp_path: Path) -> None:
     for fmt in ("csv", "jsonl"):
         result = subprocess.run(
             f"{sys.executable} -m harvester --database {url} export synthetic --format {fmt} | head -n 2",
-            shell=True, capture_output=True, text=True, timeout=120,
+            shell=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
             executable="/bin/bash",
-        )  # fmt: skip
+        )
         assert len(result.stdout.splitlines()) == 2
         assert result.stderr == "", result.stderr
 
@@ -203,15 +228,17 @@ def test_broken_pipe_exits_quietly(db: Path, tmp_path: Path) -> None:
 def test_missing_pyarrow_hints_at_the_extra(db: Path, tmp_path: Path) -> None:
     code = "import sys; sys.modules['pyarrow'] = None; from harvester.cli import main; sys.argv[0] = 'harvester'; main()"
     out = tmp_path / "x.parquet"
-    result = subprocess.run([sys.executable, "-c", code, "--database", f"sqlite:///{db}", "export", "-o", str(out)], capture_output=True, text=True)
-    assert result.returncode == 1 and not out.exists()
+    result = subprocess.run(
+        [sys.executable, "-c", code, "--database", f"sqlite:///{db}", "export", "-o", str(out)], capture_output=True, text=True
+    )
+    assert result.returncode == ExitCode.ERROR and not out.exists()
     assert result.stderr.strip() == "Error: Parquet needs pyarrow: pip install 'altmetric-harvester[parquet]'"
 
 
 def test_datasette_metadata(db: Path, tmp_path: Path) -> None:
     out = tmp_path / "metadata.json"
     result = export(f"sqlite:///{db}", "--datasette-metadata", str(out))
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == ExitCode.OK, result.stderr
     metadata = json.loads(out.read_text())
     assert metadata["source"] == "Altmetric.com" and metadata["source_url"] == "https://www.altmetric.com"
     assert "must not be published" in metadata["description"] and "redistributed" in metadata["license"]
@@ -232,17 +259,17 @@ def test_postgresql_round_trip_and_read_only(pg_harvest: str, tmp_path: Path) ->
     for fmt in ("csv", "jsonl", "parquet"):
         out = tmp_path / f"summary.{fmt}"
         result = export(pg_harvest, "--format", fmt, "-o", str(out))
-        assert result.returncode == 0, result.stderr
+        assert result.returncode == ExitCode.OK, result.stderr
         assert read_back(out, fmt) == table_rows(pg_harvest, "SELECT * FROM output_summary")
     before = query(pg_harvest, "select count(*) from outputs")[0][0]
     result = export(pg_harvest, "--sql", "WITH gone AS (DELETE FROM outputs RETURNING 1) SELECT COUNT(*) FROM gone")
-    assert result.returncode == 1 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.returncode == ExitCode.ERROR and len(result.stderr.splitlines()) == 1, result.stderr
     assert query(pg_harvest, "select count(*) from outputs")[0][0] == before
     # A write the server-side cursor would take (a function's) meets a read-only transaction.
     result = export(pg_harvest, "--sql", "SELECT current_setting('transaction_read_only') AS ro")
-    assert result.returncode == 0 and result.stdout.splitlines() == ["ro", "on"], result.stderr
+    assert result.returncode == ExitCode.OK and result.stdout.splitlines() == ["ro", "on"], result.stderr
     result = export(pg_harvest, "--sql", "SELECT nextval('jobs_id_seq')")
-    assert result.returncode == 1 and "read-only transaction" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert result.returncode == ExitCode.ERROR and "read-only transaction" in result.stderr and len(result.stderr.splitlines()) == 1
     assert query(pg_harvest, "select count(*) from outputs")[0][0] == before
 
 
@@ -266,10 +293,22 @@ def test_parquet_never_truncates_a_fraction_in_an_integer_column(db: Path, tmp_p
     """SQLite types a query's expression by the values of its first rows: a later fraction is an error, not cut to an int."""
     sql = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 15000) SELECT CASE WHEN i = 15000 THEN 0.5 ELSE i END AS v FROM n"
     result = export(f"sqlite:///{db}", "--sql", sql, "--format", "parquet", "-o", str(tmp_path / "x.parquet"))
-    assert result.returncode == 1 and "column 'v' holds integers and then 0.5" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert (
+        result.returncode == ExitCode.ERROR
+        and "column 'v' holds integers and then 0.5" in result.stderr
+        and len(result.stderr.splitlines()) == 1
+    )
     assert not (tmp_path / "x.parquet").exists()
-    result = export(f"sqlite:///{db}", "--sql", sql.replace("ELSE i END", "ELSE CAST(i AS REAL) END"), "--format", "parquet", "-o", str(tmp_path / "x.parquet"))
-    assert result.returncode == 0 and pq.read_table(tmp_path / "x.parquet").column("v").to_pylist()[-2:] == [14999.0, 0.5]
+    result = export(
+        f"sqlite:///{db}",
+        "--sql",
+        sql.replace("ELSE i END", "ELSE CAST(i AS REAL) END"),
+        "--format",
+        "parquet",
+        "-o",
+        str(tmp_path / "x.parquet"),
+    )
+    assert result.returncode == ExitCode.OK and pq.read_table(tmp_path / "x.parquet").column("v").to_pylist()[-2:] == [14999.0, 0.5]
 
 
 def test_a_failed_write_leaves_the_earlier_export_and_its_provenance_whole(tmp_path: Path) -> None:
@@ -285,7 +324,7 @@ def test_a_failed_write_leaves_the_earlier_export_and_its_provenance_whole(tmp_p
     from harvester.cli import cli
 
     db = tmp_path / "harvest.db"
-    assert CliRunner().invoke(cli, ["--database", f"sqlite:///{db}", "db", "upgrade"]).exit_code == 0
+    assert CliRunner().invoke(cli, ["--database", f"sqlite:///{db}", "db", "upgrade"]).exit_code == ExitCode.OK
     out, sidecar = tmp_path / "small.csv", tmp_path / "small.csv.provenance.json"
     out.write_text("earlier\n")
     sidecar.write_text('{"earlier": true}\n')
@@ -296,9 +335,13 @@ def test_a_failed_write_leaves_the_earlier_export_and_its_provenance_whole(tmp_p
 
     proc = subprocess.run(
         [sys.executable, "-m", "harvester", "--database", f"sqlite:///{db}", "export", "--sql", "select 1 as x", "-o", str(out)],
-        capture_output=True, text=True, timeout=120, preexec_fn=limited, cwd=tmp_path,
-    )  # fmt: skip
-    assert proc.returncode == 1, proc.stderr
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=limited,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == ExitCode.ERROR, proc.stderr
     [line] = proc.stderr.splitlines()
     assert line.startswith(f"Error: cannot write the attribution file {sidecar}: File too large"), line
     assert sidecar.read_text() == '{"earlier": true}\n'

@@ -43,8 +43,17 @@ COUNTS_ONLY = {"readers_count", "accounts_count", "last_updated", "is_oa", "url"
 WRITER_SET = {"posts_seen_at", "first_harvested_at", "superseded_by", "superseded_at"}  # set by the writer (aliases.py), not parsed
 # identifiers.asked is the writer's too: it marks the id a job asked by.
 WRITER_COLUMNS = {"identifiers": {"asked"}}
-TABLES = ("identifiers", "source_counts", "readers", "score_history", "score_context",
-          "output_relations", "mentions", "mention_citations", "demographics")  # fmt: skip
+TABLES = (
+    "identifiers",
+    "source_counts",
+    "readers",
+    "score_history",
+    "score_context",
+    "output_relations",
+    "mentions",
+    "mention_citations",
+    "demographics",
+)
 
 
 def parse(name: str) -> Records:
@@ -297,7 +306,9 @@ def test_misc_and_policy() -> None:
     assert misc["title"] == "South Asia Could Benefit From Globalization Backlash"
     assert misc["author_name"] == "https://financialtribune.com"
     assert misc["posted_on"] == datetime(2017, 4, 17)
-    news = mention(r, url="http://feedproxy.google.com/~r/scroll_in/~3/u9hNZWGjEUE/indias-economy-will-grow-by-7-2-in-2017-18-predicts-world-bank")
+    news = mention(
+        r, url="http://feedproxy.google.com/~r/scroll_in/~3/u9hNZWGjEUE/indias-economy-will-grow-by-7-2-in-2017-18-predicts-world-bank"
+    )
     assert (news["source"], news["title"]) == ("news", "India\u2019s economy will grow by 7.2% in 2017-\u201918, predicts World Bank")
     assert news["author_name"] == "Scroll India "  # the trailing space is the API's
     assert news["posted_on"] == datetime(2017, 4, 17, 2, 48, 21)
@@ -396,7 +407,11 @@ def test_docs_example() -> None:
     assert {x["platform"]: x["count"] for x in r.readers} == {"mendeley": 76, "citeulike": 1, "connotea": 0}
     j = context(r)["journal"]
     assert (j["count"], j["rank"], j["percentile"], j["sample_size"]) == (88504, 119, 99, 88504)
-    assert {("twitter", "country", "US", 732), ("twitter", "poster_type", "researcher", 379), ("twitter", "cohort", "Scientists", 379)} <= demographics(r)
+    assert {
+        ("twitter", "country", "US", 732),
+        ("twitter", "poster_type", "researcher", 379),
+        ("twitter", "cohort", "Scientists", 379),
+    } <= demographics(r)
     assert len(r.demographics) == 4 + 4 + 13 + 16 + 5 + 3
     assert_row_shapes(r)
 
@@ -405,8 +420,12 @@ def test_szn_edited_legacy_context() -> None:
     r = parse(SZN)
     o = r.outputs
     assert (o["doi"], o["journal"], o["publisher"], o["score"], o["posts_count"]) == (
-        "10.1038/srep00042", "Scientific Reports", "Nature Publishing Group", 32.338, 32
-    )  # fmt: skip
+        "10.1038/srep00042",
+        "Scientific Reports",
+        "Nature Publishing Group",
+        32.338,
+        32,
+    )
     assert o["type"] is None  # this citation has no type
     # "2011-07-21T00:00:00+01:00" is 23:00 UTC the day before.
     assert o["published_on"] == datetime(2011, 7, 20, 23, 0)
@@ -546,7 +565,9 @@ def test_demographics_of_other_shapes_are_flattened_or_skipped() -> None:
 
 def test_video_embed_ids_other_than_youtube() -> None:
     body = sample(DOCS)
-    body["posts"] = {"video": [{"url": "https://vimeo.com/1", "embed": {"type": "vimeo", "vimeo_id": 76979871}}, {"url": "u", "embed": "<iframe>"}]}
+    body["posts"] = {
+        "video": [{"url": "https://vimeo.com/1", "embed": {"type": "vimeo", "vimeo_id": 76979871}}, {"url": "u", "embed": "<iframe>"}]
+    }
     assert [m["video_embed_id"] for m in parse_fetch(body, NOW).mentions] == ["76979871", None]
 
 

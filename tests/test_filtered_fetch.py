@@ -15,6 +15,7 @@ import pytest
 
 from harvester.fakeapi import FakeServer, fetch_body
 from harvester.fakeapi.bodies import _filter_fetch
+from harvester.vocabulary import ExitCode
 from tests.conftest import Harness, dois
 from tests.subproc import query, url_of
 from tests.test_archive import whole, wipe
@@ -29,7 +30,7 @@ def database(h: Harness, backend: str, request: pytest.FixtureRequest) -> Path |
 
 def fetch(h: Harness, db: Path | str, *options: str) -> None:
     result = h.run("--database", url_of(db), "harvest", "--endpoint", "fetch", "--no-progress", *options, h.ids(IDS))
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == ExitCode.OK, result.output
 
 
 def totals(db: Path | str) -> dict[str, list[tuple[Any, ...]]]:
@@ -80,6 +81,6 @@ def test_reparse_after_a_filtered_fetch_rebuilds_what_the_harvests_stored(
     wipe(db)
     asked = fake.stats.total
     result = h.run("--database", url_of(db), "reparse")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == ExitCode.OK, result.output
     assert fake.stats.total == asked
     assert whole(db) == before

@@ -18,6 +18,7 @@ import pytest
 from harvester.budget import free_tier_rate
 from harvester.fakeapi import serve_in_thread
 from harvester.ratelimit import FIRST_GAP
+from harvester.vocabulary import ExitCode
 from tests.conftest import FAKE, Harness, dois
 
 pytestmark = pytest.mark.timing  # rates, leases and speedups: alone under -n 2 (tests/conftest.py)
@@ -27,15 +28,14 @@ SECONDS = 60 if os.environ.get("HARVESTER_LONG") else 20  # CI: 20 s; HARVESTER_
 
 
 def test_a_sustained_run_at_the_enforced_rate_draws_no_429(tmp_path: Path, clean_env: None) -> None:
-    server_limits = dict(per_second=RATE, burst=2, per_hour=int(RATE * 3600), per_day=int(RATE * 86400))
-    with serve_in_thread(replace(FAKE, **server_limits)) as server:
+    with serve_in_thread(replace(FAKE, per_second=RATE, burst=2, per_hour=int(RATE * 3600), per_day=int(RATE * 86400))) as server:
         h = Harness(tmp_path, server)
         (tmp_path / "harvester.toml").write_text(
             f"[limits]\nper_second = {RATE}\nper_hour = {int(RATE * 3600)}\nper_day = {int(RATE * 86400)}\nconcurrency = 8\n"
         )
         n = int(RATE * SECONDS)
         result = h.run("harvest", "--no-progress", h.ids(dois(n, "10.5555/free")), HARVESTER_TIER="free")
-        assert result.exit_code == 0, result.output
+        assert result.exit_code == ExitCode.OK, result.output
         assert server.stats.rate_limited == 0
         assert server.stats.total == n
         # As the server saw it, from the first request to the last.

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from harvester.fakeapi import FakeConfig, FakeServer, citation_listing, counts_body, serve_in_thread
+from harvester.vocabulary import ExitCode
 from tests.conftest import KEY, Harness, rows, scalar
 from tests.subproc import query, snapshot, start
 
@@ -70,7 +71,7 @@ class World:
         ids = self.tmp / "seed.txt"
         ids.write_text("".join(f"10.5555/night.{i:04d}\n" for i in range(n)))
         code, _, err = self.run(NIGHT - timedelta(hours=24), "harvest", "--no-progress", str(ids), db=db, ALTMETRIC_API_KEY=SEED_KEY)
-        assert code == 0, err
+        assert code == ExitCode.OK, err
 
 
 def make_world(tmp_path: Path, concurrency: int = 8, **fake: Any) -> Iterator[World]:
@@ -91,13 +92,20 @@ def day(when: datetime) -> int:
     return int(when.replace(tzinfo=UTC).timestamp() // 86400)
 
 
+def served_score(doi: str, when: datetime) -> float:
+    """The score the fake's Counts body gives `doi` at `when` (listed outputs always exist)."""
+    body = counts_body("doi", doi, day=day(when))
+    assert body is not None
+    return float(body["score"])
+
+
 def test_two_nights_give_two_snapshots_per_output_and_a_report_naming_the_movers(world: World) -> None:
     world.seed()
     code, out1, err = world.run(NIGHT, "nightly", "--json", "--no-progress")
-    assert code == 0, err
+    assert code == ExitCode.OK, err
     night2 = NIGHT + timedelta(days=1)
     code, out2, err = world.run(night2, "nightly", "--no-progress")
-    assert code == 0, err
+    assert code == ExitCode.OK, err
     db = world.db()
     d1, d2 = NIGHT.date().isoformat(), night2.date().isoformat()
 
@@ -110,11 +118,11 @@ def test_two_nights_give_two_snapshots_per_output_and_a_report_naming_the_movers
     snapshots = {(a, d): s for a, d, s in query(db, "select altmetric_id, harvested_on, score from counts_snapshots")}
     for aid, doi in before:
         for when, d in ((NIGHT, d1), (night2, d2)):
-            assert snapshots[aid, d] == counts_body("doi", doi, day=day(when))["score"]
+            assert snapshots[aid, d] == served_score(doi, when)
 
     # The movers: the biggest score changes between the two nights, as the API's own scores say.
     changes = sorted(
-        ((counts_body("doi", doi, day=day(night2))["score"] - counts_body("doi", doi, day=day(NIGHT))["score"], aid, doi) for aid, doi in before),
+        ((served_score(doi, night2) - served_score(doi, NIGHT), aid, doi) for aid, doi in before),
         key=lambda t: (-abs(t[0]), t[1]),
     )
     expected = [(aid, pytest.approx(change)) for change, aid, _ in changes if change][:10]
@@ -149,9 +157,11 @@ def test_two_nights_give_two_snapshots_per_output_and_a_report_naming_the_movers
     # Running again the same day updates the day's snapshots, never duplicates them.
     count = query(db, "select count(*) from counts_snapshots")
     code, _, err = world.run(night2 + timedelta(hours=1), "nightly", "--no-progress")
-    assert code == 0, err
+    assert code == ExitCode.OK, err
     assert query(db, "select count(*) from counts_snapshots") == count
-    assert query(db, "select count(*) from (select altmetric_id, harvested_on from counts_snapshots group by 1, 2 having count(*) > 1)") == [(0,)]
+    assert query(
+        db, "select count(*) from (select altmetric_id, harvested_on from counts_snapshots group by 1, 2 having count(*) > 1)"
+    ) == [(0,)]
 
 
 def nightly_in_its_refresh(world: World, done: int = 20) -> tuple[subprocess.Popen[str], Path]:
@@ -167,16 +177,16 @@ def test_a_second_nightly_is_refused_while_one_runs_but_its_refresh_takes_more_w
     for world in make_world(tmp_path, concurrency=2, latency=0.15):
         first, db = nightly_in_its_refresh(world)
         code, _, err = world.run(NIGHT, "nightly", "--no-progress")
-        assert code == 75, err
+        assert code == ExitCode.PAUSED, err
         assert "another nightly is running" in err and "Traceback" not in err
         code, _, err = world.run(NIGHT, "resume", "2", "--no-progress")  # the nightly itself: one at a time
-        assert code == 75 and "another nightly is running" in err
+        assert code == ExitCode.PAUSED and "another nightly is running" in err
         # Its refresh job is an ordinary job: a resume of it joins as one more worker.
         code, _, err = world.run(NIGHT, "resume", "4", "--no-progress")
-        assert code == 0, err
+        assert code == ExitCode.OK, err
         assert "job 4 finished" in err
         out, err = first.communicate(timeout=120)
-        assert first.returncode == 0, err
+        assert first.returncode == ExitCode.OK, err
         assert query(db, "select count(*) from jobs where endpoint = 'nightly'") == [(1,)]
         assert query(db, "select count(*) from job_items where status = 'pending'") == [(0,)]
 
@@ -185,7 +195,7 @@ def test_a_nightly_killed_with_sigkill_is_completed_by_the_next_run(tmp_path: Pa
     for world in make_world(tmp_path, concurrency=4, latency=0.03):
         world.seed(db="clean.db")
         code, _, err = world.run(NIGHT, "nightly", "--no-progress", db="clean.db")
-        assert code == 0, err
+        assert code == ExitCode.OK, err
 
         proc, db = nightly_in_its_refresh(world, done=60)
         proc.send_signal(signal.SIGKILL)
@@ -193,7 +203,7 @@ def test_a_nightly_killed_with_sigkill_is_completed_by_the_next_run(tmp_path: Pa
         pending = query(db, "select count(*) from job_items where job_id = 4 and status = 'pending'")[0][0]
         assert pending > 0, "killed too late to prove anything"
         code, out, err = world.run(NIGHT + timedelta(minutes=10), "nightly", "--no-progress")
-        assert code == 0, err
+        assert code == ExitCode.OK, err
         assert "(job 2)" in out  # the killed nightly was finished, and no new one started the same night
 
         clean = world.db("clean.db")
@@ -219,9 +229,9 @@ def test_a_spent_quota_pauses_and_the_next_night_finishes_it_before_new_work(tmp
             ids = world.tmp / f"seed{part}.txt"
             ids.write_text("".join(f"10.5555/night.{part}.{i:04d}\n" for i in range(140)))
             code, _, err = world.run(NIGHT - timedelta(days=days), "harvest", "--no-progress", str(ids), ALTMETRIC_API_KEY=SEED_KEY)
-            assert code == 0, err
+            assert code == ExitCode.OK, err
         code, out, err = world.run(NIGHT, "nightly", "--no-progress", HARVESTER_TIER="free")
-        assert code == 75, err
+        assert code == ExitCode.PAUSED, err
         assert "paused" in out and "finishes it first" in err
         db = world.db()
         assert query(db, "select status, lock_name from jobs where id = 3") == [("paused", "nightly")]
@@ -239,7 +249,7 @@ def test_a_spent_quota_pauses_and_the_next_night_finishes_it_before_new_work(tmp
         assert last_old <= new_created
         # Tonight's own nightly plans only what the announced quota has left after the leftover:
         # it finishes within it instead of pausing again.
-        assert code == 0, err
+        assert code == ExitCode.OK, err
         assert query(db, "select status, lock_name from jobs where id = 5") == [("finished", None)]
         assert query(db, "select count(*) from job_items where job_id = 6")[0][0] == 150 - left
 
@@ -247,19 +257,19 @@ def test_a_spent_quota_pauses_and_the_next_night_finishes_it_before_new_work(tmp
 def test_a_stale_lock_is_taken_over_and_a_fresh_one_refused(h: Harness) -> None:
     from sqlalchemy import update
 
-    from harvester import jobs, nightly, schema
+    from harvester import clock, jobs, nightly, schema
     from harvester.config import load_config
 
     engine = h.engine
     job, _ = nightly.acquire(engine, load_config(env={}), "another-host:4242:abcdef01")
     result = h.run("nightly", "--no-progress")
-    assert result.exit_code == 75
+    assert result.exit_code == ExitCode.PAUSED
     assert "another nightly is running" in result.output and "another-host:4242" in result.output
     # The other host died: after STALE_AFTER without a heartbeat, its nightly is ours to finish.
     with engine.begin() as conn:
-        conn.execute(update(schema.jobs).values(heartbeat_at=jobs.utcnow() - jobs.STALE_AFTER - timedelta(seconds=1)))
+        conn.execute(update(schema.jobs).values(heartbeat_at=clock.utcnow() - jobs.STALE_AFTER - timedelta(seconds=1)))
     result = h.run("nightly", "--no-progress")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == ExitCode.OK, result.output
     assert f"(job {job.id}): finished" in result.output
     assert scalar(engine, "select count(*) from jobs where endpoint = 'nightly'") == 1
 
@@ -273,7 +283,7 @@ def test_due_outputs_then_404s_up_to_max_items(tmp_path: Path) -> None:
         listed = len(citation_listing("1d", {}, day=day(NIGHT)))
         world.config.write_text(world.config.read_text() + f"max_items = {listed + 15}\n")
         code, _, err = world.run(NIGHT, "nightly", "--no-progress")
-        assert code == 0, err
+        assert code == ExitCode.OK, err
         # The user's list first (its outputs outnumber max_items), then discovered ones; no 404 is due yet.
         seeds_due = query(db, "select count(*) from outputs")[0][0] - listed
         assert seeds_due > listed + 15
@@ -283,18 +293,20 @@ def test_due_outputs_then_404s_up_to_max_items(tmp_path: Path) -> None:
         assert query(db, "select count(*) from job_items where job_id = 4 and status = 'not_found'") == [(0,)]
         # An output that vanished upstream: its refresh was answered 404 (as if), so the next
         # night does not ask for it again, and neither do the seeds' 404s.
-        gone = query(db, "select identifier from job_items where job_id = 4 and identifier like '10.5555/night.%' and status = 'done' limit 1")[0][0]
+        gone = query(
+            db, "select identifier from job_items where job_id = 4 and identifier like '10.5555/night.%' and status = 'done' limit 1"
+        )[0][0]
         with _engine(db).begin() as conn:
             conn.exec_driver_sql(f"update job_items set status = 'not_found', http_status = 404 where job_id = 4 and identifier = '{gone}'")
         world.config.write_text(world.config.read_text().replace(f"max_items = {listed + 15}", ""))
         code, _, err = world.run(NIGHT + timedelta(days=1), "nightly", "--no-progress")
-        assert code == 0, err
+        assert code == ExitCode.OK, err
         assert query(db, f"select count(*) from job_items where job_id = 7 and identifier = '{gone}'") == [(0,)]
         assert query(db, "select count(*) from job_items where job_id = 7 and identifier like '10.5555/night.%'")[0][0] > 100
         assert query(db, "select count(*) from job_items where job_id = 7 and status = 'not_found'") == [(0,)]
         # A month later the 404s are due again, the vanished output's too.
         code, _, err = world.run(NIGHT + timedelta(days=31), "nightly", "--no-progress")
-        assert code == 0, err
+        assert code == ExitCode.OK, err
         assert query(db, "select count(*) from job_items where job_id = 10 and status = 'not_found'") == [(seeds_missing,)]
         assert query(db, f"select status from job_items where job_id = 10 and identifier = '{gone}'") == [("done",)]
         # Housekeeping: the first night (finished over keep_done_items = 30d ago) kept only its 404.
@@ -326,24 +338,24 @@ def test_a_bad_injected_clock_is_one_line(tmp_path: Path) -> None:
     for world in make_world(tmp_path):
         proc = start(world.db(), world.server, "nightly", config=world.config, HARVESTER_NOW="last tuesday")
         out, err = proc.communicate(timeout=60)
-        assert proc.returncode == 1
+        assert proc.returncode == ExitCode.ERROR
         assert err.strip().splitlines() == ["Error: HARVESTER_NOW must be an ISO date-time like 2026-11-24T03:00:00, not 'last tuesday'"]
 
 
 def test_resume_of_a_finished_nightly_starts_nothing_new(h: Harness) -> None:
     result = h.run("nightly", "--no-progress")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == ExitCode.OK, result.output
     jobs_before = scalar(h.engine, "select count(*) from jobs")
     for job in ("1", "2", "3"):
         result = h.run("resume", job, "--no-progress")
-        assert result.exit_code == 0 and "already finished" in result.output
+        assert result.exit_code == ExitCode.OK and "already finished" in result.output
     assert scalar(h.engine, "select count(*) from jobs") == jobs_before
 
 
 def test_a_heartbeat_refreshes_every_job_its_runner_holds(h: Harness) -> None:
     from sqlalchemy import update
 
-    from harvester import jobs, schema
+    from harvester import jobs, leases, schema
     from harvester.params import HarvestParams
 
     engine = h.engine
@@ -352,7 +364,7 @@ def test_a_heartbeat_refreshes_every_job_its_runner_holds(h: Harness) -> None:
         ids = [jobs.new_job(conn, "counts", "doi", None, HarvestParams()) for _ in range(3)]
         for job_id, runner in zip(ids, ("me:1:a", "me:1:a", "other:2:b"), strict=True):
             conn.execute(update(schema.jobs).where(schema.jobs.c.id == job_id).values(runner=runner, heartbeat_at=old))
-    jobs.beat(engine, "me:1:a")
+    leases.beat(engine, "me:1:a")
     beats = [jobs.get_job(engine, i).heartbeat_at for i in ids]
     assert beats[0] == beats[1] and beats[0] is not None and beats[0] > old
     assert beats[2] == old
@@ -362,7 +374,7 @@ def test_a_nightly_that_runs_past_midnight_does_not_start_another(tmp_path: Path
     for world in make_world(tmp_path, concurrency=2, latency=0.02):
         world.seed()
         code, out, err = world.run(NIGHT.replace(hour=23, minute=59, second=58), "nightly", "--no-progress")
-        assert code == 0, err
+        assert code == ExitCode.OK, err
         db = world.db()
         assert query(db, "select count(*) from jobs where endpoint = 'nightly'") == [(1,)]
         # It did run past midnight: its refresh wrote snapshots on the next day.
@@ -389,12 +401,17 @@ def test_a_nightly_through_faults_and_two_kills_equals_a_clean_one(tmp_path: Pat
             if faults:
                 rnd = random.Random(7)
                 for _ in range(2):
-                    _wait_for(db, "select count(*) from job_items where job_id > 1 and status != 'pending'", rnd.randint(20, 60) + _final(db), proc)
+                    _wait_for(
+                        db,
+                        "select count(*) from job_items where job_id > 1 and status != 'pending'",
+                        rnd.randint(20, 60) + _final(db),
+                        proc,
+                    )
                     proc.send_signal(signal.SIGKILL)
                     proc.wait()
                     proc = world.start(NIGHT + timedelta(minutes=5), "nightly", "--no-progress")
             out, err = proc.communicate(timeout=180)
-            assert proc.returncode == 0, err
+            assert proc.returncode == ExitCode.OK, err
             if faults:
                 assert sum(world.server.stats.faults.values()) > 20
             results.append((snapshot(db), [query(db, sql) for sql in tables]))
@@ -411,9 +428,11 @@ def _final(db: Path) -> int:
 
 def test_a_fetch_nightly_keeps_the_fetch_options(h: Harness) -> None:
     config = Path(h.env["HARVESTER_CONFIG"])
-    config.write_text(config.read_text() + '[nightly]\nendpoint = "fetch"\nnum_results = 10\npages = 1\n[fetch]\ninclude_sources = ["news"]\n')
+    config.write_text(
+        config.read_text() + '[nightly]\nendpoint = "fetch"\nnum_results = 10\npages = 1\n[fetch]\ninclude_sources = ["news"]\n'
+    )
     result = h.run("nightly", "--no-progress")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == ExitCode.OK, result.output
     refresh = json.loads(scalar(h.engine, "select params from jobs where id = 3"))
     assert refresh["fetch"]["include_sources"] == ["news"]
     assert {r["source"] for r in rows(h.engine, "select distinct source from mentions")} == {"news"}
@@ -425,12 +444,12 @@ def test_ctrl_c_stops_a_nightly_cleanly_and_the_next_run_finishes_it(tmp_path: P
         proc, db = nightly_in_its_refresh(world)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
-        assert proc.returncode == 130, err
+        assert proc.returncode == ExitCode.INTERRUPTED, err
         assert "interrupted" in out and "finishes it first" in err and "Traceback" not in err
         assert query(db, "select status, lock_name, runner from jobs where id = 2") == [("interrupted", "nightly", None)]
         done = query(db, "select count(*) from job_items where job_id = 4 and status = 'done'")[0][0]
         assert done >= 20  # what was fetched before the signal was written
         code, out, err = world.run(NIGHT + timedelta(minutes=3), "nightly", "--no-progress")
-        assert code == 0, err
+        assert code == ExitCode.OK, err
         assert "(job 2): finished" in out
         assert query(db, "select count(*) from job_items where status = 'pending'") == [(0,)]

@@ -18,6 +18,7 @@ import pytest
 
 from harvester.budget import key_hash
 from harvester.fakeapi import FakeConfig, FakeServer, serve_in_thread
+from harvester.vocabulary import ExitCode
 from tests.conftest import KEY
 from tests.subproc import query, start
 
@@ -72,9 +73,18 @@ def test_a_week_of_free_nightlies_refreshes_the_list_first_and_stays_within_the_
     db = tmp / "harvest.db"
     ids = tmp / "mine.txt"
     ids.write_text("".join(f"10.5555/mine.{i:03d}\n" for i in range(LIST)))
-    code, _, err = _run(tmp, server, clock, FIRST_NIGHT - timedelta(days=1), "harvest", "--no-progress", str(ids),
-                        ALTMETRIC_API_KEY=SEED_KEY, HARVESTER_TIER="commercial")  # fmt: skip
-    assert code == 0, err
+    code, _, err = _run(
+        tmp,
+        server,
+        clock,
+        FIRST_NIGHT - timedelta(days=1),
+        "harvest",
+        "--no-progress",
+        str(ids),
+        ALTMETRIC_API_KEY=SEED_KEY,
+        HARVESTER_TIER="commercial",
+    )
+    assert code == ExitCode.OK, err
     mine = {a for (a,) in query(db, "select altmetric_id from job_items where job_id = 1 and status = 'done'")}
     assert 20 < len(mine) < LIST
 
@@ -83,13 +93,13 @@ def test_a_week_of_free_nightlies_refreshes_the_list_first_and_stays_within_the_
         night = FIRST_NIGHT + timedelta(days=n)
         # The dry run first: what tonight's lists will take.
         code, out, err = _run(tmp, server, clock, night, "nightly", "--dry-run", "--json", HARVESTER_TIER="free")
-        assert code == 0, err
+        assert code == ExitCode.OK, err
         plan = json.loads(out)
         if n == 1:
             print("\n" + _run(tmp, server, clock, night, "nightly", "--dry-run", HARVESTER_TIER="free")[1])
         before = server.stats.total
         code, out, err = _run(tmp, server, clock, night, "nightly", "--no-progress", HARVESTER_TIER="free")
-        assert code == 0, err + out
+        assert code == ExitCode.OK, err + out
         requests = server.stats.total - before
         [(refresh, discovery)] = query(db, "select refresh_job_id, discovery_job_id from nightly_runs order by job_id desc limit 1")
         refreshed = query(db, f"select altmetric_id, line_no from job_items where job_id = {refresh} and status = 'done'")

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, insert, select, update
 
-from harvester import jobs, nightly, schema
+from harvester import clock, jobs, leases, nightly, schema
 from harvester.db import open_database
 from harvester.params import HarvestParams, NightlyParams
 from tests.conftest import rows
@@ -29,12 +29,20 @@ def any_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engin
 
 
 def _item(job_id: int, id_type: str, identifier: str, status: str, at: datetime, line_no: int) -> dict[str, Any]:
-    return {"job_id": job_id, "id_type": id_type, "identifier": identifier, "input": identifier, "line_no": line_no,
-            "status": status, "attempts": 1, "updated_at": at}  # fmt: skip
+    return {
+        "job_id": job_id,
+        "id_type": id_type,
+        "identifier": identifier,
+        "input": identifier,
+        "line_no": line_no,
+        "status": status,
+        "attempts": 1,
+        "updated_at": at,
+    }
 
 
 def test_a_recent_404_hides_only_the_output_asked_by_that_very_id(any_engine: Engine) -> None:
-    now = jobs.utcnow()
+    now = clock.utcnow()
     harvested, recently, long_ago = now - timedelta(days=3), now - timedelta(days=1), now - timedelta(days=40)
     with any_engine.begin() as conn:
         by_doi = jobs.new_job(conn, "counts", "doi", "earlier harvest", HarvestParams())
@@ -90,7 +98,7 @@ def test_beating_moves_the_heartbeat_while_a_long_block_holds_a_transaction(any_
         return jobs.get_job(any_engine, job_id).heartbeat_at
 
     moved: datetime | None = None
-    with jobs.beating(any_engine, "me:1:a", every=0.05), any_engine.begin() as conn:
+    with leases.beating(any_engine, "me:1:a", every=0.05), any_engine.begin() as conn:
         # The block's own transaction stays open (as add_due's does) while the beats commit on their own.
         conn.execute(select(schema.jobs.c.id).where(schema.jobs.c.id == mine)).all()
         deadline = time.monotonic() + 10
@@ -111,7 +119,7 @@ def test_beating_moves_the_heartbeat_while_a_long_block_holds_a_transaction(any_
 def test_a_beat_that_fails_does_not_end_the_block(tmp_path: Path) -> None:
     engine = open_database(f"sqlite:///{tmp_path / 'harvest.db'}")
     calls: list[int] = []
-    real_beat = jobs.beat
+    real_beat = leases.beat
 
     def failing(engine: Engine, runner: str) -> None:
         calls.append(1)
@@ -120,8 +128,8 @@ def test_a_beat_that_fails_does_not_end_the_block(tmp_path: Path) -> None:
         real_beat(engine, runner)
 
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(jobs, "beat", failing)
-        with jobs.beating(engine, "me:1:a", every=0.02):
+        m.setattr(leases, "beat", failing)
+        with leases.beating(engine, "me:1:a", every=0.02):
             deadline = time.monotonic() + 5
             while len(calls) < 3 and time.monotonic() < deadline:
                 time.sleep(0.01)

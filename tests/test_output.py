@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from harvester.log import UtcFormatter
+from harvester.vocabulary import ExitCode
 from tests import pg
 from tests.conftest import KEY, Harness, dois
 
@@ -19,7 +20,7 @@ OUTCOME_KEYS = {"job_id", "status", "counts", "exit_code", "requests", "elapsed"
 
 def test_quiet_harvest_prints_nothing_on_success(h: Harness) -> None:
     result = h.run("-q", "harvest", h.ids(dois(20)))
-    assert result.exit_code == 0
+    assert result.exit_code == ExitCode.OK
     assert result.stdout == "" and result.stderr == ""
     assert sum(h.statuses().values()) == 20
 
@@ -27,53 +28,53 @@ def test_quiet_harvest_prints_nothing_on_success(h: Harness) -> None:
 def test_quiet_resume_and_worker_print_nothing(h: Harness) -> None:
     assert h.run("-q", "harvest", "--enqueue-only", h.ids(dois(5))).stdout.strip() == "1"  # data still goes to stdout
     result = h.run("-q", "worker")
-    assert result.exit_code == 0 and result.stdout == "" and result.stderr == ""
+    assert result.exit_code == ExitCode.OK and result.stdout == "" and result.stderr == ""
     result = h.run("-q", "resume", "1")
-    assert result.exit_code == 0 and result.stdout == "" and result.stderr == ""
+    assert result.exit_code == ExitCode.OK and result.stdout == "" and result.stderr == ""
 
 
 def test_quiet_still_prints_errors(h: Harness) -> None:
     result = h.run("-q", "harvest", h.ids(dois(3)), ALTMETRIC_API_KEY="wrong-key")
-    assert result.exit_code == 1
+    assert result.exit_code == ExitCode.ERROR
     assert "Error:" in result.stderr and "Resume with: harvester resume 1" in result.stderr
     assert "job 1:" not in result.stderr  # the notes are gone
 
 
 def test_harvest_json_is_one_outcome_object(h: Harness) -> None:
     result = h.run("harvest", "--json", "--no-progress", h.ids(dois(10)))
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == ExitCode.OK, result.output
     outcome = json.loads(result.stdout)
     assert OUTCOME_KEYS <= set(outcome)
-    assert outcome["job_id"] == 1 and outcome["status"] == "finished" and outcome["exit_code"] == 0
+    assert outcome["job_id"] == 1 and outcome["status"] == "finished" and outcome["exit_code"] == ExitCode.OK
     assert outcome["counts"]["pending"] == 0 and sum(outcome["counts"].values()) == 10
     assert outcome["requests"] >= 10 and outcome["elapsed"] >= 0
     assert outcome["resume_command"] is None and outcome["message"] is None
 
     # resume of a finished job: still one object, exit 0
     again = json.loads(h.run("resume", "1", "--json").stdout)
-    assert again["status"] == "finished" and again["exit_code"] == 0 and again["requests"] == 0
+    assert again["status"] == "finished" and again["exit_code"] == ExitCode.OK and again["requests"] == 0
 
 
 def test_a_stopped_run_names_its_resume_command_in_json(h: Harness) -> None:
     result = h.run("harvest", "--json", "--no-progress", h.ids(dois(3)), ALTMETRIC_API_KEY="wrong-key")
-    assert result.exit_code == 1
+    assert result.exit_code == ExitCode.ERROR
     outcome = json.loads(result.stdout)
-    assert outcome["exit_code"] == 1 and outcome["status"] != "finished"
+    assert outcome["exit_code"] == ExitCode.ERROR and outcome["status"] != "finished"
     assert outcome["resume_command"] == "harvester resume 1"
     assert "403" in outcome["message"]
     assert "wrong-key" not in result.stdout + result.stderr
 
 
 def test_worker_and_resume_json_are_one_outcome_object(h: Harness) -> None:
-    assert h.run("harvest", "--enqueue-only", h.ids(dois(8))).exit_code == 0
+    assert h.run("harvest", "--enqueue-only", h.ids(dois(8))).exit_code == ExitCode.OK
     outcome = json.loads(h.run("worker", "--json", "--no-progress").stdout)
-    assert OUTCOME_KEYS <= set(outcome) and outcome["exit_code"] == 0
+    assert OUTCOME_KEYS <= set(outcome) and outcome["exit_code"] == ExitCode.OK
     assert outcome["job_id"] == 1 and outcome["counts"]["pending"] == 0
     assert [j["id"] for j in outcome["jobs"]] == [1]
-    assert h.run("harvest", "--enqueue-only", h.ids(dois(4, "10.5555/r"), "more.txt")).exit_code == 0
+    assert h.run("harvest", "--enqueue-only", h.ids(dois(4, "10.5555/r"), "more.txt")).exit_code == ExitCode.OK
     result = h.run("resume", "2", "--json", "--no-progress")
     outcome = json.loads(result.stdout)
-    assert outcome["job_id"] == 2 and outcome["status"] == "finished" and outcome["exit_code"] == result.exit_code == 0
+    assert outcome["job_id"] == 2 and outcome["status"] == "finished" and outcome["exit_code"] == result.exit_code == ExitCode.OK
 
 
 def test_log_lines_carry_the_utc_date_and_time() -> None:
@@ -94,7 +95,7 @@ def test_config_show_names_sources_and_never_the_key(h: Harness) -> None:
     (h.tmp / "harvester.toml").write_text(f'[api]\nkey = "{file_key}"\nendpoints = ["counts"]\n[limits]\nper_hour = 1000\n')
     for env_key in (KEY, None):  # the key from the environment, then from the file only
         result = h.run("--database", f"sqlite:///{h.tmp / 'other.db'}", "config", "show", ALTMETRIC_API_KEY=env_key)
-        assert result.exit_code == 0, result.output
+        assert result.exit_code == ExitCode.OK, result.output
         out = result.stdout
         for secret in (KEY, file_key):
             for part in (secret, secret[:8], secret[-8:]):
@@ -113,7 +114,7 @@ def test_config_show_names_sources_and_never_the_key(h: Harness) -> None:
 
 def test_config_show_without_a_key_says_so(h: Harness) -> None:
     result = h.run("config", "show", ALTMETRIC_API_KEY=None)
-    assert result.exit_code == 0
+    assert result.exit_code == ExitCode.OK
     assert re.search(r"^api\.key = \(not set\) +# default$", result.stdout, re.M)
 
 
@@ -138,12 +139,12 @@ def test_nightly_json_is_one_outcome_object_and_quiet_prints_nothing(h: Harness)
         "[limits]\nbackoff_base = 0.01\nconcurrency = 8\n[nightly]\npages = 1\nnum_results = 10\nmax_items = 10\n"
     )
     result = h.run("-q", "nightly")
-    assert (result.exit_code, result.stdout, result.stderr) == (0, "", "")
+    assert (result.exit_code, result.stdout, result.stderr) == (ExitCode.OK, "", "")
     result = h.run("nightly", "--json", "--no-progress")  # the same night again: refreshes its snapshots
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == ExitCode.OK, result.output
     outcome = json.loads(result.stdout)
     assert OUTCOME_KEYS <= set(outcome)
-    assert outcome["status"] == "finished" and outcome["exit_code"] == 0 and outcome["resume_command"] is None
+    assert outcome["status"] == "finished" and outcome["exit_code"] == ExitCode.OK and outcome["resume_command"] is None
     assert outcome["counts"]["discovered"] == 10
     [report] = outcome["reports"]
     assert report["job_id"] == outcome["job_id"]

@@ -36,13 +36,16 @@ def test_wheel_installs_and_works_outside_the_checkout(tmp_path: Path) -> None:
         "import harvester, sys; assert harvester.__file__.startswith(sys.argv[1]), harvester.__file__\n"
         "from harvester.cli import main; sys.argv = ['harvester', '--database', 'sqlite:///x.db', 'db', 'upgrade']; main()"
     )
-    result = subprocess.run(
-        [sys.executable, "-S", "-c", script, str(unpacked)], cwd=tmp_path, env=env, capture_output=True, text=True
-    )
+    result = subprocess.run([sys.executable, "-S", "-c", script, str(unpacked)], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert f"database at revision {head_revision()}" in result.stdout
     fake = subprocess.run(
-        [sys.executable, "-S", "-c", "from harvester.fakeapi import counts_body; print(counts_body('doi', '10.1038/news.2011.490')['readers'])"],
+        [
+            sys.executable,
+            "-S",
+            "-c",
+            "from harvester.fakeapi import counts_body; print(counts_body('doi', '10.1038/news.2011.490')['readers'])",
+        ],
         cwd=tmp_path,
         env=env,
         capture_output=True,

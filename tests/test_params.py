@@ -11,17 +11,26 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
-from harvester import jobs, schema
+from harvester import clock, jobs, schema
 from harvester.config import Config, FetchConfig
 from harvester.nightly import params_for
 from harvester.params import CitationsParams, FetchOptions, HarvestParams, NightlyParams, for_endpoint
 
 FETCH = {"exclude_sources": [], "include_sections": ["counts", "posts"], "include_sources": ["news"], "post_types": None}
 NIGHTLY = {
-    "discover": True, "endpoint": "counts", "fetch": None, "filters": {"doi_prefix": "10.1038"}, "follow_discovered": "30d",
-    "max_items": None, "night": "2026-11-24", "not_found_refresh_after": "30d", "num_results": 100, "pages": 3,
-    "refresh_after": "20h", "timeframe": "1d",
-}  # fmt: skip
+    "discover": True,
+    "endpoint": "counts",
+    "fetch": None,
+    "filters": {"doi_prefix": "10.1038"},
+    "follow_discovered": "30d",
+    "max_items": None,
+    "night": "2026-11-24",
+    "not_found_refresh_after": "30d",
+    "num_results": 100,
+    "pages": 3,
+    "refresh_after": "20h",
+    "timeframe": "1d",
+}
 
 # Each as the code before harvester.params wrote it (json.dumps(sort_keys=True) of these dicts).
 STORED = [
@@ -50,7 +59,7 @@ STORED = [
             "refresh_due": {"discovered": 2, "lists": 1, "not_found": 0},
             "refresh_quota": None,
         },
-    ),  # fmt: skip
+    ),
     (
         "nightly",
         NIGHTLY | {"discovery_job": 5, "discovery_pages": 3, "refresh_job": 6, "report": {"exit_code": 0, "movers": [{"rank": 1}]}},
@@ -81,10 +90,10 @@ def test_rows_of_older_versions_take_defaults() -> None:
 
 def test_params_for_writes_the_nightly_settings() -> None:
     config = Config(fetch=FetchConfig(include_sources=("news",)))
-    p = params_for(replace(config, nightly=replace(config.nightly, endpoint="fetch")), jobs.utcnow())
+    p = params_for(replace(config, nightly=replace(config.nightly, endpoint="fetch")), clock.utcnow())
     assert p.fetch == FetchOptions(include_sources=("news",))
     assert p.as_dict()["fetch"] == {"exclude_sources": [], "include_sections": [], "include_sources": ["news"], "post_types": None}
-    assert params_for(config, jobs.utcnow()).as_dict()["fetch"] is None
+    assert params_for(config, clock.utcnow()).as_dict()["fetch"] is None
 
 
 def test_jobs_are_typed_by_endpoint_and_set_params_returns_the_new_params(engine: Engine) -> None:
@@ -93,13 +102,14 @@ def test_jobs_are_typed_by_endpoint_and_set_params_returns_the_new_params(engine
         citations_id, follow_id = jobs.create_citations_job(
             conn, "1d", {}, 100, 3, "fetch", "n", nightly_id, then_params=HarvestParams(fetch=FetchOptions.from_dict(FETCH))
         )
+        assert follow_id is not None  # with `then`, a follow-up job
         changed = jobs.set_params(conn, nightly_id, discovery_job=citations_id, refresh_job=follow_id, discovery_pages=3)
     assert isinstance(changed, NightlyParams) and changed.refresh_job == follow_id
     assert jobs.get_job(engine, nightly_id).params == changed
     assert jobs.get_job(engine, citations_id).params == CitationsParams("1d", 100, {}, 3, follow_id, "fetch", nightly_id)
     follow = jobs.get_job(engine, follow_id)
     assert follow.params == HarvestParams(fetch=FetchOptions.from_dict(FETCH), nightly=nightly_id, after_job=citations_id)
-    assert follow.fetch == FetchOptions.from_dict(FETCH)
+    assert isinstance(follow.params, HarvestParams) and follow.params.fetch == FetchOptions.from_dict(FETCH)
     assert [j.id for j in jobs.chain(engine, follow)] == [citations_id, follow_id]
     with engine.connect() as conn:
         stored = conn.execute(select(schema.jobs.c.params).where(schema.jobs.c.id == follow_id)).scalar_one()

@@ -27,6 +27,7 @@ from harvester.db import open_database
 from harvester.endpoints import Fetch
 from harvester.fakeapi.server import make_app
 from harvester.parse import ParseError, decode, parse_citations, parse_counts, parse_fetch
+from harvester.vocabulary import ExitCode
 from tests.conftest import FAKE, ROOT, Harness, dois, rows
 
 NOW = datetime(2026, 11, 24, 12, 0, 0)
@@ -155,7 +156,9 @@ DEEP = b'{"altmetric_id": 424242, "citation": {"title": "deep"}, "x": ' + b"[" *
 HUGE = b'{"altmetric_id": 424243, "citation": {"title": "huge"}, "altmetric_score": {"score": ' + b"8" * 4_400 + b"}}"
 # Decodes on the run's side (orjson, depth < 1024), fails in the writer process (json.dumps of the post).
 _POST = '{"a":' * 1_010 + "1" + "}" * 1_010
-WRITER = b'{"altmetric_id": 424244, "citation": {"doi": "10.5555/poison.writer"}, "posts": {"blogs": [{"author": ' + _POST.encode() + b"}]}}"
+WRITER = (
+    b'{"altmetric_id": 424244, "citation": {"doi": "10.5555/poison.writer"}, "posts": {"blogs": [{"author": ' + _POST.encode() + b"}]}}"
+)
 # A citation that is not an object: the run's other-DOI check must not crash on it.
 CITATION_LIST = b'{"altmetric_id": 424245, "citation": ["10.5555/x"]}'
 POISON = {
@@ -219,7 +222,7 @@ def test_a_job_with_poison_bodies_finishes_with_only_those_failed(
         engine = open_database(url)
         try:
             items = {r["identifier"]: r for r in rows(engine, "select identifier, status, last_error from job_items")}
-            assert result.exit_code == 3, result.output
+            assert result.exit_code == ExitCode.SOME_FAILED, result.output
             assert {i for i, r in items.items() if r["status"] == "failed"} == set(POISON)
             for doi, (_, reason) in POISON.items():
                 assert reason in items[doi]["last_error"], items[doi]

@@ -17,6 +17,7 @@ from sqlalchemy import inspect
 from harvester import schema
 from harvester.db import alembic_config, current_revision, head_revision, open_database
 from harvester.fakeapi import FakeConfig, serve_in_thread
+from harvester.vocabulary import ExitCode
 from tests.conftest import KEY, Harness, dois
 from tests.subproc import final_count, query, snapshot, start, wait_until
 from tests.test_migrations import assert_no_drift
@@ -47,12 +48,14 @@ def test_harvests_store_the_same_rows_as_sqlite_and_twice_changes_nothing(h: Har
     def harvest(database: str) -> None:
         for endpoint, ids in (("counts", counts_ids), ("fetch", fetch_ids)):
             result = h.run("--database", database, "harvest", "--endpoint", endpoint, "--no-progress", ids)
-            assert result.exit_code == 0, result.output
+            assert result.exit_code == ExitCode.OK, result.output
 
     for database in (f"sqlite:///{h.db}", pg_url):
         harvest(database)
-        result = h.run("--database", database, "citations", "1w", "--num-results", "30", "--pages", "2", "--then", "counts", "--no-progress")
-        assert result.exit_code == 0, result.output
+        result = h.run(
+            "--database", database, "citations", "1w", "--num-results", "30", "--pages", "2", "--then", "counts", "--no-progress"
+        )
+        assert result.exit_code == ExitCode.OK, result.output
     on_pg = snapshot(pg_url)
     assert on_pg == snapshot(h.db)
     assert len(on_pg["outputs"]) > 200 and len(on_pg["mentions"]) > 500
@@ -73,13 +76,13 @@ def test_kill_9_on_postgresql_then_resume(tmp_path: Path, pg_url: str) -> None:
     ids.write_text("".join(f"10.5555/pgkill.{i:05d}\n" for i in range(1500)))
     with serve_in_thread(FakeConfig(keys=(KEY,), latency=0.004)) as server:
         clean = tmp_path / "clean.db"
-        assert start(clean, server, "harvest", "--no-progress", str(ids)).wait(timeout=120) == 0
+        assert start(clean, server, "harvest", "--no-progress", str(ids)).wait(timeout=120) == ExitCode.OK
         proc = start(pg_url, server, "harvest", "--no-progress", "--concurrency", "8", str(ids))
         wait_until(pg_url, 300, proc, timeout=60)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert final_count(pg_url) < 1500  # killed mid-run
-        assert start(pg_url, server, "resume", "--no-progress").wait(timeout=120) == 0
+        assert start(pg_url, server, "resume", "--no-progress").wait(timeout=120) == ExitCode.OK
     assert snapshot(pg_url) == snapshot(clean)
 
 
@@ -91,10 +94,14 @@ def test_a_second_nightly_is_refused_by_the_unique_lock_on_postgresql(h: Harness
     try:
         held, _ = nightly.acquire(engine, load_config(env={}), "another-host:1:feedbeef")
         result = h.run("--database", pg_url, "nightly", "--no-progress")
-        assert result.exit_code == 75 and f"job {held.id} is being run by another-host:1:feedbeef" in result.output
+        assert result.exit_code == ExitCode.PAUSED and f"job {held.id} is being run by another-host:1:feedbeef" in result.output
         with pytest.raises(Exception, match="unique|duplicate"):
             with engine.begin() as conn:
-                conn.execute(schema.jobs.insert().values(endpoint="nightly", id_type="-", status="running", created_at=datetime(2026, 1, 1), lock_name="nightly"))
+                conn.execute(
+                    schema.jobs.insert().values(
+                        endpoint="nightly", id_type="-", status="running", created_at=datetime(2026, 1, 1), lock_name="nightly"
+                    )
+                )
     finally:
         engine.dispose()
 

@@ -30,7 +30,9 @@ from click.testing import CliRunner
 
 import harvester.cli
 from harvester.fakeapi import FakeConfig, serve_in_thread
+from harvester.vocabulary import ExitCode
 from tests.conftest import ROOT, dois
+from tests.pg import Cluster
 from tests.subproc import query
 
 QUERYING = ROOT / "docs" / "querying.md"
@@ -57,18 +59,20 @@ class Harvest:
 
 
 @pytest.fixture(scope="module")
-def harvest(tmp_path_factory: pytest.TempPathFactory, pg_cluster: object) -> Iterator[Harvest]:
+def harvest(tmp_path_factory: pytest.TempPathFactory, pg_cluster: Cluster) -> Iterator[Harvest]:
     folder = tmp_path_factory.mktemp("querying")
     ids = folder / "dois.txt"
     ids.write_text("\n".join(dois(60, "10.5555/doc") + ["10.1038/news.2011.490"]) + "\n")
     with ExitStack() as stack:
-        pg_url = stack.enter_context(pg_cluster.database())  # type: ignore[attr-defined]
+        pg_url = stack.enter_context(pg_cluster.database())
         server = stack.enter_context(serve_in_thread(FakeConfig()))
         env = {"HARVESTER_API_URL": server.url, "ALTMETRIC_API_KEY": "demo-key", "HARVESTER_TIER": "commercial", "HARVESTER_CONFIG": ""}
         for url in (f"sqlite:///{folder / 'harvest.db'}", pg_url):
             for endpoint in ("counts", "fetch"):
-                result = CliRunner().invoke(harvester.cli.cli, ["--database", url, "harvest", "--endpoint", endpoint, "--no-progress", str(ids)], env=env)
-                assert result.exit_code == 0, result.output
+                result = CliRunner().invoke(
+                    harvester.cli.cli, ["--database", url, "harvest", "--endpoint", endpoint, "--no-progress", str(ids)], env=env
+                )
+                assert result.exit_code == ExitCode.OK, result.output
         yield Harvest(folder, pg_url)
 
 
@@ -95,7 +99,17 @@ def run_recipe(name: str, harvest: Harvest, **replace: str) -> str:
 
 
 def test_every_recipe_is_tested() -> None:
-    tested = {"sqlite3-top", "sqlite3-journals", "pandas-sqlite", "pandas-postgresql", "psql", "export", "export-parquet", "datasette", "datasette-json"}
+    tested = {
+        "sqlite3-top",
+        "sqlite3-journals",
+        "pandas-sqlite",
+        "pandas-postgresql",
+        "psql",
+        "export",
+        "export-parquet",
+        "datasette",
+        "datasette-json",
+    }
     assert set(recipes()) == tested
 
 
@@ -169,7 +183,11 @@ def test_datasette_serves_the_file_with_the_metadata(harvest: Harvest) -> None:
     assert metadata["source"] == "Altmetric.com" and "must not be" in metadata["about"]
     assert "output_summary" in metadata["databases"]["harvest"]["tables"]
     proc = subprocess.Popen(
-        ["bash", "-c", f"exec {serve.replace(DOC_PORT, port)}"], cwd=harvest.folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        ["bash", "-c", f"exec {serve.replace(DOC_PORT, port)}"],
+        cwd=harvest.folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + 60
@@ -178,7 +196,9 @@ def test_datasette_serves_the_file_with_the_metadata(harvest: Harvest) -> None:
         assert "Altmetric.com" in _get(f"http://127.0.0.1:{port}/harvest/output_summary", deadline).decode()
         run_recipe("datasette-json", harvest, **{DOC_PORT: port})  # as written, both lines
         lines = [line.replace(DOC_PORT, port) for line in recipes()["datasette-json"][1].splitlines() if line.strip()]
-        first, second = (json.loads(subprocess.run(["bash", "-c", line], env=env, capture_output=True, check=True, timeout=60).stdout) for line in lines)
+        first, second = (
+            json.loads(subprocess.run(["bash", "-c", line], env=env, capture_output=True, check=True, timeout=60).stdout) for line in lines
+        )
         assert len(first) == 5 and "doi" in first[0] and "twitter_accounts" in first[0]
         top = query(harvest.folder / "harvest.db", "select doi from outputs order by score desc limit 5")
         assert [r["doi"] for r in second] == [t[0] for t in top]

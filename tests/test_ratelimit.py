@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Coroutine
 from datetime import datetime
+from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy import Engine, text
 
-from harvester.budget import FREE_TIER_MARGIN, SharedBudget, key_hash, to_datetime
+from harvester.budget import FREE_TIER_MARGIN, SharedBudget, key_hash
+from harvester.clock import to_datetime
 from harvester.config import LimitsConfig
+from harvester.endpoints import Counts, Fetch
 from harvester.errors import ApiUnavailableError, QuotaExhausted
 from harvester.ratelimit import FIRST_GAP, CircuitBreaker, RateLimiter
 from tests.conftest import rows
@@ -21,7 +25,10 @@ FREE = LimitsConfig(per_second=20.0, per_hour=3600, per_day=86400)
 KEY = "sk-test-budget"
 
 
-def run(coro):  # type: ignore[no-untyped-def]
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
@@ -29,7 +36,7 @@ def limiter(engine: Engine, limits: LimitsConfig = FREE, tier: str = "free", key
     return RateLimiter(SharedBudget(engine, key, limits, tier), tier)
 
 
-def budget_row(engine: Engine) -> dict:  # type: ignore[type-arg]
+def budget_row(engine: Engine) -> dict[str, Any]:
     [row] = rows(engine, "select * from rate_budgets")
     return row
 
@@ -106,7 +113,7 @@ def test_commercial_tier_has_no_limit(engine: Engine) -> None:
 def test_lower_server_limits_tighten_the_budget_for_every_process(engine: Engine) -> None:
     async def main() -> None:
         lim = limiter(engine)
-        await lim.observe({"X-HourlyRateLimit-Limit": "100", "X-DailyRateLimit-Limit": "1000"}, "counts")
+        await lim.observe({"X-HourlyRateLimit-Limit": "100", "X-DailyRateLimit-Limit": "1000"})
 
     run(main())
     row = budget_row(engine)
@@ -132,8 +139,14 @@ def test_a_limit_announced_once_is_not_kept_when_the_api_raises_it(engine: Engin
 def test_remaining_headers_raise_the_shared_counts(engine: Engine) -> None:
     async def main() -> None:
         lim = limiter(engine)
-        await lim.observe({"X-HourlyRateLimit-Limit": "3600", "X-HourlyRateLimit-Remaining": "3000",
-                           "X-DailyRateLimit-Limit": "86400", "X-DailyRateLimit-Remaining": "80000"}, "counts")
+        await lim.observe(
+            {
+                "X-HourlyRateLimit-Limit": "3600",
+                "X-HourlyRateLimit-Remaining": "3000",
+                "X-DailyRateLimit-Limit": "86400",
+                "X-DailyRateLimit-Remaining": "80000",
+            }
+        )
 
     run(main())
     row = budget_row(engine)
@@ -143,7 +156,7 @@ def test_remaining_headers_raise_the_shared_counts(engine: Engine) -> None:
 def test_hourly_remaining_zero_pauses_every_process_until_the_next_hour(engine: Engine) -> None:
     async def main() -> float:
         lim = limiter(engine)
-        await lim.observe({"X-HourlyRateLimit-Remaining": "0"}, "counts")
+        await lim.observe({"X-HourlyRateLimit-Remaining": "0"})
         return lim.budget.now()
 
     now = run(main())
@@ -191,7 +204,7 @@ def test_daily_remaining_ends_a_commercial_run_at_the_quota(engine: Engine) -> N
         lim = limiter(engine, LimitsConfig(), "commercial")
         for _ in range(10):
             await lim.acquire()
-        await lim.observe({"X-DailyRateLimit-Remaining": "3"}, "counts")
+        await lim.observe({"X-DailyRateLimit-Remaining": "3"})
         sent = 0
         with pytest.raises(QuotaExhausted) as info:
             while True:
@@ -206,14 +219,14 @@ def test_daily_remaining_ends_a_commercial_run_at_the_quota(engine: Engine) -> N
 def test_a_429_with_a_spent_quota_is_a_pause_with_its_reset_time(engine: Engine) -> None:
     async def main() -> None:
         lim = limiter(engine, LimitsConfig(), "commercial")
-        assert await lim.quota_error({"X-DailyRateLimit-Remaining": "7"}, "counts", None) is None
-        tweets = await lim.quota_error({"X-TweetIDRateLimit-Remaining": "0"}, "fetch", None)
+        assert await lim.quota_error({"X-DailyRateLimit-Remaining": "7"}, None) is None
+        tweets = await lim.quota_error({"X-TweetIDRateLimit-Remaining": "0"}, None, Fetch.quotas)
         assert tweets is not None and tweets.kind == "tweet-id"
         assert tweets.resume_at.hour == 0 and tweets.resume_at.minute == 0  # the next UTC midnight
         # The tweet-id quota means nothing to Counts.
-        assert await lim.quota_error({"X-TweetIDRateLimit-Remaining": "0"}, "counts", None) is None
+        assert await lim.quota_error({"X-TweetIDRateLimit-Remaining": "0"}, None, Counts.quotas) is None
         assert budget_row(engine)["quota_until"] is None  # the tweet-id quota holds only Fetch
-        daily = await lim.quota_error({"X-DailyRateLimit-Remaining": "0"}, "counts", 120.0)
+        daily = await lim.quota_error({"X-DailyRateLimit-Remaining": "0"}, 120.0)
         assert daily is not None and daily.kind == "daily"
         stored = datetime.fromisoformat(str(budget_row(engine)["quota_until"]))
         assert stored == daily.resume_at  # every process on the key stops

@@ -22,7 +22,8 @@ from harvester import archive, jobs, reparse, schema
 from harvester.db import open_database
 from harvester.endpoints import named
 from harvester.params import HarvestParams
-from harvester.store import ItemResult, write_batch
+from harvester.store import write_batch
+from harvester.vocabulary import ItemResult, ItemStatus
 from tests.conftest import rows
 from tests.subproc import url_of
 from tests.test_archive import whole, wipe
@@ -56,7 +57,7 @@ def harvest(engine: Engine, answers: list[tuple[str, str, dict[str, Any]]], now:
         conn.execute(
             update(schema.job_items).where(schema.job_items.c.job_id == job_id).values(claimed_by="test", lease_until=datetime(2100, 1, 1))
         )
-    results = [ItemResult(t, i, "done", 1, 200, None, json.dumps(b).encode()) for t, i, b in answers]
+    results = [ItemResult(t, i, ItemStatus.DONE, 1, 200, None, json.dumps(b).encode()) for t, i, b in answers]
     assert write_batch(engine, job_id, named("fetch", HarvestParams()), results, now, "test") == {"done": len(answers)}
 
 

@@ -26,7 +26,8 @@ from harvester.fakeapi import counts_body, fetch_body, serve_in_thread
 from harvester.fakeapi.bodies import _filter_fetch
 from harvester.params import FetchOptions, HarvestParams
 from harvester.parse import Records, parse_counts, parse_fetch
-from harvester.store import ItemResult, write_batch
+from harvester.store import write_batch
+from harvester.vocabulary import ExitCode, ItemResult, ItemStatus
 from tests.conftest import FAKE, Harness, dois, rows, scalar
 
 T1 = datetime(2026, 11, 24, 12, 0, 0)
@@ -66,9 +67,11 @@ def harvest(
         job_id = jobs.new_job(conn, endpoint, "doi", None, params)
         jobs.add_items(conn, job_id, [("doi", doi, n) for n, doi in enumerate(bodies, 1)], now)
         # Leased to this writer, as a worker's claim leaves them: it writes only items it holds.
-        conn.execute(update(schema.job_items).where(schema.job_items.c.job_id == job_id).values(claimed_by="test", lease_until=datetime(2100, 1, 1)))
+        conn.execute(
+            update(schema.job_items).where(schema.job_items.c.job_id == job_id).values(claimed_by="test", lease_until=datetime(2100, 1, 1))
+        )
     results = [
-        ItemResult("doi", doi, "done", 1, 200, None, body if isinstance(body, bytes) else json.dumps(body).encode())
+        ItemResult("doi", doi, ItemStatus.DONE, 1, 200, None, body if isinstance(body, bytes) else json.dumps(body).encode())
         for doi, body in bodies.items()
     ]
     return job_id, write_batch(engine, job_id, named(endpoint, params), results, now, "test")
@@ -84,7 +87,9 @@ def parsed(records: Records, table: str) -> set[tuple[Any, ...]]:
 
 
 def identifiers(engine: Engine, altmetric_id: int) -> set[tuple[str, str]]:
-    return {(r["scheme"], r["value"]) for r in rows(engine, "select scheme, value from identifiers where altmetric_id = :a", a=altmetric_id)}
+    return {
+        (r["scheme"], r["value"]) for r in rows(engine, "select scheme, value from identifiers where altmetric_id = :a", a=altmetric_id)
+    }
 
 
 def citations(engine: Engine, altmetric_id: int) -> set[tuple[int, int]]:
@@ -96,7 +101,13 @@ def a_full_body() -> tuple[str, dict[str, Any]]:
     """A DOI whose Fetch body has posts of several sources, demographics and a score context."""
     for doi in dois(400, "10.5555/replace"):
         body = fetch_body("doi", doi)
-        if body and isinstance(body["posts"], dict) and len(body["posts"]) >= 3 and body["demographics"] and body["altmetric_score"]["context_for_score"]:
+        if (
+            body
+            and isinstance(body["posts"], dict)
+            and len(body["posts"]) >= 3
+            and body["demographics"]
+            and body["altmetric_score"]["context_for_score"]
+        ):
             return doi, body
     raise AssertionError("no such body in the fake")
 
@@ -123,7 +134,9 @@ def second_answer(body: dict[str, Any]) -> dict[str, Any]:
     score["context_for_score"]["new_scope"] = {"total_number_of_other_articles": 9, "mean": 1.0, "rank": 2}
     body["demographics"] = {"geo": {"twitter": {"ZZ": 7}}}
     source, posts = next((s, p) for s, p in body["posts"].items() if len(p) >= 1)
-    body["posts"][source] = posts[1:] + [{"url": "https://example.org/brand-new", "title": "New", "citation_ids": [body["altmetric_id"], 999]}]
+    body["posts"][source] = posts[1:] + [
+        {"url": "https://example.org/brand-new", "title": "New", "citation_ids": [body["altmetric_id"], 999]}
+    ]
     body["citation"]["pmid"] = "222"
     body["citation"]["chapters"] = [{"altmetric_id": 502, "title": "Two, renamed"}, {"altmetric_id": 503, "title": "Three"}]
     return body
@@ -135,7 +148,9 @@ def test_a_second_fetch_makes_every_table_equal_its_answer(db: Engine) -> None:
     aid = served["altmetric_id"]
     assert harvest(db, "fetch", {doi: one}, T1)[1] == {"done": 1}
     before = parse_fetch(one, T1)
-    assert stored(db, "mentions", aid) == parsed(before, "mentions") and stored(db, "output_relations", aid) == parsed(before, "output_relations")
+    assert stored(db, "mentions", aid) == parsed(before, "mentions") and stored(db, "output_relations", aid) == parsed(
+        before, "output_relations"
+    )
     assert harvest(db, "fetch", {doi: two}, T2)[1] == {"done": 1}
     after = parse_fetch(two, T2)
     for table in COMPARED:
@@ -144,7 +159,10 @@ def test_a_second_fetch_makes_every_table_equal_its_answer(db: Engine) -> None:
     # The PMID upstream dropped is gone; the DOI the job asked by stays.
     assert identifiers(db, aid) == {("doi", doi), ("pmid", "222")}
     # A post still listed keeps when it was first seen; a new one is new.
-    seen = {r["mention_id"]: r["first_seen_at"] for r in rows(db, "select mention_id, first_seen_at from mentions where altmetric_id = :a", a=aid)}
+    seen = {
+        r["mention_id"]: r["first_seen_at"]
+        for r in rows(db, "select mention_id, first_seen_at from mentions where altmetric_id = :a", a=aid)
+    }
     kept = {m["mention_id"] for m in before.mentions} & seen.keys()
     assert kept and all(str(seen[m]).startswith("2026-11-24") for m in kept)
     assert any(str(t).startswith("2026-11-25") for t in seen.values())
@@ -155,7 +173,9 @@ def test_a_counts_answer_after_fetch_leaves_the_fetch_only_tables_and_columns(db
     aid = served["altmetric_id"]
     harvest(db, "fetch", {doi: first_answer(doi, served)}, T1)
     fetch_only = {t: rows(db, f"select * from {t} order by 1, 2") for t in FETCH_ONLY}
-    posts_counts = {r["source"]: r["posts_count"] for r in rows(db, "select source, posts_count from source_counts where altmetric_id = :a", a=aid)}
+    posts_counts = {
+        r["source"]: r["posts_count"] for r in rows(db, "select source, posts_count from source_counts where altmetric_id = :a", a=aid)
+    }
     counts = counts_body("doi", doi)
     assert counts is not None and counts["altmetric_id"] == aid
     counts = copy.deepcopy(counts)
@@ -164,13 +184,18 @@ def test_a_counts_answer_after_fetch_leaves_the_fetch_only_tables_and_columns(db
     assert harvest(db, "counts", {doi: counts}, T2)[1] == {"done": 1}
     assert {t: rows(db, f"select * from {t} order by 1, 2") for t in FETCH_ONLY} == fetch_only
     rec = parse_counts(counts, T2)
-    sc = {r["source"]: (r["posts_count"], r["unique_users_count"]) for r in rows(db, "select * from source_counts where altmetric_id = :a", a=aid)}
+    sc = {
+        r["source"]: (r["posts_count"], r["unique_users_count"])
+        for r in rows(db, "select * from source_counts where altmetric_id = :a", a=aid)
+    }
     # Counts lists every source with accounts: its sources, with Fetch's posts counts kept.
     assert sc == {r["source"]: (posts_counts.get(r["source"]), r["unique_users_count"]) for r in rec.source_counts}
     assert stored(db, "readers", aid) == {("mendeley", 5)}
     assert stored(db, "score_history", aid) == {("at", counts["score"])}
     # Counts has no sample_size or percentile: Fetch's stay.
-    assert scalar(db, "select count(*) from score_context where altmetric_id = :a and sample_size is not null", a=aid) == len(rec.score_context)
+    assert scalar(db, "select count(*) from score_context where altmetric_id = :a and sample_size is not null", a=aid) == len(
+        rec.score_context
+    )
     # Counts lists no PMID for this output: Fetch's stays (a scheme a body does not list is left alone).
     assert ("pmid", "111") in identifiers(db, aid)
 
@@ -214,7 +239,9 @@ def test_post_types_leaves_posts_it_did_not_list(db: Engine) -> None:
 
 def test_lists_every_post() -> None:
     assert lists_every_post(FetchOptions()) and lists_every_post(None)
-    assert lists_every_post(FetchOptions.from_dict({"include_sources": [], "exclude_sources": [], "include_sections": [], "post_types": None}))
+    assert lists_every_post(
+        FetchOptions.from_dict({"include_sources": [], "exclude_sources": [], "include_sections": [], "post_types": None})
+    )
     assert lists_every_post(FetchOptions(include_sections=("counts", "posts")))
     assert not lists_every_post(FetchOptions(post_types="original_tweets"))
     assert not lists_every_post(FetchOptions(include_sources=("news",)))
@@ -258,7 +285,9 @@ def test_bad_bodies_fail_alone(db: Engine) -> None:
 
 
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
-def test_a_job_with_bad_bodies_finishes_with_only_those_failed(tmp_path: Path, clean_env: None, request: pytest.FixtureRequest, database: str) -> None:
+def test_a_job_with_bad_bodies_finishes_with_only_those_failed(
+    tmp_path: Path, clean_env: None, request: pytest.FixtureRequest, database: str
+) -> None:
     """300 ids through the CLI, with the fake's scripted NUL, long-value and huge-count bodies among them."""
     url = f"sqlite:///{tmp_path / 'harvest.db'}" if database == "sqlite" else request.getfixturevalue("pg_url")
     scripted = [d for d in (f"10.5555/{t}.{i}" for t in ("nulbyte", "longvalue", "hugecount") for i in range(40)) if fetch_body("doi", d)]
@@ -273,13 +302,13 @@ def test_a_job_with_bad_bodies_finishes_with_only_those_failed(tmp_path: Path, c
             failed = {i for i, r in items.items() if r["status"] == "failed"}
             # 10**12 fits SQLite's 64-bit integers; PostgreSQL's INTEGER refuses it.
             assert failed == ({picked[2]} if database == "postgresql" else set())
-            assert result.exit_code == (3 if failed else 0), result.output
+            assert result.exit_code == (ExitCode.SOME_FAILED if failed else ExitCode.OK), result.output
             assert "pending" not in {r["status"] for r in items.values()}
             assert "out of range" in (items[picked[2]]["last_error"] or "") or database == "sqlite"
             assert scalar(engine, "select count(*) from outputs where title like :t", t="nulbyte %") == 1
             assert scalar(engine, "select count(*) from score_history where timeframe = :t", t="h" * 300) == 1
             # resume has nothing left: the job finished.
-            assert h.run("--database", url, "resume", "--no-progress").exit_code != 0
+            assert h.run("--database", url, "resume", "--no-progress").exit_code != ExitCode.OK
             assert scalar(engine, "select status from jobs") == "finished"
         finally:
             engine.dispose()
@@ -287,15 +316,20 @@ def test_a_job_with_bad_bodies_finishes_with_only_those_failed(tmp_path: Path, c
 
 def test_counts_after_fetch_through_the_cli_leaves_fetch_only_tables(h: Harness) -> None:
     ids = h.ids(dois(150, "10.5555/e2e"))
-    assert h.run("harvest", "--endpoint", "fetch", "--no-progress", ids).exit_code == 0
+    assert h.run("harvest", "--endpoint", "fetch", "--no-progress", ids).exit_code == ExitCode.OK
     fetch_only = {t: rows(h.engine, f"select * from {t} order by 1, 2") for t in FETCH_ONLY}
     assert len(fetch_only["mentions"]) > 100
-    assert h.run("harvest", "--no-progress", ids).exit_code == 0
+    assert h.run("harvest", "--no-progress", ids).exit_code == ExitCode.OK
     assert {t: rows(h.engine, f"select * from {t} order by 1, 2") for t in FETCH_ONLY} == fetch_only
     # Again with Fetch: the same answers, the same rows (only when they were last seen moves).
-    assert h.run("harvest", "--endpoint", "fetch", "--no-progress", ids).exit_code == 0
-    strip = lambda rs: [{k: v for k, v in r.items() if k != "last_seen_at"} for r in rs]  # noqa: E731
-    assert {t: strip(rows(h.engine, f"select * from {t} order by 1, 2")) for t in FETCH_ONLY} == {t: strip(r) for t, r in fetch_only.items()}
+    assert h.run("harvest", "--endpoint", "fetch", "--no-progress", ids).exit_code == ExitCode.OK
+
+    def strip(rs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in r.items() if k != "last_seen_at"} for r in rs]
+
+    assert {t: strip(rows(h.engine, f"select * from {t} order by 1, 2")) for t in FETCH_ONLY} == {
+        t: strip(r) for t, r in fetch_only.items()
+    }
 
 
 @pytest.mark.parametrize("fetch", [{"include_sources": ["news"]}, {"exclude_sources": ["twitter"]}, {"post_types": "original_tweets"}])
@@ -311,7 +345,9 @@ def test_a_filtered_fetch_leaves_the_totals_alone(db: Engine, fetch: dict[str, A
     full = served["counts"]["total"]["posts_count"]
     assert full > 1
     assert rows(db, "select posts_count, score from outputs") == [{"posts_count": full, "score": 12.5}]
-    assert rows(db, "select posts_count, score from counts_snapshots where altmetric_id = :a", a=aid) == [{"posts_count": full, "score": 12.5}]
+    assert rows(db, "select posts_count, score from counts_snapshots where altmetric_id = :a", a=aid) == [
+        {"posts_count": full, "score": 12.5}
+    ]
     # A filtered body on a day of its own leaves that day's total unknown, not a part's.
     harvest(db, "fetch", {doi: part}, T2, fetch=fetch)
     assert rows(db, "select harvested_on, posts_count from counts_snapshots order by 1")[1]["posts_count"] is None

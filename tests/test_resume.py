@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from harvester.fakeapi import FakeConfig, FakeServer, serve_in_thread
+from harvester.vocabulary import ExitCode
 from tests.conftest import KEY
 from tests.subproc import final_count, query, snapshot, start, wait_until
 
@@ -42,7 +43,7 @@ def id_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def undisturbed(tmp_path_factory: pytest.TempPathFactory, fake: FakeServer, id_file: Path) -> dict[str, Any]:
     db = tmp_path_factory.mktemp("clean") / "clean.db"
     proc = start(db, fake, "harvest", "--no-progress", str(id_file))
-    assert proc.wait(timeout=120) == 0, proc.communicate()
+    assert proc.wait(timeout=120) == ExitCode.OK, proc.communicate()
     return snapshot(db)
 
 
@@ -67,7 +68,7 @@ def test_kill_9_twice_then_resume_equals_an_undisturbed_run(
 
     proc = start(db, fake, "resume", "--no-progress")
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
+    assert proc.returncode == ExitCode.OK, err
     assert "job 1 finished" in err
     assert query(db, "select count(*) from job_items where status = 'pending' or claimed_by is not null") == [(0,)]
     assert snapshot(db) == undisturbed
@@ -85,7 +86,7 @@ def test_ctrl_c_flushes_prints_the_resume_command_and_resume_finishes(
     wait_until(db, N // 3, proc)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    assert proc.returncode == ExitCode.INTERRUPTED, err
     assert f"Resume with: harvester --database sqlite:///{db} resume 1" in err
     assert "Traceback" not in err
     assert query(db, "select status, runner from jobs") == [("interrupted", None)]
@@ -95,7 +96,7 @@ def test_ctrl_c_flushes_prints_the_resume_command_and_resume_finishes(
 
     proc = start(db, fake, "resume", "--no-progress")
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
+    assert proc.returncode == ExitCode.OK, err
     assert snapshot(db) == undisturbed
 
 
@@ -106,9 +107,9 @@ def test_a_resume_of_a_live_run_joins_it_as_a_second_worker(tmp_path: Path, id_f
         wait_until(db, 20, first)
         second = start(db, slow, "resume", "1", "--no-progress")
         out, err = second.communicate(timeout=120)
-        assert second.returncode == 0, err
+        assert second.returncode == ExitCode.OK, err
         first_out, first_err = first.communicate(timeout=120)
-        assert first.returncode == 0, first_err
+        assert first.returncode == ExitCode.OK, first_err
         # Each id was asked once: the two workers never shared an item.
         assert set(slow.stats.per_path.values()) == {1} and len(slow.stats.per_path) == N
     assert "job 1 finished" in err and "job 1 finished" in first_err
@@ -134,7 +135,7 @@ def test_a_second_signal_quits_at_once_with_130_the_resume_line_and_the_job_not_
     time.sleep(gap)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    assert proc.returncode == ExitCode.INTERRUPTED, err
     assert "Traceback" not in err and "CancelledError" not in err, err
     assert f"Resume with: harvester --database sqlite:///{db} resume 1" in err
     assert query(db, "select status, runner from jobs") == [("interrupted", None)]
@@ -149,5 +150,5 @@ def test_a_second_signal_quits_at_once_with_130_the_resume_line_and_the_job_not_
     if gap == 0.0:  # once: what was written is whole, and resume finishes the job
         proc = start(db, fake, "resume", "--no-progress")
         out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err
+        assert proc.returncode == ExitCode.OK, err
         assert snapshot(db) == undisturbed

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import Engine, select
 
 from harvester import schema
-from harvester.jobs import utcnow
+from harvester.clock import utcnow
 from harvester.parse import parse_counts
 from harvester.store import save_records
 from tests.conftest import SAMPLES, rows, sample

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from harvester.fakeapi import FakeConfig, FakeServer, serve_in_thread
+from harvester.vocabulary import ExitCode
 from tests.conftest import KEY
 from tests.subproc import query, start
 
@@ -44,7 +45,7 @@ def config(tmp_path: Path, text: str) -> Path:
 def enqueue(db: str | Path, server: FakeServer, id_file: Path, cfg: Path | None = None) -> int:
     proc = start(db, server, "harvest", "--enqueue-only", str(id_file), config=cfg)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
+    assert proc.returncode == ExitCode.OK, err
     return int(out.strip())
 
 
@@ -68,7 +69,7 @@ def steady_rate(db: str, job: int) -> float:
 def timed_workers(db: str, server: FakeServer, job: int, n: int, cfg: Path) -> float:
     procs = [start(db, server, "worker", str(job), "--no-progress", config=cfg) for _ in range(n)]
     for code, err in finish(procs):
-        assert code == 0, err
+        assert code == ExitCode.OK, err
     return steady_rate(db, job)
 
 
@@ -121,7 +122,7 @@ def test_a_frozen_worker_loses_its_items_and_writes_nothing_for_them(
         other = start(pg_url, server, "worker", str(job), "--no-progress", config=cfg)
         reaper.append(other)
         code, err = finish([other])[0]
-        assert code == 0, err
+        assert code == ExitCode.OK, err
         took_over_after = time.monotonic() - stopped_at
         before_thaw = server.stats.total
         frozen.send_signal(signal.SIGCONT)
@@ -129,7 +130,7 @@ def test_a_frozen_worker_loses_its_items_and_writes_nothing_for_them(
         asked = dict(server.stats.per_path)
         after_thaw = server.stats.total - before_thaw
     assert took_over_after >= 3  # it waited for the leases to end
-    assert frozen_code == 0, frozen_err
+    assert frozen_code == ExitCode.OK, frozen_err
     assert "drops the items it held" in frozen_err
     # Woken, it asked for nothing more: what it had in flight when frozen had reached the server already.
     assert after_thaw == 0
@@ -140,12 +141,12 @@ def test_a_frozen_worker_loses_its_items_and_writes_nothing_for_them(
     duplicates = [path for path, count in asked.items() if count > 1]
     # Asked twice: only what the frozen worker had fetched but not yet committed (in flight, or in its next batch).
     assert len(duplicates) <= held
-    print(f"\nfrozen worker: {len(duplicates)} items asked twice, {after_thaw} requests after it woke, {processed(frozen_err)} written by it")
+    print(
+        f"\nfrozen worker: {len(duplicates)} items asked twice, {after_thaw} requests after it woke, {processed(frozen_err)} written by it"
+    )
 
 
-def test_a_killed_workers_items_are_finished_by_the_survivors(
-    tmp_path: Path, pg_url: str, reaper: list[subprocess.Popen[str]]
-) -> None:
+def test_a_killed_workers_items_are_finished_by_the_survivors(tmp_path: Path, pg_url: str, reaper: list[subprocess.Popen[str]]) -> None:
     cfg = config(tmp_path, '[limits]\nconcurrency = 4\n[workers]\nlease = "3s"\n')
     n = 200
     with serve_in_thread(replace(FAKE, latency=0.05)) as server:
@@ -161,7 +162,7 @@ def test_a_killed_workers_items_are_finished_by_the_survivors(
         assert victim.wait() == -signal.SIGKILL
         code, err = finish([survivor])[0]
         asked = dict(server.stats.per_path)
-    assert code == 0, err
+    assert code == ExitCode.OK, err
     assert query(pg_url, f"select count(*) from job_items where job_id = {job} and status = 'pending'") == [(0,)]
     assert query(pg_url, f"select status from jobs where id = {job}") == [("finished",)]
     # Asked twice: only what the victim had fetched but not committed when it died.
@@ -171,7 +172,7 @@ def test_a_killed_workers_items_are_finished_by_the_survivors(
 def free_tier(tmp_path: Path, rate: float) -> Path:
     return config(
         tmp_path,
-        f"[api]\ntier = \"free\"\n[limits]\nper_second = {rate}\nper_hour = {int(rate * 3600)}\n"
+        f'[api]\ntier = "free"\n[limits]\nper_second = {rate}\nper_hour = {int(rate * 3600)}\n'
         f"per_day = {int(rate * 86400)}\nconcurrency = 4\n",
     )
 
@@ -185,8 +186,8 @@ def test_processes_on_one_free_key_stay_within_its_rate_and_use_it(tmp_path: Pat
     # A bucket of two: this fake shares two cores with seven busy processes, and its own scheduling
     # shows as bursts now and then. benchmarks/workers.py --part free runs the fake in its own
     # process with a bucket of one (0 429s).
-    server_limits = dict(per_second=rate, burst=2, per_hour=int(rate * 3600), per_day=int(rate * 86400))
-    with serve_in_thread(replace(FAKE, **server_limits)) as server:
+    server_limits = replace(FAKE, per_second=rate, burst=2, per_hour=int(rate * 3600), per_day=int(rate * 86400))
+    with serve_in_thread(server_limits) as server:
         third = enqueue(pg_url, server, ids(tmp_path, per, "w"), cfg)
         procs = [
             start(pg_url, server, "harvest", "--no-progress", str(ids(tmp_path, per, "a")), config=cfg, HARVESTER_TIER="free"),
@@ -194,11 +195,13 @@ def test_processes_on_one_free_key_stay_within_its_rate_and_use_it(tmp_path: Pat
             start(pg_url, server, "worker", str(third), "--no-progress", config=cfg, HARVESTER_TIER="free"),
         ]
         for code, err in finish(procs):
-            assert code == 0, err
+            assert code == ExitCode.OK, err
         stats = server.stats
     achieved = stats.rate
     retried = sorted(p for p, c in stats.per_path.items() if c > 1)
-    print(f"\n3 processes on one free key: {achieved:.2f} requests/s of {rate:g} ({achieved / rate:.1%}), {stats.rate_limited} 429s, {stats.total} requests")
+    print(
+        f"\n3 processes on one free key: {achieved:.2f} requests/s of {rate:g} ({achieved / rate:.1%}), {stats.rate_limited} 429s, {stats.total} requests"
+    )
     assert stats.rate_limited == 0, retried
     assert stats.total == 3 * per
     assert achieved >= 0.85 * rate, f"{achieved:.2f}/s"
@@ -212,14 +215,14 @@ def test_a_server_imposed_pause_holds_every_process(tmp_path: Path, pg_url: str)
     # A bucket of two, as in the share test above: with a bucket of one, this fake's own scheduling
     # on two busy cores turned an on-time request into a rate 429 once in CI,
     # which this test would count as a request sent into the pause.
-    server_limits = dict(per_second=rate, burst=2, per_hour=int(rate * 3600), per_day=int(rate * 86400))
-    with serve_in_thread(replace(FAKE, **server_limits, pause_after=20, pause_seconds=3.0)) as server:
+    server_limits = replace(FAKE, per_second=rate, burst=2, per_hour=int(rate * 3600), per_day=int(rate * 86400))
+    with serve_in_thread(replace(server_limits, pause_after=20, pause_seconds=3.0)) as server:
         procs = [
             start(pg_url, server, "harvest", "--no-progress", str(ids(tmp_path, 12, name)), config=cfg, HARVESTER_TIER="free")
             for name in ("p", "q", "r")
         ]
         for code, err in finish(procs):
-            assert code == 0, err
+            assert code == ExitCode.OK, err
         stats = server.stats
     print(f"\npause: {stats.paused} requests arrived during the 3 s pause, {stats.rate_limited} 429s in all")
     # The request that met the pause is the only one: nothing queued in any process was sent into it.
@@ -235,15 +238,15 @@ def test_a_bulk_harvest_and_a_nightly_share_one_key_on_sqlite(tmp_path: Path) ->
     db = tmp_path / "both.db"
     # A bucket of two, as tests/test_free_tier.py explains: a process's very first request (a new
     # connection, cold code paths) can reach the server a few milliseconds late, and its second on time.
-    server_limits = dict(per_second=rate, burst=2, per_hour=int(rate * 3600), per_day=int(rate * 86400))
-    with serve_in_thread(replace(FAKE, **server_limits)) as server:
+    server_limits = replace(FAKE, per_second=rate, burst=2, per_hour=int(rate * 3600), per_day=int(rate * 86400))
+    with serve_in_thread(server_limits) as server:
         bulk = start(db, server, "harvest", "--no-progress", str(ids(tmp_path, 60, "bulk")), config=cfg, HARVESTER_TIER="free")
         time.sleep(2)
         nightly = start(db, server, "nightly", "--no-progress", config=cfg, HARVESTER_TIER="free")
         (bulk_code, bulk_err), (nightly_code, nightly_err) = finish([bulk, nightly])
         stats = server.stats
-    assert bulk_code == 0, bulk_err
-    assert nightly_code == 0, nightly_err
+    assert bulk_code == ExitCode.OK, bulk_err
+    assert nightly_code == ExitCode.OK, nightly_err
     assert stats.rate_limited == 0
     assert stats.total == 60 + 1 + 20  # the bulk ids, a Citations page, the 20 listed outputs
     assert stats.rate <= rate
@@ -257,12 +260,15 @@ def test_slow_answers_never_send_a_stale_slot_into_another_process(tmp_path: Pat
     rate, n = 2.0, 24
     cfg = config(tmp_path, f'[api]\ntier = "free"\n[limits]\nper_second = {rate}\nper_hour = 7200\nper_day = 172800\nconcurrency = 1\n')
     db = tmp_path / "slow.db"
-    server_limits = dict(per_second=rate, burst=1, per_hour=7200, per_day=172800, latency=1.25)
-    with serve_in_thread(replace(FAKE, **server_limits)) as server:
+    server_limits = replace(FAKE, per_second=rate, burst=1, per_hour=7200, per_day=172800, latency=1.25)
+    with serve_in_thread(server_limits) as server:
         job = enqueue(db, server, ids(tmp_path, n, "slow"), cfg)
-        procs = [start(db, server, "worker", str(job), "--no-progress", "--concurrency", "1", config=cfg, HARVESTER_TIER="free") for _ in range(2)]
+        procs = [
+            start(db, server, "worker", str(job), "--no-progress", "--concurrency", "1", config=cfg, HARVESTER_TIER="free")
+            for _ in range(2)
+        ]
         for code, err in finish(procs):
-            assert code == 0, err
+            assert code == ExitCode.OK, err
         stats = server.stats
     print(f"\nslow answers, 2 workers at concurrency 1: {stats.rate_limited} 429s in {stats.total} requests")
     assert stats.total == n
@@ -294,6 +300,6 @@ def test_a_worker_frozen_past_its_lease_during_an_outage_recovers(tmp_path: Path
             code, err = finish([worker], timeout=60)[0]
         except subprocess.TimeoutExpired:
             pytest.fail(f"the worker made no progress after it was continued: {healthy.stats.total} requests since")
-    assert code == 0, err
+    assert code == ExitCode.OK, err
     assert "the API is failing" in err
     assert query(db, f"select count(*) from job_items where job_id = {job} and status in ('pending', 'failed')") == [(0,)]

@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
+from harvester.vocabulary import ExitCode
 from tests.conftest import KEY, SAMPLES
 
 BODY = json.loads((SAMPLES / "counts_docs-example_10.1038-news.2011.498.json").read_text())
@@ -56,7 +57,13 @@ def api() -> Iterator[str]:
 def harvest(tmp_path: Path, api: str, *options: str) -> subprocess.CompletedProcess[str]:
     ids = tmp_path / "ids.txt"
     ids.write_text(f"{REFUSED_DOI}\n")
-    env = {"PATH": "/usr/bin:/bin", "HARVESTER_API_URL": api, "ALTMETRIC_API_KEY": KEY, "HARVESTER_TIER": "commercial", "HARVESTER_CONFIG": ""}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HARVESTER_API_URL": api,
+        "ALTMETRIC_API_KEY": KEY,
+        "HARVESTER_TIER": "commercial",
+        "HARVESTER_CONFIG": "",
+    }
     return subprocess.run(
         [sys.executable, "-m", "harvester", "--database", f"sqlite:///{tmp_path / 'h.db'}", *options, "harvest", "--no-progress", str(ids)],
         env=env,
@@ -69,12 +76,12 @@ def harvest(tmp_path: Path, api: str, *options: str) -> subprocess.CompletedProc
 
 def test_the_writers_warning_is_formatted_and_redacted(tmp_path: Path, api: str) -> None:
     result = harvest(tmp_path, api)
-    assert result.returncode == 3, result.stderr  # the refused item failed alone
+    assert result.returncode == ExitCode.SOME_FAILED, result.stderr  # the refused item failed alone
     assert KEY not in result.stderr and KEY not in result.stdout, result.stderr
     assert LINE.search(result.stderr), result.stderr
 
 
 def test_quiet_silences_the_writers_warning(tmp_path: Path, api: str) -> None:
     result = harvest(tmp_path, api, "-q")
-    assert result.returncode == 3, result.stderr
+    assert result.returncode == ExitCode.SOME_FAILED, result.stderr
     assert "refused" not in result.stderr and KEY not in result.stderr, result.stderr

@@ -19,19 +19,39 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = '0009'
-down_revision: str | None = '0008'
+revision: str = "0009"
+down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 # The sources with a column of their own in output_summary: every name of the mapping in
 # docs/schema.md (`source_counts`). A source outside it is still in source_counts.
 SUMMARY_SOURCES = (
-    "twitter", "news", "blogs", "policy", "wikipedia", "patents", "reddit", "facebook", "video",
-    "bluesky", "peer_reviews", "qna", "forums", "weibo", "linkedin", "pinterest",
-    "research_highlights", "f1000", "googleplus", "syllabi", "guidelines", "book_reviews",
-    "podcasts", "delicious",
-)  # fmt: skip
+    "twitter",
+    "news",
+    "blogs",
+    "policy",
+    "wikipedia",
+    "patents",
+    "reddit",
+    "facebook",
+    "video",
+    "bluesky",
+    "peer_reviews",
+    "qna",
+    "forums",
+    "weibo",
+    "linkedin",
+    "pinterest",
+    "research_highlights",
+    "f1000",
+    "googleplus",
+    "syllabi",
+    "guidelines",
+    "book_reviews",
+    "podcasts",
+    "delicious",
+)
 
 
 def output_summary_sql() -> str:

@@ -1,0 +1,71 @@
+"""What docs/architecture.md says about the code's shape, checked against the code itself."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from harvester import endpoints
+from harvester.vocabulary import ENDPOINTS, ID_ENDPOINTS, JobKind
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A spawned writer under the `harvester` console script: the child re-imports the parent's main
+# module (the console script, so harvester.cli and everything it imports) before it runs the
+# writer; `import harvester.store` alone is what the writer itself needs.
+_PROBE = """
+import multiprocessing, sys
+def modules(queue):
+    queue.put(sorted(m for m in sys.modules if m.split(".")[0] in ("aiohttp", "click", "harvester")))
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    process = ctx.Process(target=modules, args=(queue,))
+    process.start()
+    print(" ".join(queue.get(timeout=60)))
+    process.join()
+"""
+
+
+def test_the_writer_needs_no_http_code_but_a_spawned_child_reimports_the_entry_module(tmp_path: Path) -> None:
+    """docs/architecture.md says both: the writer's own modules import no HTTP code, and under the
+    console script a spawned child loads what the entry module imports (aiohttp among them)."""
+    alone = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, harvester.store, harvester.writer; print(' '.join(m for m in sys.modules if m.startswith('aiohttp')))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    assert alone.stdout.strip() == ""
+    # The console script's own shape: a file that imports harvester.cli (pip writes `from harvester.cli import main`).
+    entry = tmp_path / "harvester"
+    entry.write_text("import sys\nfrom harvester.cli import main\n" + _PROBE)
+    spawned = subprocess.run([sys.executable, str(entry)], capture_output=True, text=True, check=True, cwd=ROOT)
+    loaded = set(spawned.stdout.split())
+    assert "aiohttp" in loaded and "harvester.cli" in loaded
+
+
+def test_no_module_but_endpoints_compares_endpoint_names() -> None:
+    """Adding an endpoint is adding a class in endpoints.py: nothing else branches on a name."""
+    kinds = "|".join(k.value for k in JobKind)
+    compare = re.compile(rf"""(==|!=)\s*["']({kinds})["']|["']({kinds})["']\s*(==|!=)|in_?\(\s*\(?["']({kinds})["']""")
+    offenders = [
+        f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
+        for path in sorted((ROOT / "harvester").rglob("*.py"))
+        if path.name not in ("endpoints.py", "vocabulary.py") and "fakeapi" not in path.parts
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if compare.search(line)
+    ]
+    assert offenders == []
+
+
+def test_the_registry_holds_every_endpoint_kind() -> None:
+    assert set(endpoints.REGISTRY) == {JobKind(k) for k in ENDPOINTS}
+    assert {k.value for k, cls in endpoints.REGISTRY.items() if cls.by_id} == set(ID_ENDPOINTS)
