@@ -150,7 +150,7 @@ class SharedBudget:
     def _clock_offset(self) -> float:
         """Seconds to add to this host's clock to get the database's (best of three round trips)."""
         best: tuple[float, float] | None = None
-        for _ in range(3 if self.engine.dialect.name == "postgresql" else 1):
+        for _ in range(3 if db.has_own_clock(self.engine.dialect) else 1):
             with self.engine.connect() as conn:
                 before = time.time()
                 server = to_epoch(clock.db_now(conn))

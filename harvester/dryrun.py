@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 
 from sqlalchemy import Connection, Engine, func, select, text
 
-from harvester import clock, endpoints, nightly, schema
+from harvester import clock, db, endpoints, nightly, schema
 from harvester.budget import free_tier_rate, key_hash
 from harvester.config import Config, filters_text, parse_duration
 from harvester.ids import read_ids
@@ -197,58 +197,43 @@ def plan_harvest(
     """Read the ids as `harvest` would, compare them with the database, and estimate the run; writes nothing."""
     refresh_after = config.nightly.refresh_after
     fresh_since = clock.utcnow() - parse_duration(refresh_after)
-    with engine.connect() as conn:
-        postgres = conn.dialect.name == "postgresql"
-        conn.exec_driver_sql("CREATE TEMPORARY TABLE dry_ids (k TEXT PRIMARY KEY)" + (" ON COMMIT DROP" if postgres else ""))
-        try:
-            insert = (
-                "INSERT INTO dry_ids (k) VALUES (%s) ON CONFLICT DO NOTHING"
-                if postgres
-                else "INSERT INTO dry_ids (k) VALUES (?) ON CONFLICT DO NOTHING"
+    with engine.connect() as conn, db.scratch_keys(conn, "dry_ids") as add:
+        valid = rejected = 0
+        chunk: list[tuple[str]] = []
+        for line in read_ids(sources, id_type, stdin):
+            if line.key is None:
+                rejected += 1
+                continue
+            valid += 1
+            chunk.append((line.key,))
+            if len(chunk) >= _CHUNK:
+                add(chunk)
+                chunk = []
+        if chunk:
+            add(chunk)
+        distinct = int(conn.exec_driver_sql("SELECT count(*) FROM dry_ids").scalar_one())
+        if id_type == "id":
+            join = "JOIN outputs o ON o.altmetric_id = CAST(d.k AS BIGINT)"
+            params: dict[str, Any] = {}
+        else:
+            join = "JOIN identifiers i ON i.scheme = :scheme AND i.value = d.k JOIN outputs o ON o.altmetric_id = i.altmetric_id"
+            params = {"scheme": id_type}
+        stored, fresh = conn.execute(
+            text(f"SELECT count(DISTINCT d.k), count(DISTINCT CASE WHEN o.harvested_at >= :fresh THEN d.k END) FROM dry_ids d {join}"),
+            {"fresh": _stamp(conn, fresh_since), **params},
+        ).one()
+        tweets = None
+        if "tweet-id" in endpoints.by_kind(endpoint).quotas:  # Fetch: its bodies carry the tweet ids
+            tweets = int(
+                conn.execute(
+                    text(
+                        f"SELECT coalesce(sum(coalesce(sc.posts_count, sc.unique_users_count)), 0) FROM dry_ids d {join}"
+                        " JOIN source_counts sc ON sc.altmetric_id = o.altmetric_id AND sc.source = 'twitter'"
+                    ),
+                    params,
+                ).scalar_one()
             )
-            valid = rejected = 0
-            chunk: list[tuple[str]] = []
-            for line in read_ids(sources, id_type, stdin):
-                if line.key is None:
-                    rejected += 1
-                    continue
-                valid += 1
-                chunk.append((line.key,))
-                if len(chunk) >= _CHUNK:
-                    conn.exec_driver_sql(insert, chunk)
-                    chunk = []
-            if chunk:
-                conn.exec_driver_sql(insert, chunk)
-            distinct = int(conn.exec_driver_sql("SELECT count(*) FROM dry_ids").scalar_one())
-            if id_type == "id":
-                join = "JOIN outputs o ON o.altmetric_id = CAST(d.k AS BIGINT)"
-                params: dict[str, Any] = {}
-            else:
-                join = "JOIN identifiers i ON i.scheme = :scheme AND i.value = d.k JOIN outputs o ON o.altmetric_id = i.altmetric_id"
-                params = {"scheme": id_type}
-            stored, fresh = conn.execute(
-                text(f"SELECT count(DISTINCT d.k), count(DISTINCT CASE WHEN o.harvested_at >= :fresh THEN d.k END) FROM dry_ids d {join}"),
-                {"fresh": _stamp(conn, fresh_since), **params},
-            ).one()
-            tweets = None
-            if "tweet-id" in endpoints.by_kind(endpoint).quotas:  # Fetch: its bodies carry the tweet ids
-                tweets = int(
-                    conn.execute(
-                        text(
-                            f"SELECT coalesce(sum(coalesce(sc.posts_count, sc.unique_users_count)), 0) FROM dry_ids d {join}"
-                            " JOIN source_counts sc ON sc.altmetric_id = o.altmetric_id AND sc.source = 'twitter'"
-                        ),
-                        params,
-                    ).scalar_one()
-                )
-            est = estimate(conn, config, distinct, concurrency)
-        finally:
-            # Nothing to keep: the rollback ends the transaction (PostgreSQL drops the table with it);
-            # SQLite created it outside any transaction, so it is dropped on its own.
-            conn.rollback()
-            if not postgres:
-                conn.exec_driver_sql("DROP TABLE IF EXISTS temp.dry_ids")
-                conn.commit()
+        est = estimate(conn, config, distinct, concurrency)
     notes = []
     if tweets is not None:
         notes.append(

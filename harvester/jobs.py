@@ -9,17 +9,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, BinaryIO
 
-from sqlalchemy import Connection, Engine, func, insert, select, text, update
+from sqlalchemy import Connection, Engine, func, insert, select, update
 
 from harvester import db, schema
 from harvester.clock import utcnow
 from harvester.errors import JobError
-from harvester.ids import IdLine, read_ids
+from harvester.ids import read_ids
 from harvester.params import ApiUsed, HarvestParams, JobParams, for_endpoint
 
 # CitationsParams and FetchOptions are re-exported (`as`): modules that handle a Job name its params' types as jobs.*.
@@ -95,8 +95,7 @@ def create_job(
     lines = read_ids(sources, id_type, stdin, column=column)
     with engine.begin() as conn:
         job_id = new_job(conn, endpoint, id_type, name, params or HarvestParams(), sources, now)
-        load = _copy_lines if conn.dialect.name == "postgresql" else _insert_lines
-        valid, rejected = load(conn, job_id, id_type, lines, now)
+        valid, rejected = db.load_lines(conn, job_id, id_type, lines, now)
         total = conn.execute(select(func.count()).select_from(schema.job_items).where(schema.job_items.c.job_id == job_id)).scalar_one()
         conn.execute(
             update(schema.jobs)
@@ -104,78 +103,6 @@ def create_job(
             .values(total_items=total, rejected_lines=rejected, duplicate_lines=valid - total)
         )
     return get_job(engine, job_id)
-
-
-_ITEM_COLUMNS = "job_id, id_type, identifier, input, line_no, status, attempts, updated_at"
-_REJECT_COLUMNS = "job_id, line_no, source, source_line, line, reason"
-_BULK_CHUNK = 20_000
-
-
-def _insert_lines(conn: Connection, job_id: int, id_type: str, lines: Iterable[IdLine], now: datetime) -> tuple[int, int]:
-    """Load a job's lines with the driver's executemany of one prepared INSERT; returns (valid, rejected).
-
-    Plain tuples through exec_driver_sql: SQLAlchemy's per-row dict binding and type processing
-    cost more than SQLite's own work here.
-    """
-    # Stored as the DateTime column stores it, since this bypasses the column's type.
-    at = schema.job_items.c.updated_at.type.bind_processor(conn.dialect)
-    stamp = at(now) if at else now
-    insert_items = f"INSERT INTO job_items ({_ITEM_COLUMNS}) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?) ON CONFLICT DO NOTHING"
-    insert_rejects = f"INSERT INTO job_rejects ({_REJECT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
-    valid = rejected = 0
-    for chunk in _chunks(lines, _BULK_CHUNK):
-        items = [(job_id, line.id_type or id_type, line.key, line.exact, line.line_no, stamp) for line in chunk if line.key is not None]
-        rejects = [
-            (job_id, line.line_no, line.source, line.source_line, line.text[:1000], line.reason) for line in chunk if line.key is None
-        ]
-        if items:
-            conn.exec_driver_sql(insert_items, items)
-        if rejects:
-            conn.exec_driver_sql(insert_rejects, rejects)
-        valid += len(items)
-        rejected += len(rejects)
-    return valid, rejected
-
-
-def _copy_lines(conn: Connection, job_id: int, id_type: str, lines: Iterable[IdLine], now: datetime) -> tuple[int, int]:
-    """Load a job's lines on PostgreSQL: COPY into a temporary table, then INSERT ... SELECT; returns (valid, rejected).
-
-    COPY streams the file in one round trip (psycopg escapes each value for COPY's
-    text format). Items and rejects share the one table, since a connection runs one
-    COPY at a time and the lines are read once. The INSERT takes the lines in input order,
-    so of two lines with one key the first is kept, as when they are inserted one by one.
-    """
-    conn.exec_driver_sql(
-        "CREATE TEMPORARY TABLE job_load (line_no bigint, id_type text, identifier text, input text, source text,"
-        " source_line bigint, line text, reason text) ON COMMIT DROP"
-    )
-    valid = rejected = 0
-    driver = conn.connection.driver_connection
-    assert driver is not None
-    with driver.cursor() as cursor, cursor.copy("COPY job_load FROM STDIN") as copy:
-        for line in lines:
-            if line.key is not None:
-                copy.write_row((line.line_no, line.id_type or id_type, line.key, line.exact, None, None, None, None))
-                valid += 1
-            else:
-                copy.write_row((line.line_no, None, None, None, line.source, line.source_line, line.text[:1000], line.reason))
-                rejected += 1
-    values = {"job_id": job_id, "now": now}
-    conn.execute(
-        text(
-            f"INSERT INTO job_items ({_ITEM_COLUMNS}) SELECT :job_id, id_type, identifier, input, line_no, 'pending', 0, :now"
-            " FROM job_load WHERE identifier IS NOT NULL ORDER BY line_no ON CONFLICT DO NOTHING"
-        ),
-        values,
-    )
-    conn.execute(
-        text(
-            f"INSERT INTO job_rejects ({_REJECT_COLUMNS}) SELECT :job_id, line_no, source, source_line, line, reason"
-            " FROM job_load WHERE identifier IS NULL"
-        ),
-        values,
-    )
-    return valid, rejected
 
 
 def new_job(
@@ -306,17 +233,6 @@ def chain(engine: Engine, job: Job) -> list[Job]:
     if isinstance(p, CitationsParams) and p.then_job:
         return [job, get_job(engine, p.then_job)]
     return [job]
-
-
-def _chunks(lines: Iterable[IdLine], size: int) -> Iterator[list[IdLine]]:
-    chunk: list[IdLine] = []
-    for line in lines:
-        chunk.append(line)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def get_job(engine: Engine, job_id: int) -> Job:
