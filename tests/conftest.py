@@ -47,6 +47,25 @@ SLOW_MODULES = {
     "test_redaction",
     "test_report",
     "test_changefeed",
+    # whole harvests in a fixture or per test (a few seconds each): the CLI end to end
+    "test_docs",
+    "test_citations",
+    "test_fetch",
+    "test_export",
+    "test_querying",
+    "test_output",
+    "test_views",
+    "test_aliases",
+    "test_archive",
+    "test_replace",
+    "test_harvest",
+    "test_report_sets",
+    "test_poison_bodies",
+    "test_writer_logging",
+    "test_filtered_fetch",
+    "test_reparse_order",
+    "test_input_files",
+    "test_downloads",
 }
 SLOW_FIXTURES = {"pg_url", "pg_cluster", "reaper"}
 
