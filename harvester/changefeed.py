@@ -310,6 +310,7 @@ def _carried(conn: Connection, night: date, prefix: str | None) -> int:
 
 def _finish(engine: Engine, job: jobs.Job, p: NightlyParams, c: dict[str, Any], runner: str) -> Any:
     from harvester.nightly import Report
+    from harvester.nightly import finished_row as nightly_finished_row
 
     now = clock.utcnow()
     started = job.started_at or now
@@ -387,26 +388,11 @@ def _finish(engine: Engine, job: jobs.Job, p: NightlyParams, c: dict[str, Any], 
         done = conn.execute(
             update(schema.jobs)
             .where(schema.jobs.c.id == job.id, schema.jobs.c.runner == runner)
-            .values(
-                status=JobStatus.FINISHED,
-                finished_at=now,
-                runner=None,
-                lock_name=None,
-                heartbeat_at=now,
-                last_error=None,
-                resume_after=None,
-                params=_params_json(p, c, report.as_dict()),
-            )
+            .values(nightly_finished_row(now, replace(p, changes=c, report=report.as_dict())))
         ).rowcount
         if done != 1:
             raise JobError(f"nightly job {job.id} was taken over by another process; its report was not stored")
     return report
-
-
-def _params_json(p: NightlyParams, c: dict[str, Any], report: dict[str, Any]) -> str:
-    import json
-
-    return json.dumps(replace(p, changes=c, report=report).as_dict(), sort_keys=True)
 
 
 def refresh_fields(p: NightlyParams) -> dict[str, Any]:

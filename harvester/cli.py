@@ -262,6 +262,23 @@ def _outcome(
     }
 
 
+def _echo_unrun(state: State, engine: Engine, job: jobs.Job, resume: bool) -> None:
+    """The --json outcome of a command that ran nothing (a job only enqueued, or already finished)."""
+    counts = jobs.item_counts(engine, job.id)
+    outcome = _outcome(
+        state,
+        job_id=job.id,
+        status=job.status,
+        counts=counts,
+        exit_code=ExitCode.OK,
+        requests=0,
+        elapsed=0.0,
+        message=None,
+        resume_job=job.id if resume else None,
+    )
+    click.echo(_json(outcome))
+
+
 def _run_step(state: State, engine: Engine, job_id: int, progress: bool, config: Config, command: str) -> pipeline.RunOutcome:
     reporter = Reporter.for_stream(job_id, progress)
     try:
@@ -389,22 +406,7 @@ def harvest(
         state.info(f"  rejected lines are in job_rejects (job_id = {job.id})")
     if enqueue_only:
         if as_json:
-            counts = jobs.item_counts(engine, job.id)
-            click.echo(
-                _json(
-                    _outcome(
-                        state,
-                        job_id=job.id,
-                        status=job.status,
-                        counts=counts,
-                        exit_code=ExitCode.OK,
-                        requests=0,
-                        elapsed=0.0,
-                        message=None,
-                        resume_job=job.id,
-                    )
-                )
-            )
+            _echo_unrun(state, engine, job, resume=True)
         else:
             click.echo(job.id)
         state.info(f"work it with: harvester worker {job.id}  (on any machine with this database), or {state.resume_command(job.id)}")
@@ -438,22 +440,7 @@ def resume(state: State, job_id: int | None, no_progress: bool, as_json: bool) -
     if all(j.status == JobStatus.FINISHED for j in jobs.chain(engine, job)):
         state.info(f"job {job.id} is already finished")
         if as_json:
-            counts = jobs.item_counts(engine, job.id)
-            click.echo(
-                _json(
-                    _outcome(
-                        state,
-                        job_id=job.id,
-                        status=job.status,
-                        counts=counts,
-                        exit_code=ExitCode.OK,
-                        requests=0,
-                        elapsed=0.0,
-                        message=None,
-                        resume_job=None,
-                    )
-                )
-            )
+            _echo_unrun(state, engine, job, resume=False)
         return
     # The job keeps the concurrency it was started with on the command line.
     config = state.config(**{"limits.concurrency": job.params.concurrency if isinstance(job.params, HarvestParams) else None})
@@ -915,6 +902,25 @@ def _toml_value(value: Any) -> str:
     return json.dumps(value)
 
 
+def output_set_options(what: str) -> Callable[[F], F]:
+    """--job and --list, for the commands that can cover a chosen set of outputs (report, export)."""
+
+    def decorate(fn: F) -> F:
+        fn = click.option(
+            "--list", "lists", multiple=True, metavar="NAME", help="Only the outputs of the jobs harvested with --name NAME (repeatable)."
+        )(fn)
+        return click.option(
+            "--job",
+            "job_ids",
+            type=click.IntRange(1, None),
+            multiple=True,
+            metavar="N",
+            help=f"Only the outputs of job N ({what}; repeatable).",
+        )(fn)
+
+    return decorate
+
+
 @cli.command("export")
 @click.argument("table", required=False, metavar="[TABLE|VIEW]")
 @click.option("--sql", metavar="QUERY", help="Export this read-only query instead (one SELECT; run in a transaction that is rolled back).")
@@ -933,17 +939,7 @@ def _toml_value(value: Any) -> str:
     metavar="FILE",
     help="Write a metadata.json for Datasette (title, source, terms, tables) instead of exporting.",
 )
-@click.option(
-    "--job",
-    "job_ids",
-    type=click.IntRange(1, None),
-    multiple=True,
-    metavar="N",
-    help="Only the outputs of job N (repeatable): rows whose altmetric_id is one of them.",
-)
-@click.option(
-    "--list", "lists", multiple=True, metavar="NAME", help="Only the outputs of the jobs harvested with --name NAME (repeatable)."
-)
+@output_set_options("rows whose altmetric_id is one of them")
 @pass_state
 @handle_errors
 def export_command(
@@ -1094,17 +1090,7 @@ def demo(state: State, count: int, no_progress: bool) -> None:
     show_default=True,
     help="Where to write the HTML file.",
 )
-@click.option(
-    "--job",
-    "job_ids",
-    type=click.IntRange(1, None),
-    multiple=True,
-    metavar="N",
-    help="Only the outputs (and job health) of job N (repeatable).",
-)
-@click.option(
-    "--list", "lists", multiple=True, metavar="NAME", help="Only the outputs of the jobs harvested with --name NAME (repeatable)."
-)
+@output_set_options("and job health")
 @pass_state
 @handle_errors
 def report(state: State, output: Path, job_ids: tuple[int, ...], lists: tuple[str, ...]) -> None:

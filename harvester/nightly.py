@@ -508,6 +508,20 @@ def _stopped(engine: Engine, job: jobs.Job, night: date, runner: str, outcome: R
     return Report(job.id, night, outcome.status, outcome.exit_code, message=outcome.message, stopped_step=outcome.job_id)
 
 
+def finished_row(now: datetime, params: NightlyParams) -> dict[str, Any]:
+    """The nightly's job row once its night is done (either mode): finished, its lock let go, its report in its params."""
+    return {
+        "status": JobStatus.FINISHED,
+        "finished_at": now,
+        "runner": None,
+        "lock_name": None,
+        "heartbeat_at": now,
+        "last_error": None,
+        "resume_after": None,
+        "params": json.dumps(params.as_dict(), sort_keys=True),
+    }
+
+
 def _finish(engine: Engine, job: jobs.Job, night: date, runner: str, discovery: int | None, refresh: int, p: NightlyParams) -> Report:
     """Count, find the movers, store the report and give the lock up: one transaction."""
     started = job.started_at or clock.utcnow()
@@ -581,16 +595,7 @@ def _finish(engine: Engine, job: jobs.Job, night: date, runner: str, discovery: 
         done = conn.execute(
             update(schema.jobs)
             .where(schema.jobs.c.id == job.id, schema.jobs.c.runner == runner)
-            .values(
-                status=JobStatus.FINISHED,
-                finished_at=now,
-                runner=None,
-                lock_name=None,
-                heartbeat_at=now,
-                last_error=None,
-                resume_after=None,
-                params=json.dumps(replace(p, report=report.as_dict()).as_dict(), sort_keys=True),
-            )
+            .values(finished_row(now, replace(p, report=report.as_dict())))
         ).rowcount
         if done != 1:
             raise JobError(f"nightly job {job.id} was taken over by another process; its report was not stored")

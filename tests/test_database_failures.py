@@ -120,7 +120,7 @@ def test_a_process_frozen_with_the_sqlite_write_lock_holds_a_worker_but_never_fa
             wait_until(db, 5, worker)
             holder = subprocess.Popen([sys.executable, "-c", LOCK_AND_FREEZE, str(db)], stdout=subprocess.PIPE, text=True)
             assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-            time.sleep(15)  # frozen with the lock
+            time.sleep(12)  # frozen with the lock, far past the old retries (5 x 1 s and their waits)
             assert worker.poll() is None, worker.communicate()
             holder.send_signal(signal.SIGCONT)
             assert holder.wait(timeout=30) == ExitCode.OK

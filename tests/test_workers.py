@@ -257,7 +257,7 @@ def test_slow_answers_never_send_a_stale_slot_into_another_process(tmp_path: Pat
     """Two workers at concurrency 1 whose answers take 2.5 slots: each comes back holding slots
     that have passed. Sending one of them late would land in the other's slot, and the server,
     enforcing the key's rate with a bucket of one, would answer 429 (8 in 31 before the fix)."""
-    rate, n = 2.0, 24
+    rate, n = 2.0, 14
     cfg = config(tmp_path, f'[api]\ntier = "free"\n[limits]\nper_second = {rate}\nper_hour = 7200\nper_day = 172800\nconcurrency = 1\n')
     db = tmp_path / "slow.db"
     server_limits = replace(FAKE, per_second=rate, burst=1, per_hour=7200, per_day=172800, latency=1.25)
