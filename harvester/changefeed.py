@@ -21,12 +21,13 @@ next run, as a refresh night is.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, exists, func, select, update
+from sqlalchemy import Connection, Engine, Select, and_, exists, func, select, update
 
 from harvester import aliases, clock, jobs, leases, schema
 from harvester.config import Config, filters_text
@@ -157,8 +158,8 @@ def check_listing(conn: Connection, listing: int, num_results: int) -> tuple[boo
     return True, None
 
 
-def _new_outputs(conn: Connection, new_job: int, room: int | None, now: datetime) -> int:
-    """Add the ids of the user's lists that were never answered (pending in every job) to `new_job`."""
+def new_outputs_query(conn: Connection) -> Select[Any]:
+    """The ids of the user's lists that were never answered (pending in every job), in list order."""
     from harvester.nightly import user_jobs
 
     ji = schema.job_items.c
@@ -168,12 +169,17 @@ def _new_outputs(conn: Connection, new_job: int, room: int | None, now: datetime
         other.c.identifier == ji.identifier,
         other.c.status.in_((ItemStatus.DONE.value, ItemStatus.NOT_FOUND.value)),
     )
-    query = (
+    return (
         select(ji.id_type, ji.identifier, func.min(ji.line_no))
         .where(ji.job_id.in_(user_jobs(conn)), ji.status == ItemStatus.PENDING.value, ~answered)
         .group_by(ji.id_type, ji.identifier)
         .order_by(func.min(ji.line_no), ji.id_type, ji.identifier)
     )
+
+
+def _new_outputs(conn: Connection, new_job: int, room: int | None, now: datetime) -> int:
+    """Add the ids of the user's lists that were never answered to `new_job`, up to `room`."""
+    query = new_outputs_query(conn)
     if room is not None:
         query = query.limit(room)
     rows = [(str(t), str(i), n) for n, (t, i, _) in enumerate(conn.execute(query), start=1)]
@@ -187,6 +193,39 @@ def _last_listing(conn: Connection) -> datetime | None:
     if last is None:
         last = conn.execute(select(func.max(r.started_at))).scalar()
     return last
+
+
+def window(conn: Connection, now: datetime) -> tuple[str, int, datetime | None]:
+    """Tonight's listing: its timeframe, the days it is trusted to cover, and when the listing it follows began."""
+    last = _last_listing(conn)
+    timeframe, days = choose_timeframe(now - last if last is not None else timedelta(0))
+    return timeframe, days, last
+
+
+def listed_before(conn: Connection, timeframe: str, days: int, filters: Mapping[str, str]) -> tuple[int | None, str | None]:
+    """How many outputs tonight's listing should hold, from the newest change-feed night with the same
+    filters: (outputs, what the guess rests on), or (None, None) before the first such night.
+
+    The same timeframe is taken as it was; another is scaled by its days (an upper bound: an output
+    with attention on two days is listed once).
+    """
+    r = schema.nightly_runs.c
+    rows = conn.execute(
+        select(r.timeframe, r.listed, r.night)
+        .where(r.mode == "changes", r.listed.is_not(None), r.filters == filters_text(filters))
+        .order_by(r.started_at.desc())
+        .limit(20)
+    ).all()
+    for row in rows:
+        if row.timeframe == timeframe:
+            return int(row.listed), f"the {timeframe} listing of {row.night} held {int(row.listed):,}"
+    if not rows:
+        return None, None
+    row = rows[0]
+    their = dict(TIMEFRAME_DAYS).get(str(row.timeframe))
+    if not their:
+        return None, None
+    return math.ceil(int(row.listed) * days / their), f"scaled from the {row.timeframe} listing of {row.night}: {int(row.listed):,}"
 
 
 def _abandon(engine: Engine, job_id: int, why: str) -> None:
@@ -223,6 +262,14 @@ def run_night(engine: Engine, config: Config, job: jobs.Job, runner: str, progre
         if outcome is not None:
             keep(requests=int(c.get("requests", 0)) + outcome.requests)
 
+    if not p.discover and "new_job" not in c:
+        # [api] endpoints leaves Citations out: no listing to follow, tonight is a refresh night.
+        note = 'mode = "changes" reads the Citations listing, which [api] endpoints leaves out: this night ran in refresh mode'
+        logger.warning("nightly: %s", note)
+        with engine.begin() as conn:
+            jobs.set_params(conn, job.id, changes=c | {"fallback": note, "requests": 0})
+        return None
+
     # 1. New outputs of the user's lists, before the listing: from tonight on, they are tracked.
     if "new_job" not in c:
         with engine.begin() as conn:
@@ -240,8 +287,7 @@ def run_night(engine: Engine, config: Config, job: jobs.Job, runner: str, progre
     if "listing_job" not in c:
         now = clock.utcnow()
         with engine.begin() as conn:
-            last = _last_listing(conn)
-            timeframe, days = choose_timeframe(now - last if last is not None else timedelta(0))
+            timeframe, days, _ = window(conn, now)
             filters = dict(p.filters) | {"order_by": ORDER_BY}
             listing, _ = jobs.create_citations_job(conn, timeframe, filters, p.num_results, None, None, f"{name} listing", job.id)
             jobs.set_params(conn, listing, tracked_only=True)

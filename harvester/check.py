@@ -208,11 +208,27 @@ def _judge(result: CheckResult, config: Config) -> None:
             result.add("error" if used else "warning", f"{name}: could not tell ({what}); {role}")
         if used and not probe.allowed:
             result.exit_code = ExitCode.ERROR
+    _judge_mode(result, config)
     denied = [e for e in api.endpoints if (p := result.probes.get(e)) is not None and p.allowed is False]
     if denied:
         allowed = [e for e in ENDPOINTS if (p := result.probes.get(e)) is not None and p.allowed]
         result.add("suggest", f"[api] endpoints = {_toml_list(allowed)}")
     _judge_limits(result, config)
+
+
+def _judge_mode(result: CheckResult, config: Config) -> None:
+    """A change-feed nightly reads the Citations listing: say before the first night when it cannot."""
+    if config.nightly.mode != "changes":
+        return
+    listing = result.probes.get(JobKind.CITATIONS)
+    if JobKind.CITATIONS not in config.api.endpoints:
+        why = "[api] endpoints leaves Citations out"
+    elif listing is not None and listing.allowed is False:
+        why = f"this key's tier lacks Citations ({listing.status})"
+    else:
+        return
+    result.add("warning", f'[nightly] mode = "changes" needs Citations, and {why}: every night would run in refresh mode')
+    result.add("suggest", '[nightly] mode = "refresh"')
 
 
 def _judge_limits(result: CheckResult, config: Config) -> None:

@@ -9,6 +9,7 @@ import logging
 import operator
 import os
 import random
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -65,6 +66,35 @@ def sqlite_path(url: str) -> Path | None:
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
     return Path(parsed.database).expanduser()
+
+
+def unwritable(url: str) -> str | None:
+    """Why a SQLite database cannot be written, naming the path; None when it can (or is not SQLite).
+
+    Asked after a database error, not before every run: the driver only says "attempt to write a
+    readonly database" or "unable to open database file", without the path or the cause.
+    """
+    path = sqlite_path(url)
+    if path is None:
+        return None
+    path = path.resolve()
+    if path.exists():
+        try:
+            with path.open("r+b"):
+                pass
+        except OSError as e:
+            return f"the database {path} is read-only for this user ({e.strerror}): make it writable, or choose another with --database"
+    try:
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except FileNotFoundError:
+        return f"the database's folder {path.parent} does not exist"
+    except OSError as e:
+        return (
+            f"the database {path} cannot be written: its folder is read-only for this user ({e.strerror}),"
+            f" and SQLite writes {path.name}-wal and {path.name}-shm beside it"
+        )
+    return None
 
 
 def make_engine(url: str, immediate: bool = False) -> Engine:
@@ -490,14 +520,17 @@ def read_only(conn: Connection) -> Iterator[Connection]:
 
 
 @contextmanager
-def scratch_keys(conn: Connection, name: str) -> Iterator[Callable[[list[tuple[str]]], None]]:
-    """A temporary table `name` (k TEXT PRIMARY KEY) for the block, which gets a function that adds
-    keys (duplicates collapse); nothing of it is kept: the transaction is rolled back at the end."""
+def scratch_keys(conn: Connection, name: str) -> Iterator[Callable[[list[tuple[str, str]]], None]]:
+    """A temporary table `name` (t TEXT, k TEXT: an id's type and key, the primary key) for the block,
+    which gets a function that adds them (duplicates collapse); nothing of it is kept: the
+    transaction is rolled back at the end."""
     postgres = conn.dialect.name == "postgresql"
-    conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {name} (k TEXT PRIMARY KEY)" + (" ON COMMIT DROP" if postgres else ""))
-    insert = f"INSERT INTO {name} (k) VALUES ({placeholder(conn.dialect)}) ON CONFLICT DO NOTHING"
+    table = f"CREATE TEMPORARY TABLE {name} (t TEXT NOT NULL, k TEXT NOT NULL, PRIMARY KEY (t, k))"
+    conn.exec_driver_sql(table + (" ON COMMIT DROP" if postgres else ""))
+    mark = placeholder(conn.dialect)
+    insert = f"INSERT INTO {name} (t, k) VALUES ({mark}, {mark}) ON CONFLICT DO NOTHING"
 
-    def add(rows: list[tuple[str]]) -> None:
+    def add(rows: list[tuple[str, str]]) -> None:
         if rows:
             conn.exec_driver_sql(insert, rows)
 

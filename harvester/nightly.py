@@ -162,7 +162,7 @@ def acquire(engine: Engine, config: Config, runner: str, create: bool = True) ->
 def params_for(config: Config, now: datetime) -> NightlyParams:
     """The nightly's settings, kept with it: a nightly resumed tomorrow finishes as it began."""
     n = config.nightly
-    if JobKind.CITATIONS not in config.api.endpoints:
+    if JobKind.CITATIONS not in config.api.endpoints and n.mode == "refresh":  # changefeed.py says it its own way
         logger.warning("nightly: no discovery, [api] endpoints excludes citations; refreshing what is due")
     return NightlyParams(
         night=now.date(),
@@ -237,6 +237,12 @@ def _run_one(engine: Engine, config: Config, job: jobs.Job, runner: str, progres
                 due["not_found"],
                 "" if quota is None else f" (quota left today: {quota})",
             )
+            if quota is not None and p.mode == "refresh" and sum(due.values()) >= quota and (p.max_items is None or quota < p.max_items):
+                logger.warning(
+                    "nightly: the day's quota (%d left) caps tonight's refresh; the rest waits for later nights."
+                    ' [nightly] mode = "changes" asks only what changed (docs/nightly.md)',
+                    quota,
+                )
             # The report of a nightly that runs straight through reads these too, as a resumed one does.
             selected = jobs.set_params(conn, job.id, refresh_selected=True, refresh_due=due, refresh_quota=quota)
             assert isinstance(selected, NightlyParams)

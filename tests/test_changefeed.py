@@ -232,6 +232,45 @@ def test_a_missed_night_is_covered_by_the_next_nights_larger_window(feed: Feed) 
     assert all((doi, D0 + timedelta(days=1)) in series for doi in feed.tracked if doi not in gaps)
 
 
+def test_the_dry_run_shows_the_window_the_pages_new_outputs_and_full_refresh_without_a_request(feed: Feed) -> None:
+    feed.harvest(feed.tracked, NIGHT - timedelta(days=1))
+    assert feed.night(NIGHT)[0] == 0
+    [first] = feed.runs()
+    when = NIGHT + timedelta(days=1)
+    new = [d for d in universe_dois(60) if d not in feed.tracked][:4]
+    feed.harvest(new, when - timedelta(hours=1), "--enqueue-only")
+    config = feed.config(per_day=5_000)
+    before = feed.server.stats.total
+    code, out, err = feed.run(when, "nightly", "--dry-run", "--json", config=config, HARVESTER_TIER="free")
+    assert code == 0, err
+    assert feed.server.stats.total == before  # a plan, not a night
+    plan = json.loads(out)
+    # A day and a margin since the last listing: 2d, its pages scaled from last night's 1d listing.
+    assert plan["mode"] == "changes" and plan["timeframe"] == "2d" and plan["window_from"] == D0.isoformat()
+    assert plan["pages_expected"] == -(-(first["listed"] * 2) // 99)
+    assert plan["new_outputs"] == len(new) and plan["planned"]["new"] == len(new)
+    assert plan["full_due"] == 0 and plan["planned"]["full"] == 0  # everything was asked within 30d
+    assert plan["quota_left"] == plan["quota_per_day"] == 5_000  # a new UTC day, on the free tier
+    code, text, err = feed.run(when, "nightly", "--dry-run", config=config, HARVESTER_TIER="free")
+    assert code == 0, err
+    assert 'mode = "changes"' in text and "timeframe 2d" in text and f"{len(new)} of {len(new)} never harvested" in text
+    # The night it planned: the pages it expected are an upper bound of the pages it read.
+    code, report, err = feed.night(when, config=config, HARVESTER_TIER="free")
+    assert code == 0, err
+    assert report["timeframe"] == "2d" and report["new_outputs"] == len(new)
+    assert report["requests"] - len(new) <= plan["pages_expected"]
+    # With everything due (full_refresh_after shorter than a day), the full refresh takes what the quota leaves.
+    code, out, err = feed.run(
+        when + timedelta(days=1), "nightly", "--dry-run", "--json", config=feed.config(full="1h", per_day=60), HARVESTER_TIER="free"
+    )
+    assert code == 0, err
+    plan = json.loads(out)
+    assert plan["full_due"] >= len(feed.tracked) + len(new)
+    assert plan["quota_left"] == 60  # a new UTC day
+    assert plan["planned"]["new"] == 0 and plan["planned"]["pages"] > 0
+    assert plan["planned"]["full"] == 60 - plan["planned"]["pages"]
+
+
 @pytest.mark.parametrize("fault", ["failed_page", "total_changes", "quota"])
 def test_an_incomplete_listing_leaves_a_gap_never_a_wrong_value(feed: Feed, fault: str) -> None:
     feed.harvest(feed.tracked, NIGHT - timedelta(days=1))

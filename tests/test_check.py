@@ -57,6 +57,26 @@ def test_a_counts_only_key_passes_when_the_config_uses_counts_only(h: Harness) -
     assert "error" not in result.output
 
 
+@pytest.mark.parametrize(
+    ("key", "endpoints", "why"),
+    [
+        ("counts-only-key", None, "this key's tier lacks Citations (403)"),
+        (KEY, '["counts", "fetch"]', "[api] endpoints leaves Citations out"),
+    ],
+)
+def test_a_change_feed_nightly_without_citations_is_warned_before_the_first_night(
+    h: Harness, key: str, endpoints: str | None, why: str
+) -> None:
+    api = "" if endpoints is None else f"[api]\nendpoints = {endpoints}\n"
+    config(h, api + '[nightly]\nmode = "changes"\n')
+    result = h.run("check", ALTMETRIC_API_KEY=key)
+    assert f'warning: [nightly] mode = "changes" needs Citations, and {why}: every night would run in refresh mode' in result.output
+    assert 'suggest: [nightly] mode = "refresh"' in result.stdout
+    # The same key in refresh mode hears nothing about it.
+    config(h, api + '[nightly]\nmode = "refresh"\n')
+    assert "needs Citations" not in h.run("check", ALTMETRIC_API_KEY=key).output
+
+
 def test_a_wrong_key_is_one_error_after_one_request(h: Harness, fake: FakeServer) -> None:
     result = h.run("check", ALTMETRIC_API_KEY="not-a-key-123")
     assert result.exit_code == ExitCode.ERROR
