@@ -40,7 +40,7 @@ from harvester import clock, db, schema
 from harvester.clock import day_of, hour_of, next_midnight, to_datetime, to_epoch
 from harvester.config import LimitsConfig
 from harvester.db import patient
-from harvester.errors import QuotaExhausted
+from harvester.errors import OWN_DAILY, QuotaExhausted
 
 logger = logging.getLogger(__name__)
 
@@ -224,6 +224,7 @@ class SharedBudget:
             hour_limit = _tightest(self.per_hour, row.hour_limit)
             day_limit = _tightest(self.per_day, row.day_limit)
             spent: float | None = None
+            kind = "daily"
             while True:
                 if hour_of(start) != hour_start:
                     hour_start, hour_used = hour_of(start), 0
@@ -231,6 +232,8 @@ class SharedBudget:
                     day_start, day_used = day_of(start), 0
                 if day_limit is not None and day_used >= day_limit:
                     spent = to_epoch(next_midnight(to_datetime(start)))
+                    # The configured per_day, below what the server announces (or alone): the user's own cap.
+                    kind = OWN_DAILY if day_limit == self.per_day and day_limit != row.day_limit else "daily"
                     break
                 if hour_limit is not None and hour_used >= hour_limit:
                     start = hour_start + 3600.0
@@ -241,7 +244,7 @@ class SharedBudget:
                 break
             if spent is not None:
                 # Committed, not raised inside the transaction: every process must see it.
-                self._save(conn, changes | {"quota_until": to_datetime(spent), "quota_kind": "daily"})
+                self._save(conn, changes | {"quota_until": to_datetime(spent), "quota_kind": kind})
                 slots = []
             else:
                 slots = self._slots(want, start, interval, hour_start, hour_used, hour_limit, day_used, day_limit)
@@ -255,7 +258,7 @@ class SharedBudget:
                 )
                 self._save(conn, changes)
         if spent is not None:
-            raise QuotaExhausted(to_datetime(spent), "daily")
+            raise QuotaExhausted(to_datetime(spent), kind)
         return slots, State(state.paused_until, None, None, factor)
 
     @staticmethod

@@ -26,8 +26,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from harvester import __version__, dryrun, endpoints, jobs, leases, pipeline
 from harvester import nightly as nightly_module
 from harvester.config import MAX_NUM_RESULTS, TIMEFRAMES, Config, citation_filters, filters_text, load_config
-from harvester.db import current_revision, head_revision, open_database, sqlite_path
-from harvester.errors import HarvesterError, db_message
+from harvester.db import current_revision, head_revision, open_database, sqlite_path, unwritable
+from harvester.errors import DatabaseError, HarvesterError, db_message
 from harvester.ids import INPUT_ID_TYPES
 from harvester.log import hide_password, redact, register_secret, setup_logging
 from harvester.params import CitationsParams, HarvestParams, NightlyParams
@@ -100,7 +100,8 @@ def handle_errors(func: F) -> F:
             return func(*args, **kwargs)
         except HarvesterError as e:
             _debug_traceback()
-            click.echo(f"Error: {redact(str(e))}", err=True)
+            why = _unwritable() if isinstance(e, DatabaseError) else None
+            click.echo(f"{e.label}: {redact(why or str(e))}", err=True)
             sys.exit(e.exit_code)
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise
@@ -109,7 +110,7 @@ def handle_errors(func: F) -> F:
             sys.exit(ExitCode.INTERRUPTED)
         except SQLAlchemyError as e:  # locked, full, gone, refused: the driver's line says which
             _debug_traceback()
-            click.echo(f"Error: database error: {redact(db_message(e))}", err=True)
+            click.echo(f"Error: {redact(_unwritable() or 'database error: ' + db_message(e))}", err=True)
             sys.exit(ExitCode.ERROR)
         except Exception as e:  # a bug: still one line, still no key
             _debug_traceback()
@@ -117,6 +118,15 @@ def handle_errors(func: F) -> F:
             sys.exit(ExitCode.ERROR)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _unwritable() -> str | None:
+    """After a database error: the SQLite file or folder that cannot be written, and why."""
+    state = click.get_current_context().find_object(State)
+    try:
+        return None if state is None else unwritable(state.config().database.url)
+    except HarvesterError:
+        return None
 
 
 def _debug_traceback() -> None:
@@ -128,7 +138,43 @@ def _debug_traceback() -> None:
 pass_state = click.make_pass_decorator(State)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _late_option(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    """A global option given after the command: it counts as if given before it."""
+    state = ctx.find_object(State)
+    if state is None or value in (None, 0, False):
+        return
+    if param.name == "config_path":
+        state.config_path = value
+    elif param.name == "database":
+        state.database = value
+    else:
+        state.verbosity = -1 if param.name == "quiet" else max(state.verbosity, 0) + int(value)
+        setup_logging(state.verbosity)
+
+
+def _late_options() -> list[click.Parameter]:
+    # Hidden: `harvester COMMAND --help` stays about the command; `harvester --help` lists these.
+    late: dict[str, Any] = {"expose_value": False, "callback": _late_option, "hidden": True, "help": "As before the command."}
+    return [
+        click.Option(["--config", "config_path"], **late),
+        click.Option(["--database"], **late),
+        click.Option(["-v", "--verbose"], count=True, **late),
+        click.Option(["-q", "--quiet"], is_flag=True, **late),
+    ]
+
+
+class HarvesterGroup(click.Group):
+    """Every command also takes the global options after its name: `harvester harvest --config x` is
+    how people write cron lines and paste hints, and click alone would answer "No such option"."""
+
+    group_class = type  # `db` is one too
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        cmd.params.extend(_late_options())
+        super().add_command(cmd, name)
+
+
+@click.group(cls=HarvesterGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="harvester")
 @click.option("--config", "config_path", metavar="FILE", help="TOML config file (default: $HARVESTER_CONFIG, else ./harvester.toml).")
 @click.option("--database", metavar="URL", help="SQLAlchemy database URL (default: sqlite:///harvest.db).")
@@ -291,6 +337,11 @@ def _run_step(state: State, engine: Engine, job_id: int, progress: bool, config:
         reporter.close()
 
 
+def _label(status: str) -> str:
+    """How a stopped run's one line starts: a pause (quota, outage) is not an error."""
+    return "Paused" if status == JobStatus.PAUSED else "Error"
+
+
 def _print_outcome(state: State, outcome: pipeline.RunOutcome, resume: bool = True) -> None:
     c = outcome.counts
     state.info(
@@ -298,7 +349,7 @@ def _print_outcome(state: State, outcome: pipeline.RunOutcome, resume: bool = Tr
         f"({outcome.processed:,} in {outcome.elapsed:.1f}s, {outcome.rate:,.0f} ids/s, {outcome.requests:,} requests)"
     )
     if outcome.message:
-        click.echo(f"Error: {redact(outcome.message)}", err=True)
+        click.echo(f"{_label(outcome.status)}: {redact(outcome.message)}", err=True)
     if outcome.status not in (JobStatus.FINISHED, JobStatus.RUNNING) and resume:
         click.echo(f"Resume with: {state.resume_command(outcome.job_id)}", err=True)
     elif c[ItemStatus.FAILED]:
@@ -395,9 +446,7 @@ def harvest(
         raise click.UsageError("--include-sources, --exclude-sources, --include-sections and --post-types need --endpoint fetch")
     engine = state.engine()
     if dry_run:
-        if column is not None:
-            raise click.UsageError("--dry-run does not read --column yet: save the column as a file of one id a line")
-        plan = dryrun.plan_harvest(engine, config, list(sources), id_type, endpoint, concurrency=concurrency)
+        plan = dryrun.plan_harvest(engine, config, list(sources), id_type, endpoint, concurrency=concurrency, column=column)
         _echo_plan(plan.as_dict() if as_json else plan.text())
         return
     job = jobs.create_job(engine, list(sources), id_type, endpoint, name, params=params, column=column)
@@ -474,8 +523,9 @@ def _job_dict(engine: Engine, job: jobs.Job, details: bool) -> dict[str, Any]:
             }
             for w in leases.live_workers(engine, job.id)
         ]
-        rate = jobs.recent_rate(engine, job.id)
+        rate, window = jobs.rate_window(engine, job.id)
         out["rate_per_second"] = round(rate, 1)
+        out["rate_window_seconds"] = round(window, 1)
         out["eta_seconds"] = round(counts[ItemStatus.PENDING] / rate) if rate > 0 else None
         out["last_errors"] = jobs.last_errors(engine, job.id)
     return out
@@ -518,7 +568,9 @@ def status(state: State, job_id: int | None, as_json: bool) -> None:
     click.echo(f"  items: {info['total_items']:,} · pending {c[ItemStatus.PENDING]:,} · {describe(c)}")
     click.echo(f"  input: {info['duplicate_lines']:,} duplicate lines, {info['rejected_lines']:,} rejected lines")
     if info["status"] == JobStatus.RUNNING and info["rate_per_second"]:
-        click.echo(f"  rate: {info['rate_per_second']:,} ids/s over the last minute · ETA {format_eta(info['eta_seconds'])}")
+        window = info["rate_window_seconds"]
+        over = "over the last minute" if window >= 59.5 else f"over the {window:.0f}s since it (re)started"
+        click.echo(f"  rate: {info['rate_per_second']:,} ids/s {over} · ETA {format_eta(info['eta_seconds'])}")
     if info["resume_after"]:
         click.echo(f"  paused until {info['resume_after']:%Y-%m-%d %H:%M} UTC")
     if info["last_error"]:
@@ -693,7 +745,7 @@ def _nightly(state: State, engine: Engine, progress: bool, as_json: bool, resume
             _print_report(report)
         if report.stopped_step is not None:
             if report.message:
-                click.echo(f"Error: {redact(report.message)}", err=True)
+                click.echo(f"{_label(report.status)}: {redact(report.message)}", err=True)
             click.echo(
                 f"nightly {report.night} {report.status}; the next nightly finishes it first. Resume with: {state.command('nightly')}",
                 err=True,
@@ -779,7 +831,7 @@ def worker(state: State, job_ids: tuple[int, ...], concurrency: int | None, wait
         if run.processed or run.status != JobStatus.FINISHED:
             _print_outcome(state, run, resume=False)
     if outcome.message:
-        click.echo(f"Error: {redact(outcome.message)}", err=True)
+        click.echo(f"{'Paused' if outcome.exit_code == ExitCode.PAUSED else 'Error'}: {redact(outcome.message)}", err=True)
     if outcome.exit_code not in (ExitCode.OK, ExitCode.SOME_FAILED) and not as_json:
         # The same worker again (a resume would run the jobs in this process only, without --wait).
         click.echo(f"Resume with: {state.command('worker', *map(str, job_ids))}", err=True)

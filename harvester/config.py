@@ -18,6 +18,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 from harvester.errors import ConfigError
 from harvester.parse import TIMEFRAMES as TIMEFRAMES  # one definition of the API's timeframes, re-exported
 from harvester.vocabulary import ENDPOINTS, ID_ENDPOINTS
@@ -160,7 +163,7 @@ def load_config(
     path = config_path(path, env)
     config = Config()
     if path is not None:
-        config = _apply(config, _read_toml(Path(path)), str(path))
+        config = _apply(config, _anchored(_read_toml(Path(path)), Path(path).parent), str(path))
         config = dataclasses.replace(config, source=str(path))
     from_env = {dotted: env[name] for name, dotted in ENV_VARS.items() if env.get(name)}
     config = _apply(config, from_env, "the environment")
@@ -202,6 +205,26 @@ def explain_config(
             dotted = f"{section}.{f.name}"
             out.append((dotted, getattr(values, f.name), sources.get(dotted, "default")))
     return out
+
+
+def _anchored(flat: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """A relative SQLite path in a config file is relative to the file's folder, as cron and a pasted
+    `--config` from another folder expect; on the command line or in the environment it stays
+    relative to the working directory, as any path there is."""
+    url = flat.get("database.url")
+    if not isinstance(url, str):
+        return flat
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return flat  # _validate says what is wrong with it
+    name = parsed.database
+    if parsed.get_backend_name() != "sqlite" or name in (None, "", ":memory:") or name.startswith("file:"):
+        return flat
+    path = Path(name).expanduser()
+    if path.is_absolute():
+        return flat
+    return flat | {"database.url": parsed.set(database=str(folder.resolve() / path)).render_as_string(hide_password=False)}
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -53,17 +53,34 @@ def run_demo(config: Config, count: int, reporter: Reporter) -> tuple[pipeline.R
             outcome = pipeline.run(engine, job.id, config, reporter)
         finally:
             reporter.close()
-    return outcome, summary(engine, config.database.url)
+    return outcome, summary(engine, config.database.url, job.id)
 
 
-def summary(engine: Engine, url: str) -> str:
+def summary(engine: Engine, url: str, job_id: int) -> str:
     with engine.connect() as conn:
+        job = jobs.get_job(engine, job_id)
+        rejects = conn.execute(
+            text("select source_line, line, reason from job_rejects where job_id = :j order by line_no"), {"j": job_id}
+        ).all()
+        not_found = conn.execute(
+            text("select count(*) from job_items where job_id = :j and status = 'not_found'"), {"j": job_id}
+        ).scalar_one()
         outputs = conn.execute(text("select count(*) from outputs")).scalar_one()
         top = conn.execute(text("select doi, score, posts_count, title from outputs order by score desc limit 5")).all()
         sources = conn.execute(
             text("select source, sum(unique_users_count) from source_counts group by source order by 2 desc limit 5")
         ).all()
-    lines = [f"\n{outputs:,} outputs in {hide_password(url)}", "Top 5 by Altmetric score:"]
+    # The planted messes, said out loud: a new user counts the lines and the ids, and asks where two went.
+    read = job.total_items + job.duplicate_lines + job.rejected_lines
+    lines = [
+        f"\nThe list had {read:,} lines: {job.total_items:,} distinct DOIs were asked, "
+        f"{job.duplicate_lines:,} duplicate (DOIs ignore case and doi:/https://doi.org/ prefixes), {job.rejected_lines:,} rejected:",
+        *(f"  line {n}: {line!r}: {reason}" for n, line, reason in rejects),
+        f'  (rejects: sqlite3 demo.db "select source_line, line, reason from job_rejects"; {not_found:,} ids answered 404:'
+        " the API has no record of outputs nobody mentioned)",
+        f"{outputs:,} outputs in {hide_password(url)}",
+        "Top 5 by Altmetric score:",
+    ]
     for doi, score, posts, title in top:
         lines.append(f"  {score:8.1f}  {posts or 0:5d} posts  {doi}  {(title or '')[:50]}")
     lines.append("Accounts per source: " + ", ".join(f"{s} {n:,}" for s, n in sources))

@@ -18,6 +18,7 @@ class HarvesterError(Exception):
     """Base of every expected failure; str() is the one line shown to the user."""
 
     exit_code: ExitCode = ExitCode.ERROR
+    label = "Error"  # how the CLI's one line starts: a pause is not an error
 
 
 class ConfigError(HarvesterError):
@@ -64,21 +65,31 @@ class ApiUnreachableError(HarvesterError):
     """The API host cannot be reached at all (DNS, refused connection)."""
 
 
+# The quota kind of a day cut short by the configured [limits] per_day, not by the API.
+OWN_DAILY = "per_day"
+
+
 class QuotaExhausted(HarvesterError):
-    """A quota of the key (daily, or Fetch's tweet ids) is spent: the job pauses until it resets."""
+    """A quota (the API's daily one, Fetch's tweet ids, or the configured per_day) is spent: the job pauses until it resets."""
 
     exit_code = ExitCode.PAUSED
+    label = "Paused"
 
     def __init__(self, resume_at: datetime, kind: str = "daily") -> None:
         self.resume_at = resume_at
         self.kind = kind
-        super().__init__(f"the API's {kind} quota is spent; it resets at {resume_at:%Y-%m-%d %H:%M} UTC")
+        resets = f"{resume_at:%Y-%m-%d %H:%M} UTC"
+        if kind == OWN_DAILY:
+            super().__init__(f"today's requests reached [limits] per_day; the count starts again at {resets}")
+        else:
+            super().__init__(f"the API's {kind} quota is spent; it resets at {resets}")
 
 
 class ApiUnavailableError(HarvesterError):
     """The API kept failing (5xx, resets) through every probe: the job pauses."""
 
     exit_code = ExitCode.PAUSED
+    label = "Paused"
 
     def __init__(self, seconds: float) -> None:
         super().__init__(f"the API has been failing for {seconds / 60:.0f} minutes; try again later")

@@ -279,7 +279,7 @@ def _doi(value: str) -> tuple[str, str]:
         raise InvalidId("a URL that is not a doi.org link")
     value = _strip_trailing(value)
     if not _DOI.fullmatch(value):
-        if re.search(r"\s", value):
+        if value.startswith("10.") and re.search(r"\s", value):
             raise InvalidId("a DOI cannot contain whitespace")
         raise InvalidId("not a DOI (10.NNNN/suffix)")
     # DOIs are case-insensitive (the DOI handbook); the API and our tables use lower case.

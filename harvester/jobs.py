@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 from sqlalchemy import Connection, Engine, func, insert, select, update
 
 from harvester import db, schema
-from harvester.clock import utcnow
+from harvester.clock import db_now, utcnow
 from harvester.errors import JobError
 from harvester.ids import read_ids
 from harvester.params import ApiUsed, HarvestParams, JobParams, for_endpoint
@@ -304,13 +304,44 @@ def last_errors(engine: Engine, job_id: int, limit: int = 5) -> list[dict[str, A
 
 
 def recent_rate(engine: Engine, job_id: int, window: timedelta = timedelta(minutes=1)) -> float:
-    """Items finished per second over the last window (0 when idle)."""
+    """Items finished per second over the last window, or since the job's (re)start if that is later (0 when idle)."""
+    return rate_window(engine, job_id, window)[0]
+
+
+def rate_window(engine: Engine, job_id: int, window: timedelta = timedelta(minutes=1)) -> tuple[float, float]:
+    """(items finished per second, the seconds that rate is measured over).
+
+    The window is the last `window`, but never reaches back before the job's current run
+    (`running_since`): a job 20 s old that has finished 200 items goes at 10/s, not 200 over a
+    minute; a job resumed 20 s ago after a pause is measured over those 20 s, not over the pause.
+    """
     ji = schema.job_items.c
-    since = utcnow() - window
     with engine.connect() as conn:
+        now = utcnow()  # the writer stamps items with this clock (writer.py)
+        since = now - window
+        began = running_since(conn, job_id)
+        if began is not None and began > since:
+            since = began
         n = conn.execute(
             select(func.count())
             .select_from(schema.job_items)
             .where(ji.job_id == job_id, ji.status != ItemStatus.PENDING, ji.updated_at >= since)
         ).scalar_one()
-    return n / window.total_seconds()
+    # At least a second: a job a few milliseconds old has no rate worth dividing by.
+    seconds = max(1.0, (now - since).total_seconds())
+    return n / seconds, seconds
+
+
+def running_since(conn: Connection, job_id: int) -> datetime | None:
+    """When the job's current run began: its start, or its live workers' if they all came later.
+
+    jobs.started_at keeps the first start (a resumed job keeps it), so a job paused and resumed
+    is dated by the processes working it now: each registers its row in `workers` as it starts.
+    Left alone: a long-lived `worker` already running when the job was resumed dates from its own
+    start (the table keeps no time a worker joined a job), so its window may still hold the pause.
+    """
+    j, w = schema.jobs.c, schema.workers.c
+    started = conn.execute(select(j.started_at).where(j.id == job_id)).scalar()
+    live = conn.execute(select(func.min(w.started_at)).where(w.job_id == job_id, w.heartbeat_at >= db_now(conn) - STALE_AFTER)).scalar()
+    times = [t for t in (started, live) if t is not None]
+    return max(times) if times else None

@@ -153,4 +153,18 @@ def test_plan_harvest_compares_with_the_database_on_each_engine(dialect: str, re
     by_id = tmp_path / "by-id.txt"
     by_id.write_text("1\n3\n")
     assert dryrun.plan_harvest(engine, Config(), [str(by_id)], "id", "counts").stored == 1
+    # A CSV export's column, and a mixed list by shape: each id is compared by its own type.
+    with engine.begin() as conn:
+        conn.execute(insert(schema.identifiers), [{"scheme": "pmid", "value": "19057659", "altmetric_id": 1}])
+    export = tmp_path / "zotero.csv"
+    export.write_text('Key,Title,DOI\nK1,"A, title",10.1000/a\nK2,B,https://doi.org/10.1000/C\nK3,C,\nK4,D,10.1000/b\n')
+    plan = dryrun.plan_harvest(engine, Config(), [str(export)], "doi", "counts", column="doi")
+    assert (plan.lines, plan.rejected, plan.distinct, plan.stored, plan.fresh, plan.new) == (4, 1, 3, 2, 1, 1)
+    mixed = tmp_path / "mixed.txt"
+    mixed.write_text("10.1000/a\n19057659\n2\n10.1000/zz\narXiv:2101.00001\n")
+    plan = dryrun.plan_harvest(engine, Config(), [str(mixed)], "auto", "counts")
+    # 19057659 and 2 are PMIDs by shape (an Altmetric id is never guessed): the PMID is stored, "2" is not.
+    assert plan.by_type == {"pmid": 2, "arxiv": 1, "doi": 2}
+    assert (plan.distinct, plan.stored, plan.new) == (5, 2, 3)
+    assert "distinct ids:               5  (doi 2, pmid 2, arxiv 1)" in plan.text()[4]
     engine.dispose()

@@ -232,7 +232,7 @@ def test_rejects_keep_the_line_of_their_file_across_several_sources(h: Harness) 
         (r["line_no"], r["source"], r["source_line"], r["reason"]) for r in rows(h.engine, "select * from job_rejects order by line_no")
     ] == [
         (4, str(a), 4, "looks like a PMID, not a DOI: use --id-type pmid, or --id-type auto for a list of several types"),
-        (7, str(b), 3, "a DOI cannot contain whitespace"),
+        (7, str(b), 3, "not a DOI (10.NNNN/suffix)"),
     ]
     assert _items(h) == [("doi", "10.5555/a.1", 2), ("doi", "10.5555/b.1", 6)]
 
