@@ -150,7 +150,7 @@ def claim(engine: Engine, job_id: int, runner: str, limit: int, lease: timedelta
 
 
 @patient
-def renew(engine: Engine, runner: str, job_id: int | None, lease: timedelta, items_done: int, requests: int) -> int:
+def renew(engine: Engine, runner: str, job_id: int | None, lease: timedelta, requests: int) -> int:
     """The heartbeat: renew the leases this worker still holds, and refresh its row and its jobs'.
 
     Only leases that have not ended are renewed: an item whose lease ended may
@@ -174,7 +174,7 @@ def renew(engine: Engine, runner: str, job_id: int | None, lease: timedelta, ite
         conn.execute(
             update(schema.workers)
             .where(w.runner == runner)
-            .values(heartbeat_at=now, job_id=job_id, items_done=items_done, requests=requests, leases=held)
+            .values(heartbeat_at=now, job_id=job_id, requests=requests, leases=held)  # items_done: the writer counts them
         )
         # The job rows this process runs (a nightly and its step): their heartbeat is how `status` and the nightly lock see it alive.
         conn.execute(update(schema.jobs).where(schema.jobs.c.runner == runner).values(heartbeat_at=now))
@@ -213,7 +213,8 @@ def live_workers(engine: Engine, job_id: int | None = None) -> list[dict[str, An
     for r in rows:
         if _pid_is_gone(r["host"], r["pid"]):
             continue
-        seconds = max(1e-9, (r["heartbeat_at"] - r["started_at"]).total_seconds())
+        # Over its life until now: items_done grows with every batch written (store._write), not with the heartbeat.
+        seconds = max(1e-9, (now - r["started_at"]).total_seconds())
         r["items_per_second"] = round(r["items_done"] / seconds, 1) if seconds >= 1 else 0.0
         out.append(r)
     return out
@@ -421,12 +422,12 @@ class LeaseKeeper:
                 self.trusted_from(claimed_at, renewal=False)
             return items, self.generation
 
-    async def renew(self, job_id: int | None, items_done: int, requests: int) -> None:
+    async def renew(self, job_id: int | None, requests: int) -> None:
         """The heartbeat: renew what this worker holds (renew), and trust it for a lease more."""
         async with self.lock:
             await self._check_lapse()
             renewed_at = boottime()
-            await asyncio.to_thread(renew, self.engine, self.runner, job_id, self.lease, items_done, requests)
+            await asyncio.to_thread(renew, self.engine, self.runner, job_id, self.lease, requests)
             if self.valid_until is not None:
                 self.trusted_from(renewed_at, renewal=True)
 

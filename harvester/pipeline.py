@@ -44,7 +44,7 @@ MAX_CLAIM = 1000
 WRITES_IN_FLIGHT = 2  # batches handed to the writer process and not yet committed
 _DONE = object()
 
-ProgressCallback = Callable[[dict[str, int]], None]
+ProgressCallback = Callable[[dict[str, int], float | None], None]  # item counts, RateLimiter.throttled (progress.Reporter)
 T = TypeVar("T")
 
 
@@ -135,7 +135,7 @@ class Run:
         self.started = time.monotonic()
         self.counts = jobs.item_counts(self.engine, self.job.id)
         if self.progress:
-            self.progress(dict(self.counts))  # the baseline that rates and ETAs are measured from
+            self.progress(dict(self.counts), None)  # the baseline that rates and ETAs are measured from
         self.writer = WriterProcess(
             self.engine.url.render_as_string(hide_password=False), self.job.id, self.endpoint, self.runner, self.config.archive
         )
@@ -255,7 +255,7 @@ class Run:
         while True:
             await asyncio.sleep(self.beat_every)
             try:
-                await self.keeper.renew(self.job.id, self.processed, self.requests)
+                await self.keeper.renew(self.job.id, self.requests)
             except SQLAlchemyError as e:
                 logger.warning("could not record the heartbeat: %s", db_message(e))
 
@@ -397,7 +397,7 @@ class Run:
                 self.processed += sent - lost
                 self.settle(lost + sent_taken - sent, sent_taken)
             if self.progress and (finished or time.monotonic() - last_progress > 0.2):
-                self.progress(dict(self.counts))
+                self.progress(dict(self.counts), self.limiter.throttled)
                 last_progress = time.monotonic()
             if finished:
                 return

@@ -41,6 +41,7 @@ class Reporter:
         self._task: TaskID | None = None
         self._first: tuple[float, int] | None = None
         self._last_line = 0.0
+        self.throttled: float | None = None  # requests/s the run is held to after 429s, if it is
 
     @classmethod
     def for_stream(cls, job_id: int, enabled: bool, stream: TextIO | None = None) -> Reporter:
@@ -48,7 +49,9 @@ class Reporter:
         mode = "none" if not enabled else ("bar" if stream.isatty() else "lines")
         return cls(job_id, mode, stream)
 
-    def __call__(self, counts: dict[str, int]) -> None:
+    def __call__(self, counts: dict[str, int], throttled: float | None = None) -> None:
+        """`throttled`: the rate limiter's rate after 429s (RateLimiter.throttled), or None."""
+        self.throttled = throttled
         total = sum(counts.values())
         final = total - counts["pending"]
         if self.mode == "bar":
@@ -73,7 +76,11 @@ class Reporter:
                 eta = counts["pending"] / rate if rate > 0 else None
         pct = 100.0 * final / total if total else 100.0
         rate_text = f"{rate:,.0f} ids/s" if rate is not None else "- ids/s"
-        return f"job {self.job_id}: {final:,}/{total:,} ({pct:.1f}%) {describe(counts)} · {rate_text} · ETA {format_eta(eta)}"
+        throttle = self._throttle_text()
+        return f"job {self.job_id}: {final:,}/{total:,} ({pct:.1f}%) {describe(counts)} · {rate_text}{throttle} · ETA {format_eta(eta)}"
+
+    def _throttle_text(self) -> str:
+        return f" · throttled to {self.throttled:,.1f}/s after 429s" if self.throttled is not None else ""
 
     def _update_bar(self, counts: dict[str, int], total: int, final: int) -> None:
         if self._bar is None:
@@ -91,7 +98,7 @@ class Reporter:
             self._bar.start()
             self._task = self._bar.add_task(describe(counts), total=total, completed=final)
         assert self._task is not None
-        self._bar.update(self._task, completed=final, total=total, description=describe(counts))
+        self._bar.update(self._task, completed=final, total=total, description=describe(counts) + self._throttle_text())
 
     def close(self) -> None:
         if self._bar is not None:

@@ -11,6 +11,8 @@ RateLimiter: this process's draw on the key's shared budget (budget.py).
   (the day, and Fetch's tweet-id quota).
   After a 429 every process waits (Retry-After); when 429s persist the shared
   rate is halved, then grows back by a quarter every few seconds without one.
+  A commercial process without a schedule slows itself down instead (an AIMD
+  throttle, see RateLimiter.slow_down), saying so once at WARNING.
   A pause is checked again right before a request goes out, so requests that
   were already waiting for their slot are not sent into it.
 
@@ -43,6 +45,15 @@ PREWAKE = 0.005
 FIRST_GAP = 0.5
 # Headers that only confirm what the budget knows are written to it at most this often.
 OBSERVE_EVERY = 5.0
+# A commercial process throttled after 429s (RateLimiter.slow_down) raises its rate after this many
+# seconds without a 429 (a server's Retry-After pause does not count as quiet) ...
+RECOVER_EVERY = 1.0
+# ... by this factor while it knows no ceiling (the rate to return to after a halving) ...
+RECOVER_FACTOR = 1.5
+# ... and from the ceiling on by this share of it: the slow probe of AIMD's additive increase.
+RECOVER_STEP = 0.03
+# The ceiling is at most this share of the rate that drew the 429 (and the last rate that held).
+CEILING_SHARE = 0.9
 
 
 class Pacer:
@@ -56,21 +67,29 @@ class Pacer:
     instead of catching up with a burst. (The shared budget keeps the same
     absolute schedule across processes; this one slows a commercial process
     down after 429s, where there is no shared schedule to slow.)
+
+    Its rate changes in place (`set_rate`): the next slot is the last one plus
+    the new interval. A new Pacer instead would run beside the old one while
+    callers still queue on the old one's lock: twice the rate, and 429s.
     """
 
     def __init__(self, rate: float) -> None:
         self.interval = 1.0 / rate
-        self._next = 0.0
+        self._last = -math.inf  # the latest slot handed out, in loop time
         self._lock = asyncio.Lock()
+
+    def set_rate(self, rate: float) -> None:
+        self.interval = 1.0 / rate
 
     async def acquire(self) -> None:
         async with self._lock:
             now = asyncio.get_running_loop().time()
-            if self._next < now - self.interval / 2:
-                self._next = now
-            if self._next > now:
-                await asyncio.sleep(self._next - now)
-            self._next += self.interval
+            slot = self._last + self.interval
+            if slot < now - self.interval / 2:
+                slot = now
+            self._last = slot
+            if slot > now:
+                await asyncio.sleep(slot - now)
 
 
 def _header_int(headers: Mapping[str, str], name: str) -> int | None:
@@ -107,7 +126,11 @@ class RateLimiter:
         self._sent: collections.deque[float] = collections.deque(maxlen=4096)
         self._throttle: Pacer | None = None
         self.throttle_rate: float | None = None  # requests/s of a commercial process slowed down after 429s
-        self._throttle_changed = 0.0
+        self._decreased_at = 0.0  # loop time of the throttle's last halving
+        self._ceiling: float | None = None  # where the throttle returns to after a halving (_recover)
+        self._good: float | None = None  # the throttle's last rate that held RECOVER_EVERY without a 429
+        self._quiet_since = 0.0  # loop time: no 429, rate change or server pause since
+        self._warned = False  # the commercial tier's warning about 429s, once a run
         self._last_429 = -1e9
         self.forfeited = 0  # slots given up because this process woke too late for them
         self._pending: list[asyncio.Task[None]] = []  # give-backs under way
@@ -115,6 +138,15 @@ class RateLimiter:
     @property
     def scheduled(self) -> bool:
         return self.budget.rate is not None
+
+    @property
+    def throttled(self) -> float | None:
+        """The requests/s this process is held to after 429s (the progress line shows it); None when not slowed."""
+        if self.throttle_rate is not None:
+            return self.throttle_rate
+        if self.budget.rate is not None and self._state.factor < 1.0:
+            return self.budget.rate * self._state.factor
+        return None
 
     @property
     def quota_spent(self) -> str | None:
@@ -138,6 +170,8 @@ class RateLimiter:
                     self._recover(loop.time())
                     if self._throttle is not None:
                         await self._throttle.acquire()
+                        if self._paused():
+                            continue  # a 429 came while this request waited for its turn: not into the pause
                 break
             async with self._lock:
                 slot, following = await self._take()
@@ -307,37 +341,93 @@ class RateLimiter:
         self._apply(await asyncio.to_thread(self.budget.pause, self.budget.now() + wait, "429"))
         persistent = loop_now - self._last_429 < PERSISTENT_429_WINDOW
         self._last_429 = loop_now
-        if not persistent:
-            return
+        self._quiet_since = max(self._quiet_since, loop_now + wait)
         if self.scheduled:
+            if not persistent:
+                return
             assert self.budget.rate is not None
             factor = await asyncio.to_thread(self.budget.slow_down, min(1.0, 0.2 / self.budget.rate))
             if factor is not None:
                 await self._give_back()  # slots at the old spacing: lease anew at the new one
-                logger.info("rate limited again: slowing every process on this key down to %.2f requests/s", self.budget.rate * factor)
+                self._state = State(self._state.paused_until, self._state.quota_until, self._state.quota_kind, factor)
+                self._say_slowed(self.budget.rate * factor, "every process on this key")
             return
-        if self._throttle is not None and loop_now - self._throttle_changed < 1.0:
-            return
-        sent = sum(1 for t in self._sent if t > loop_now - 2.0) / 2.0
-        current = min(self.throttle_rate or sent, sent) if sent else (self.throttle_rate or 1.0)
+        # A commercial process without a schedule: an AIMD throttle of its own (a Pacer). A 429 that
+        # persists (two within PERSISTENT_429_WINDOW; one alone may be a server's hiccup) starts it at
+        # half the rate sent. Once throttled, every 429 halves it (AIMD's multiplicative decrease), but
+        # at most once a second: the 429s that follow a halving within it answer requests sent at the
+        # old rate. (A 429 soon after an increase is no such echo: the new rate is too high.) Halving,
+        # not a step down to just under the limit, so that processes sharing the key converge on fair
+        # shares of it. _recover raises the rate again once the 429s stop.
+        if self._throttle is not None:
+            if loop_now - self._decreased_at < 1.0:
+                return
+            assert self.throttle_rate is not None
+            current = self.throttle_rate
+            # Where the increase returns to at once: the last rate that held without a 429, and a
+            # little under the rate that drew this one (the one measured at the server's limit).
+            self._ceiling = min(CEILING_SHARE * current, self._good or current)
+        else:
+            if not persistent:
+                return
+            # A rate measured while unthrottled (a burst, a pause in it) says little about the
+            # server's limit: no ceiling yet, and the increase grows fast until the next 429.
+            sent = sum(1 for t in self._sent if t > loop_now - 2.0) / 2.0
+            current, self._ceiling = sent or 1.0, None
         self._set_throttle(max(0.2, current / 2), loop_now)
-        logger.info("rate limited again: slowing down to %.1f requests/s", self.throttle_rate)
+        self._decreased_at = loop_now
+        self._say_slowed(max(0.2, current / 2), "this process")
+
+    def _say_slowed(self, rate: float, who: str) -> None:
+        """The first slow-down of a commercial run is a WARNING (the key may be a rate-limited one,
+        configured as commercial), said once; later ones, and the free tier's, are INFO."""
+        if self._free or self._warned:
+            logger.info("rate limited again: slowing %s down to %.2f requests/s", who, rate)
+            return
+        self._warned = True
+        logger.warning(
+            "commercial tier, but the API answers 429 (rate limited): slowing down to %.1f requests/s and adapting; "
+            'if this key is rate limited, set [api] tier = "free" with [limits] per_second, or run "harvester check"',
+            rate,
+        )
 
     def _recover(self, now: float) -> None:
+        """AIMD's increase, a step each RECOVER_EVERY seconds without a 429 (or a server's pause).
+
+        No ceiling known yet (the first throttle): grow by RECOVER_FACTOR a step, to find the server's
+        limit in a few seconds. Below the ceiling (after a halving): straight back to it, the last rate
+        that held. From the ceiling on: the additive increase, a small share of the ceiling a step,
+        which probes for the limit without a burst of 429s; the 429 that ends the probe halves the rate
+        again. So the rate spends most of its time just under the server's limit, and sustains most of
+        it, where a slow-down that never grew back (or a jump back to no limit, and a burst of 429s)
+        would not. A rate twice the ceiling with no 429 means the limit went away: the ceiling is
+        forgotten, and the rate grows fast until the throttle ends.
+        """
         assert self.throttle_rate is not None
-        if now - self._throttle_changed < 3.0:
+        if now - self._quiet_since < RECOVER_EVERY:
             return
-        rate = self.throttle_rate * 1.25
+        rate = self._good = self.throttle_rate  # it held
+        if self._ceiling is None:
+            rate *= RECOVER_FACTOR
+        elif rate < self._ceiling:
+            rate = self._ceiling
+        else:
+            rate += RECOVER_STEP * self._ceiling
+            if rate >= 2 * self._ceiling:
+                self._ceiling = None
         if rate > 10_000:
-            self._throttle, self.throttle_rate = None, None
+            self._throttle = self.throttle_rate = self._ceiling = self._good = None
             logger.info("no 429 for a while: back to the configured rate")
         else:
             self._set_throttle(rate, now)
 
     def _set_throttle(self, rate: float, now: float) -> None:
         self.throttle_rate = rate
-        self._throttle = Pacer(rate)
-        self._throttle_changed = now
+        if self._throttle is None:
+            self._throttle = Pacer(rate)
+        else:
+            self._throttle.set_rate(rate)  # the same schedule, and the callers queued on it
+        self._quiet_since = max(self._quiet_since, now)
 
 
 class CircuitBreaker:

@@ -371,6 +371,12 @@ def _write(
         lost = {u.item["b_identifier"] for u in claimed if u.item["status"] == "lost"}
         more(conn, (refused or set()) | lost)
     db.mark_items(conn, [u.item for u in units])
+    # Every batch counts its items in its worker's row, so `status` follows the writes rather
+    # than the heartbeat; before the job row, in the order leases.renew locks the two.
+    finished = sum(1 for u in units if u.item["status"] != ItemStatus.PENDING)
+    if finished:
+        w = schema.workers.c
+        conn.execute(update(schema.workers).where(w.runner == runner).values(items_done=w.items_done + finished))
     # The heartbeat rides on every batch: a live run is one that writes.
     conn.execute(
         update(schema.jobs).where(schema.jobs.c.id == job_id, schema.jobs.c.runner == runner).values(heartbeat_at=clock.db_now(conn))

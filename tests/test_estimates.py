@@ -197,3 +197,46 @@ def test_status_of_a_resumed_job_measures_from_the_resume(h: Harness) -> None:
     text, info = _status(h, job)
     assert info["rate_window_seconds"] == 60 and "over the last minute" in text
     leases.unregister(h.engine, runner)
+
+
+def test_a_workers_line_counts_items_as_they_are_written_not_at_its_heartbeat(tmp_path: Any) -> None:
+    """The worker row's items_done grows in the batch's own transaction: at any moment it equals
+    the job's final items (one worker), long before the first 15 s heartbeat would have said so."""
+    import sqlite3
+    import time
+    from dataclasses import replace
+
+    from harvester.fakeapi import serve_in_thread
+    from tests.conftest import FAKE
+    from tests.subproc import start
+
+    ids = tmp_path / "ids.txt"
+    ids.write_text("".join(d + "\n" for d in dois(400)))
+    db = tmp_path / "w.db"
+    with serve_in_thread(replace(FAKE, latency=0.02)) as server:
+        proc = start(db, server, "harvest", "--no-progress", "--concurrency", "2", str(ids), HARVESTER_TIER="commercial")
+        seen: list[tuple[int, int]] = []
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and proc.poll() is None and len(seen) < 3:
+                time.sleep(0.3)
+                if not db.exists():
+                    continue
+                # Plain sqlite3, read-only: open_database would migrate a database the harvest is creating.
+                conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+                try:
+                    with conn:  # one read transaction: both counts from the same moment
+                        conn.execute("BEGIN")
+                        final = conn.execute("select count(*) from job_items where status <> 'pending'").fetchone()[0]
+                        done = conn.execute("select coalesce(sum(items_done), 0) from workers").fetchone()[0]
+                except sqlite3.OperationalError:
+                    continue  # the schema is not there yet
+                finally:
+                    conn.close()
+                if final:
+                    seen.append((int(final), int(done or 0)))
+        finally:
+            proc.communicate(timeout=120)
+    assert proc.returncode == ExitCode.OK
+    assert len(seen) >= 2 and seen[0][0] < 400, seen
+    assert all(final == done for final, done in seen), seen

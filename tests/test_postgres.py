@@ -138,7 +138,7 @@ def test_lease_renewal_and_the_writers_lease_check_never_deadlock(tmp_path: Path
             tx = writer.begin()
             # The writer's batch names the second item first: it locks that one now.
             assert leases.held(writer, job.id, runner, [(second.id_type, second.identifier)]) == {(second.id_type, second.identifier)}
-            beat = threading.Thread(target=lambda: renewed.append(leases.renew(engine, runner, job.id, timedelta(minutes=5), 0, 0)))
+            beat = threading.Thread(target=lambda: renewed.append(leases.renew(engine, runner, job.id, timedelta(minutes=5), 0)))
             beat.start()
             beat.join(timeout=1.5)  # the old renewal locked the first item, then waited for the second
             # ... and the writer goes on to the first: with both waiting on each other, the server aborts one.

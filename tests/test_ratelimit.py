@@ -15,7 +15,7 @@ from harvester.budget import FREE_TIER_MARGIN, SharedBudget, key_hash
 from harvester.clock import to_datetime
 from harvester.config import LimitsConfig
 from harvester.endpoints import Counts, Fetch
-from harvester.errors import ApiUnavailableError, QuotaExhausted
+from harvester.errors import OWN_DAILY, ApiUnavailableError, QuotaExhausted
 from harvester.ratelimit import FIRST_GAP, CircuitBreaker, RateLimiter
 from tests.conftest import rows
 
@@ -184,7 +184,7 @@ def test_daily_budget_spent_pauses_the_job_and_holds_every_process(engine: Engin
             while True:
                 await lim.acquire()
                 sent += 1
-        assert info.value.kind == "daily"
+        assert info.value.kind == OWN_DAILY  # the configured per_day: no server announced a quota
         # A process started afterwards (a restart, another job) is refused at once.
         with pytest.raises(QuotaExhausted):
             await limiter(engine, limits).acquire()
