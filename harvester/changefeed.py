@@ -4,7 +4,7 @@
     2. listing:  a Citations job over the smallest timeframe covering the time since the last
                  complete change-feed night plus MARGIN, ordered by first_seen, every page;
                  only the outputs the database tracks are stored from their entries
-                 (endpoints._Pages -> save_tracked), and every page's query.total is kept
+                 (endpoints._Pages.save_tracked), and every page's query.total is kept
     3. check:    the listing is complete only if every page was read, none failed or came back
                  past the end, query.total never moved, and the pages were read on one UTC day
     4. full:     a job of the tracked outputs last harvested before full_refresh_after, oldest
@@ -22,19 +22,18 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Select, and_, exists, func, select, update
 
-from harvester import aliases, clock, jobs, leases, schema
+from harvester import clock, jobs, leases, nightly, schema
 from harvester.config import Config, filters_text
 from harvester.db import upsert
 from harvester.errors import ApiAuthError, JobError
 from harvester.params import HarvestParams, NightlyParams
-from harvester.parse import Records
 from harvester.vocabulary import ExitCode, ItemStatus, JobStatus
 
 logger = logging.getLogger(__name__)
@@ -76,65 +75,6 @@ def choose_timeframe(elapsed: timedelta) -> tuple[str, int]:
     return TIMEFRAME_DAYS[-1]
 
 
-def save_tracked(
-    conn: Connection,
-    job_id: int,
-    timeframe: str,
-    filters: str,
-    pages: Sequence[tuple[int, int | None, list[tuple[int, Records]]]],
-    now: datetime,
-) -> None:
-    """Store the listed outputs the database already tracks (by Altmetric id, or by DOI when upstream merged
-    records), record their ranks in citation_activity, and every page's query.total in listing_pages.
-
-    Untracked results are only counted: the global listing holds hundreds of thousands of outputs a
-    day, and a user's database is for the user's outputs. In the writer's transaction, so a page's
-    outputs, its ranks and its total commit together.
-    """
-    from harvester.store import save_records  # store imports endpoints, which imports this module lazily
-
-    records = [rec for _, _, results in pages for _, rec in results]
-    ids = {rec.altmetric_id for rec in records}
-    dois = {rec.doi.lower() for rec in records if rec.doi}
-    o, i = schema.outputs.c, schema.identifiers.c
-    known_ids = set(conn.execute(select(o.altmetric_id).where(o.altmetric_id.in_(ids))).scalars()) if ids else set()
-    known_dois = set(conn.execute(select(i.value).where(i.scheme == "doi", i.value.in_(dois))).scalars()) if dois else set()
-
-    def tracked(rec: Records) -> bool:
-        return rec.altmetric_id in known_ids or bool(rec.doi and rec.doi.lower() in known_dois)
-
-    kept: list[Records] = []
-    activity: list[dict[str, Any]] = []
-    page_rows: list[dict[str, Any]] = []
-    for page, total, results in pages:
-        mine = [(rank, rec) for rank, rec in results if tracked(rec)]
-        page_rows.append(
-            {"job_id": job_id, "page": page, "total": total, "results": len(results), "tracked": len(mine), "harvested_at": now}
-        )
-        for rank, rec in mine:
-            kept.append(rec)
-            activity.append(
-                {
-                    "timeframe": timeframe,
-                    "harvested_on": now.date(),
-                    "filters": filters,
-                    "altmetric_id": rec.altmetric_id,
-                    "rank": rank,
-                    "score": rec.outputs.get("score"),
-                    "page": page,
-                    "total": total,
-                    "job_id": job_id,
-                    "harvested_at": now,
-                }
-            )
-    # As the writer does for any batch: a DOI now under another Altmetric id moves its output.
-    moves = aliases.detect(conn, [], kept, [])
-    save_records(conn, kept)
-    aliases.follow(conn, moves, now)
-    upsert(conn, schema.citation_activity, activity)
-    upsert(conn, schema.listing_pages, page_rows)
-
-
 def check_listing(conn: Connection, listing: int, num_results: int) -> tuple[bool, str | None]:
     """Whether the listing was read whole: (complete, why not)."""
     counts = jobs.item_counts_in(conn, listing)
@@ -160,8 +100,6 @@ def check_listing(conn: Connection, listing: int, num_results: int) -> tuple[boo
 
 def new_outputs_query(conn: Connection) -> Select[Any]:
     """The ids of the user's lists that were never answered (pending in every job), in list order."""
-    from harvester.nightly import user_jobs
-
     ji = schema.job_items.c
     other = schema.job_items.alias("answered")
     answered = exists().where(
@@ -171,7 +109,7 @@ def new_outputs_query(conn: Connection) -> Select[Any]:
     )
     return (
         select(ji.id_type, ji.identifier, func.min(ji.line_no))
-        .where(ji.job_id.in_(user_jobs(conn)), ji.status == ItemStatus.PENDING.value, ~answered)
+        .where(ji.job_id.in_(nightly.user_jobs(conn)), ji.status == ItemStatus.PENDING.value, ~answered)
         .group_by(ji.id_type, ji.identifier)
         .order_by(func.min(ji.line_no), ji.id_type, ji.identifier)
     )
@@ -243,11 +181,11 @@ def prefix_of(p: NightlyParams) -> str | None:
     return prefix.strip().lower().rstrip("/") if prefix else None
 
 
-def run_night(engine: Engine, config: Config, job: jobs.Job, runner: str, progress: Any) -> Any:
+def run_night(
+    engine: Engine, config: Config, job: jobs.Job, runner: str, progress: nightly.ProgressFactory | None
+) -> nightly.Report | None:
     """Run (or finish) a change-feed night; returns its nightly.Report, or None when the key lacks Citations
     and the night is to run in refresh mode (its params then say so: discover off, changes.fallback)."""
-    from harvester import nightly
-
     p = job.params
     assert isinstance(p, NightlyParams)
     c: dict[str, Any] = dict(p.changes or {})
@@ -354,10 +292,7 @@ def _carried(conn: Connection, night: date, prefix: str | None) -> int:
     return int(conn.execute(select(func.count()).select_from(schema.outputs).where(and_(*where))).scalar_one())
 
 
-def _finish(engine: Engine, job: jobs.Job, p: NightlyParams, c: dict[str, Any], runner: str) -> Any:
-    from harvester.nightly import Report
-    from harvester.nightly import finished_row as nightly_finished_row
-
+def _finish(engine: Engine, job: jobs.Job, p: NightlyParams, c: dict[str, Any], runner: str) -> nightly.Report:
     now = clock.utcnow()
     started = job.started_at or now
     listing = int(c["listing_job"])
@@ -378,7 +313,7 @@ def _finish(engine: Engine, job: jobs.Job, p: NightlyParams, c: dict[str, Any], 
             code = ExitCode.PAUSED if "quota" in (c.get("note") or "") else ExitCode.SOME_FAILED
         else:
             code = ExitCode.OK
-        report = Report(
+        report = nightly.Report(
             job.id,
             p.night,
             JobStatus.FINISHED,
@@ -434,17 +369,8 @@ def _finish(engine: Engine, job: jobs.Job, p: NightlyParams, c: dict[str, Any], 
         done = conn.execute(
             update(schema.jobs)
             .where(schema.jobs.c.id == job.id, schema.jobs.c.runner == runner)
-            .values(nightly_finished_row(now, replace(p, changes=c, report=report.as_dict())))
+            .values(nightly.finished_row(now, replace(p, changes=c, report=report.as_dict())))
         ).rowcount
         if done != 1:
             raise JobError(f"nightly job {job.id} was taken over by another process; its report was not stored")
     return report
-
-
-def refresh_fields(p: NightlyParams) -> dict[str, Any]:
-    """What a night that ran in refresh mode adds to its nightly_runs row and report: its mode, and why (a fallback)."""
-    note = (p.changes or {}).get("fallback")
-    out: dict[str, Any] = {"mode": "refresh"}
-    if note:
-        out |= {"mode_note": note, "requests": (p.changes or {}).get("requests")}
-    return out

@@ -739,7 +739,9 @@ def nightly(state: State, as_json: bool, no_progress: bool, dry_run: bool = Fals
 def _nightly(state: State, engine: Engine, progress: bool, as_json: bool, resume_only: bool = False) -> None:
     reporter = lambda job_id: Reporter.for_stream(job_id, progress and state.progress(False))  # noqa: E731
     started = time.monotonic()
-    reports = nightly_module.run(engine, state.config(), reporter, resume_only)
+    from harvester import changefeed
+
+    reports = nightly_module.run(engine, state.config(), reporter, resume_only, changes=changefeed.run_night)
     for report in reports:
         if not as_json and not state.quiet:
             _print_report(report)

@@ -112,6 +112,11 @@ def asked_rows(id_type: str, identifier: str, altmetric_id: int) -> list[dict[st
     return [] if id_type == "id" else [{"scheme": id_type, "value": identifier, "altmetric_id": altmetric_id, "asked": True}]
 
 
+# The writer's way of storing parsed outputs (store.py: aliases followed, as for any batch); given to
+# Batch.after rather than imported, since the writer's side imports this module.
+StoreRecords = Callable[[Connection, list[Records]], None]
+
+
 @dataclass
 class Batch:
     """What the writer commits of a batch of results, besides their statuses (Endpoint.read).
@@ -119,13 +124,14 @@ class Batch:
     `records`: each done result's parsed outputs, by its index in the batch; `altmetric_ids`:
     the output a result is of (a page is of none); `asked`: the identifier rows of the ids
     asked; `after`: what else the commit writes, given the identifiers of the results the
-    database refused (and of those whose lease was lost).
+    database refused (and of those whose lease was lost), and the writer's way of storing records
+    (StoreRecords: a change-feed listing stores the outputs it finds tracked).
     """
 
     records: dict[int, list[Records]] = field(default_factory=dict)
     altmetric_ids: dict[int, int] = field(default_factory=dict)
     asked: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
-    after: Callable[[Connection, set[str]], None] | None = None
+    after: Callable[[Connection, set[str], StoreRecords], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -418,7 +424,7 @@ class _Pages:
         self.last_page = 0  # the highest page the batch's totals imply
         self.follow: list[tuple[str, tuple[str, str, int]]] = []  # (page, item)
         # A change-feed listing: (page, total, [(rank, record)]) of each page, stored by save() once the
-        # database says which results it tracks (changefeed.save_tracked).
+        # database says which results it tracks (save_tracked).
         self.tracked_only = params.tracked_only
         self.listed: list[tuple[int, int | None, list[tuple[int, Records]]]] = []
 
@@ -480,13 +486,10 @@ class _Pages:
                 self.last_page = max(self.last_page, last)
         return records
 
-    def save(self, conn: Connection, refused: set[str]) -> None:
+    def save(self, conn: Connection, refused: set[str], store: StoreRecords) -> None:
         """Ranks and follow-up items of the pages stored; `refused`: pages the database refused."""
         if self.tracked_only:
-            from harvester.changefeed import save_tracked  # it imports the writer's side (store), which imports this module
-
-            listed = [p for p in self.listed if str(p[0]) not in refused]
-            save_tracked(conn, self.job_id, self.timeframe, self.filters, listed, self.now)
+            self.save_tracked(conn, [p for p in self.listed if str(p[0]) not in refused], store)
         upsert(conn, schema.citation_activity, [row for page, row in self.activity if page not in refused])
         # Only pages the job lacks: every page of a 20,000-page listing reports the same total.
         known = conn.execute(select(func.max(schema.job_items.c.line_no)).where(schema.job_items.c.job_id == self.job_id)).scalar_one() or 0
@@ -494,6 +497,55 @@ class _Pages:
         jobs.add_items(conn, self.job_id, [("page", str(p), p) for p in pages], self.now)
         if self.then_job is not None:
             jobs.add_items(conn, self.then_job, [item for page, item in self.follow if page not in refused], self.now)
+
+    def save_tracked(
+        self, conn: Connection, pages: Sequence[tuple[int, int | None, list[tuple[int, Records]]]], store: StoreRecords
+    ) -> None:
+        """Store the listed outputs the database already tracks (by Altmetric id, or by DOI when upstream merged
+        records), record their ranks in citation_activity, and every page's query.total in listing_pages.
+
+        Untracked results are only counted: the global listing holds hundreds of thousands of outputs a
+        day, and a user's database is for the user's outputs. In the writer's transaction, so a page's
+        outputs, its ranks and its total commit together.
+        """
+        job_id, timeframe, filters, now = self.job_id, self.timeframe, self.filters, self.now
+        records = [rec for _, _, results in pages for _, rec in results]
+        ids = {rec.altmetric_id for rec in records}
+        dois = {rec.doi.lower() for rec in records if rec.doi}
+        o, i = schema.outputs.c, schema.identifiers.c
+        known_ids = set(conn.execute(select(o.altmetric_id).where(o.altmetric_id.in_(ids))).scalars()) if ids else set()
+        known_dois = set(conn.execute(select(i.value).where(i.scheme == "doi", i.value.in_(dois))).scalars()) if dois else set()
+
+        def tracked(rec: Records) -> bool:
+            return rec.altmetric_id in known_ids or bool(rec.doi and rec.doi.lower() in known_dois)
+
+        kept: list[Records] = []
+        activity: list[dict[str, Any]] = []
+        page_rows: list[dict[str, Any]] = []
+        for page, total, results in pages:
+            mine = [(rank, rec) for rank, rec in results if tracked(rec)]
+            page_rows.append(
+                {"job_id": job_id, "page": page, "total": total, "results": len(results), "tracked": len(mine), "harvested_at": now}
+            )
+            for rank, rec in mine:
+                kept.append(rec)
+                activity.append(
+                    {
+                        "timeframe": timeframe,
+                        "harvested_on": now.date(),
+                        "filters": filters,
+                        "altmetric_id": rec.altmetric_id,
+                        "rank": rank,
+                        "score": rec.outputs.get("score"),
+                        "page": page,
+                        "total": total,
+                        "job_id": job_id,
+                        "harvested_at": now,
+                    }
+                )
+        store(conn, kept)  # before their ranks: citation_activity refers to outputs
+        upsert(conn, schema.citation_activity, activity)
+        upsert(conn, schema.listing_pages, page_rows)
 
 
 def fetch_query(options: FetchOptions | None) -> dict[str, str]:

@@ -102,13 +102,25 @@ class Report:
         return out
 
 
-def run(engine: Engine, config: Config, progress: ProgressFactory | None = None, resume_only: bool = False) -> list[Report]:
+# A change-feed night (changefeed.run_night): its report, or None when it is to run as a refresh night.
+# Passed in by the caller, since changefeed.py builds on this module's steps.
+ChangesNight = Callable[[Engine, Config, jobs.Job, str, ProgressFactory | None], Report | None]
+
+
+def run(
+    engine: Engine,
+    config: Config,
+    progress: ProgressFactory | None = None,
+    resume_only: bool = False,
+    changes: ChangesNight | None = None,
+) -> list[Report]:
     """Finish the unfinished nightly if there is one, then run tonight's; one report each.
 
     A second nightly while one is alive raises JobBusyError (exit 75); one
     whose runner died (kill -9, reboot: its heartbeat is stale, or its pid is
     gone on this host) is taken over. `resume_only`: finish the unfinished
-    one and start nothing new (`harvester resume`).
+    one and start nothing new (`harvester resume`). `changes` runs a night
+    of mode = "changes" (changefeed.run_night); without it such a night is an error.
     """
     runner = leases.new_runner_id()
     reports: list[Report] = []
@@ -117,7 +129,7 @@ def run(engine: Engine, config: Config, progress: ProgressFactory | None = None,
     try:
         while True:
             job, created = acquire(engine, config, runner, create=not resume_only)
-            report = _run_one(engine, config, job, runner, progress)
+            report = _run_one(engine, config, job, runner, progress, changes)
             reports.append(report)
             # A leftover from an earlier night, now finished: tonight's work comes next. (Not after
             # a nightly this run started, even if it ran past midnight.)
@@ -182,13 +194,15 @@ def params_for(config: Config, now: datetime) -> NightlyParams:
     )
 
 
-def _run_one(engine: Engine, config: Config, job: jobs.Job, runner: str, progress: ProgressFactory | None) -> Report:
+def _run_one(
+    engine: Engine, config: Config, job: jobs.Job, runner: str, progress: ProgressFactory | None, changes: ChangesNight | None
+) -> Report:
     p = job.params
     assert isinstance(p, NightlyParams)  # jobs._job types a nightly row's params by its endpoint
     if p.mode == "changes" and not (p.changes or {}).get("fallback"):
-        from harvester import changefeed  # it builds on this module's steps
-
-        changed: Report | None = changefeed.run_night(engine, config, job, runner, progress)
+        if changes is None:
+            raise JobError(f'nightly job {job.id} is a mode = "changes" night: run it with `harvester nightly`')
+        changed = changes(engine, config, job, runner, progress)
         if changed is not None:
             return changed
         job = jobs.get_job(engine, job.id)  # the key lacks Citations: tonight runs as a refresh night
@@ -264,11 +278,13 @@ def _run_one(engine: Engine, config: Config, job: jobs.Job, runner: str, progres
 _CHANGES_KEYS = ("mode", "mode_note", "complete", "timeframe", "requests", "listed", "listed_tracked", "carried", "full_refreshed")
 
 
-def changefeed_fields(p: NightlyParams) -> dict[str, Any]:
-    """A refresh night's mode for its report and nightly_runs row (and why, when "changes" fell back to it)."""
-    from harvester import changefeed
-
-    return changefeed.refresh_fields(p)
+def refresh_fields(p: NightlyParams) -> dict[str, Any]:
+    """What a night that ran in refresh mode adds to its nightly_runs row and report: its mode, and why (a fallback)."""
+    note = (p.changes or {}).get("fallback")
+    out: dict[str, Any] = {"mode": "refresh"}
+    if note:
+        out |= {"mode_note": note, "requests": (p.changes or {}).get("requests")}
+    return out
 
 
 def discovery_pages(conn: Connection, config: Config, p: NightlyParams) -> int | None:
@@ -570,7 +586,7 @@ def _finish(engine: Engine, job: jobs.Job, night: date, runner: str, discovery: 
             not_found=counts[ItemStatus.NOT_FOUND],
             failed=counts[ItemStatus.FAILED] + pages_failed,
             movers=movers,
-            **changefeed_fields(p),
+            **refresh_fields(p),
         )
         upsert(
             conn,
@@ -591,7 +607,7 @@ def _finish(engine: Engine, job: jobs.Job, night: date, runner: str, discovery: 
                     "failed": report.failed,
                     "started_at": started,
                     "finished_at": now,
-                    **changefeed_fields(p),
+                    **refresh_fields(p),
                 }
             ],
         )

@@ -23,7 +23,7 @@ from harvester import aliases, archive, clock, db, leases, schema
 from harvester.config import ArchiveConfig
 from harvester.db import patiently
 from harvester.db import upsert as upsert  # re-exported: the writer's statement, shared with nightly and reparse
-from harvester.endpoints import COMPLETE, Coverage, Endpoint
+from harvester.endpoints import COMPLETE, Coverage, Endpoint, StoreRecords
 from harvester.errors import DatabaseError, db_message
 from harvester.log import redact
 from harvester.parse import Records
@@ -295,7 +295,7 @@ def _commit(
     now: datetime,
     runner: str,
     cover: Coverage,
-    more: Callable[[Connection, set[str]], None] | None,
+    more: Callable[[Connection, set[str], StoreRecords], None] | None,
     failed: set[str] | None = None,
 ) -> list[Unit]:
     """Commit these units in one transaction; if the database refuses one, bisect. Returns the units as written."""
@@ -343,7 +343,7 @@ def _write(
     now: datetime,
     runner: str,
     cover: Coverage = COMPLETE,
-    more: Callable[[Connection, set[str]], None] | None = None,
+    more: Callable[[Connection, set[str], StoreRecords], None] | None = None,
     refused: set[str] | None = None,
 ) -> None:
     claimed = units
@@ -369,7 +369,7 @@ def _write(
     if more is not None:
         # A page whose lease was lost adds no pages or follow-up items: its new holder will.
         lost = {u.item["b_identifier"] for u in claimed if u.item["status"] == "lost"}
-        more(conn, (refused or set()) | lost)
+        more(conn, (refused or set()) | lost, lambda c, found: _store_found(c, found, now))
     db.mark_items(conn, [u.item for u in units])
     # Every batch counts its items in its worker's row, so `status` follows the writes rather
     # than the heartbeat; before the job row, in the order leases.renew locks the two.
@@ -381,6 +381,14 @@ def _write(
     conn.execute(
         update(schema.jobs).where(schema.jobs.c.id == job_id, schema.jobs.c.runner == runner).values(heartbeat_at=clock.db_now(conn))
     )
+
+
+def _store_found(conn: Connection, records: list[Records], now: datetime) -> None:
+    """Outputs a batch's `after` found to store (a change-feed listing's tracked ones), as any batch's:
+    a DOI now under another Altmetric id moves its output."""
+    moves = aliases.detect(conn, [], records, [])
+    save_records(conn, records)
+    aliases.follow(conn, moves, now)
 
 
 def _retrying(work: Any, engine: Engine, refused_is_fatal: bool = False) -> None:

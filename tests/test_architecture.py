@@ -69,3 +69,52 @@ def test_no_module_but_endpoints_compares_endpoint_names() -> None:
 def test_the_registry_holds_every_endpoint_kind() -> None:
     assert set(endpoints.REGISTRY) == {JobKind(k) for k in ENDPOINTS}
     assert {k.value for k, cls in endpoints.REGISTRY.items() if cls.by_id} == set(ID_ENDPOINTS)
+
+
+def _imports() -> dict[str, set[str]]:
+    """harvester's modules and the harvester modules each imports, at the top or inside a function
+    (a lazy import still ties two modules together); the fake API counts as one module."""
+    import ast
+
+    def name(module: str) -> str:
+        parts = module.split(".")
+        return "fakeapi" if parts[1:2] == ["fakeapi"] else ".".join(parts[1:2])
+
+    graph: dict[str, set[str]] = {}
+    for path in sorted((ROOT / "harvester").rglob("*.py")):
+        module = name("harvester." + ".".join(path.relative_to(ROOT / "harvester").with_suffix("").parts))
+        if module in ("__init__", "__main__", ""):
+            continue
+        found = graph.setdefault(module, set())
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("harvester"):
+                targets = [f"{node.module}.{a.name}" for a in node.names] if node.module == "harvester" else [node.module]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names if a.name.startswith("harvester.")]
+            else:
+                continue
+            found.update(t for t in (name(x) for x in targets) if t and t != module)
+    return graph
+
+
+def test_no_two_modules_import_each_other_even_lazily() -> None:
+    """docs/architecture.md: no circles. A lazy import inside a function hides a circle from Python,
+    not from a reader, so those count too."""
+    graph = _imports()
+    assert {"changefeed", "nightly", "endpoints", "store", "pipeline"} <= graph.keys()
+
+    def circle_from(start: str) -> list[str] | None:
+        stack: list[tuple[str, list[str]]] = [(start, [start])]
+        seen: set[str] = set()
+        while stack:
+            here, path = stack.pop()
+            for nxt in sorted(graph.get(here, ())):
+                if nxt == start:
+                    return [*path, start]
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, [*path, nxt]))
+        return None
+
+    circles = [c for m in sorted(graph) if (c := circle_from(m)) is not None]
+    assert not circles, " ; ".join(" -> ".join(c) for c in circles)

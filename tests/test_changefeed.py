@@ -9,6 +9,8 @@ on observed days), and may only lack a row inside an incomplete night's gap.
 from __future__ import annotations
 
 import json
+import signal
+import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -16,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 
+from harvester.budget import key_hash
 from harvester.changefeed import choose_timeframe
 from harvester.fakeapi import FakeConfig, FakeServer, ListingFaults, serve_in_thread, universe_dois, universe_of
 from harvester.fakeapi.universe import Universe
@@ -28,12 +31,13 @@ NIGHT = datetime(2026, 11, 20, 2, 30)
 D0 = NIGHT.date()
 SEED_KEY = "sk-seed-0000"
 COUNTS_ONLY = "counts-only-key"
+PER_SECOND = 40  # a free key's rate in the test of three processes sharing it
 CONFIG = """
 [limits]
 backoff_base = 0.01
 backoff_max = 0.05
 max_attempts = 2
-per_second = 1000
+per_second = {per_second}
 per_hour = 1000000
 per_day = {per_day}
 [nightly]
@@ -65,9 +69,9 @@ class Feed:
     faults: ListingFaults
     tracked: list[str]
 
-    def config(self, full: str = "30d", per_day: int = 1_000_000) -> Path:
-        path = self.tmp / f"harvester-{full}-{per_day}.toml"
-        path.write_text(CONFIG.format(full=full, per_day=per_day))
+    def config(self, full: str = "30d", per_day: int = 1_000_000, per_second: int = 1000) -> Path:
+        path = self.tmp / f"harvester-{full}-{per_day}-{per_second}.toml"
+        path.write_text(CONFIG.format(full=full, per_day=per_day, per_second=per_second))
         return path
 
     def run(self, when: datetime, *args: str, config: Path | None = None, **env: str) -> tuple[int, str, str]:
@@ -215,6 +219,58 @@ def test_nights_ask_only_for_the_listing_and_new_outputs_and_the_series_equals_t
         assert any(not r["observed"] for r in feed.series().values())
     finally:
         world.close()  # stops the fake
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_a_night_shares_its_key_with_a_bulk_harvest_and_worker_processes_help(
+    engine: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The nightly, a bulk harvest of other ids and a `worker --wait`, at once on one free key: one
+    shared budget holds all three to per_second and counts every request, workers take items of the
+    night's jobs too, and the series stays the truth."""
+    url = request.getfixturevalue("pg_url") if engine == "postgresql" else f"sqlite:///{tmp_path / 'harvest.db'}"
+    world = make_feed(tmp_path, url)
+    feed = next(world)
+    try:
+        feed.harvest(feed.tracked, NIGHT - timedelta(days=1))
+        assert feed.night(NIGHT)[0] == 0
+        when = NIGHT + timedelta(days=1)
+        bulk = [d for d in universe_dois(400) if d not in feed.tracked][:150]
+        ids = feed.tmp / "bulk.txt"
+        ids.write_text("".join(d + "\n" for d in bulk))
+        # Every tracked output due for a full refresh too: the night has items for the workers.
+        config = feed.config(full="1h", per_second=PER_SECOND)
+        free = {"HARVESTER_TIER": "free", "HARVESTER_NOW": when.isoformat(), "ALTMETRIC_API_KEY": KEY}
+        feed.clock.now = when.replace(tzinfo=UTC).timestamp()
+        before = feed.server.stats.total
+        started = time.monotonic()
+        helper = start(feed.url, feed.server, "worker", "--wait", "--no-progress", "--concurrency", "2", config=config, **free)
+        harvest = start(feed.url, feed.server, "harvest", "--no-progress", "--concurrency", "2", str(ids), config=config, **free)
+        nightly = start(feed.url, feed.server, "nightly", "--json", "--no-progress", config=config, **free)
+        out, err = nightly.communicate(timeout=300)
+        assert nightly.returncode == 0, err
+        _, harvest_err = harvest.communicate(timeout=300)
+        assert harvest.returncode == 0, harvest_err
+        elapsed = time.monotonic() - started
+        helper.send_signal(signal.SIGTERM)
+        _, helper_err = helper.communicate(timeout=60)
+        sent = feed.server.stats.total - before
+        report = json.loads(out)["reports"][-1]
+        assert report["mode"] == "changes" and report["complete"] is True, report
+        assert report["full_refreshed"] >= len(feed.tracked) - report["listed_tracked"]
+        # One budget for the three processes: every request counted once, and together within per_second.
+        with create_engine(feed.url).connect() as conn:
+            used = conn.execute(text("SELECT day_used FROM rate_budgets WHERE key_hash = :k"), {"k": key_hash(KEY)}).scalar_one()
+        assert used == sent, (used, sent)
+        assert sent / elapsed <= PER_SECOND * 1.05, (sent, elapsed)
+        assert sent >= len(bulk) + report["requests"]
+        # The worker took items of the other processes' jobs (it prints each job it worked on).
+        worked = [line for line in helper_err.splitlines() if line.startswith("job ") and " in " in line]
+        assert any(int(line.split("(")[1].split(" in ")[0].replace(",", "")) > 0 for line in worked), helper_err
+        feed.tracked += bulk
+        assert check_truth(feed, when.date()) >= len(feed.tracked)
+    finally:
+        world.close()
 
 
 def test_a_missed_night_is_covered_by_the_next_nights_larger_window(feed: Feed) -> None:
