@@ -136,10 +136,11 @@ class Run:
         self.counts = jobs.item_counts(self.engine, self.job.id)
         if self.progress:
             self.progress(dict(self.counts), None)  # the baseline that rates and ETAs are measured from
+        # Started by the first claim that returns items (feed): a run with nothing to claim (a nightly's
+        # empty step, a job other workers are finishing) spawns no process, which costs a second.
         self.writer = WriterProcess(
             self.engine.url.render_as_string(hide_password=False), self.job.id, self.endpoint, self.runner, self.config.archive
         )
-        self.writer.start()
         try:
             async with ApiClient(self.config.api, self.concurrency) as self.client:
                 interrupted = await self.supervise()
@@ -218,6 +219,8 @@ class Run:
                 settled_before = self.settled
                 items, generation = await self.keeper.claim(self.job.id, self.claim_size())
                 if items:
+                    assert self.writer is not None
+                    self.writer.start()  # the first time (execute); it imports while the first requests go out
                     self.claimed += len(items)
                     for item in items:
                         await self.work_queue.put((item, generation))

@@ -50,8 +50,10 @@ class WriterProcess:
         )
 
     def start(self) -> None:
-        # From the main thread: the child's parent-death signal is tied to the creating thread.
-        self._process.start()
+        """Start the process, once (later calls do nothing). From the main thread: the child's
+        parent-death signal is tied to the creating thread."""
+        if self._process.pid is None:
+            self._process.start()
 
     def send(self, batch: list[tuple[Any, ...]]) -> None:
         """Hand a batch over (ItemResult fields as tuples: a tenth of the pickling cost of the dataclasses,

@@ -24,6 +24,7 @@ from harvester.budget import key_hash
 from harvester.changefeed import choose_timeframe
 from harvester.fakeapi import FakeConfig, FakeServer, ListingFaults, serve_in_thread, universe_dois, universe_of
 from harvester.fakeapi.universe import Universe
+from harvester.vocabulary import ExitCode
 from tests.conftest import KEY, rows
 from tests.subproc import start
 
@@ -92,7 +93,7 @@ class Feed:
         ids = self.tmp / f"ids-{len(dois)}-{when:%d%H}.txt"
         ids.write_text("".join(d + "\n" for d in dois))
         code, _, err = self.run(when, "harvest", "--no-progress", *extra, str(ids), ALTMETRIC_API_KEY=SEED_KEY)
-        assert code == 0, err
+        assert code == ExitCode.OK, err
 
     def series(self) -> dict[tuple[str, date], dict[str, Any]]:
         engine = create_engine(self.url)
@@ -202,7 +203,7 @@ def test_nights_ask_only_for_the_listing_and_new_outputs_and_the_series_equals_t
                 # New ids of the user's, never harvested: asked first, once, that night.
                 feed.harvest(new, when - timedelta(hours=1), "--enqueue-only")
             code, report, err = feed.night(when)
-            assert code == 0, err
+            assert code == ExitCode.OK, err
             assert report["mode"] == "changes" and report["complete"] is True
             pages = -(-report["listed"] // 99)
             expected = pages + (len(new) if k == 1 else 0)
@@ -233,7 +234,7 @@ def test_a_night_shares_its_key_with_a_bulk_harvest_and_worker_processes_help(
     feed = next(world)
     try:
         feed.harvest(feed.tracked, NIGHT - timedelta(days=1))
-        assert feed.night(NIGHT)[0] == 0
+        assert feed.night(NIGHT)[0] == ExitCode.OK
         when = NIGHT + timedelta(days=1)
         bulk = [d for d in universe_dois(400) if d not in feed.tracked][:150]
         ids = feed.tmp / "bulk.txt"
@@ -244,13 +245,23 @@ def test_a_night_shares_its_key_with_a_bulk_harvest_and_worker_processes_help(
         feed.clock.now = when.replace(tzinfo=UTC).timestamp()
         before = feed.server.stats.total
         started = time.monotonic()
-        helper = start(feed.url, feed.server, "worker", "--wait", "--no-progress", "--concurrency", "2", config=config, **free)
-        harvest = start(feed.url, feed.server, "harvest", "--no-progress", "--concurrency", "2", str(ids), config=config, **free)
+        harvest = start(
+            feed.url, feed.server, "harvest", "--no-progress", "--name", "bulk", "--concurrency", "2", str(ids), config=config, **free
+        )
         nightly = start(feed.url, feed.server, "nightly", "--json", "--no-progress", config=config, **free)
+        # The worker once the bulk job is there (else it would look again only after IDLE_POLL).
+        db = create_engine(feed.url)
+        try:
+            deadline = time.monotonic() + 60
+            while not rows(db, "SELECT id FROM jobs WHERE name = 'bulk'") and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            db.dispose()
+        helper = start(feed.url, feed.server, "worker", "--wait", "--no-progress", "--concurrency", "2", config=config, **free)
         out, err = nightly.communicate(timeout=300)
-        assert nightly.returncode == 0, err
+        assert nightly.returncode == ExitCode.OK, err
         _, harvest_err = harvest.communicate(timeout=300)
-        assert harvest.returncode == 0, harvest_err
+        assert harvest.returncode == ExitCode.OK, harvest_err
         elapsed = time.monotonic() - started
         helper.send_signal(signal.SIGTERM)
         _, helper_err = helper.communicate(timeout=60)
@@ -275,9 +286,9 @@ def test_a_night_shares_its_key_with_a_bulk_harvest_and_worker_processes_help(
 
 def test_a_missed_night_is_covered_by_the_next_nights_larger_window(feed: Feed) -> None:
     feed.harvest(feed.tracked, NIGHT - timedelta(days=1))
-    assert feed.night(NIGHT)[0] == 0
+    assert feed.night(NIGHT)[0] == ExitCode.OK
     code, report, err = feed.night(NIGHT + timedelta(days=2))  # the night of D0+1 never ran
-    assert code == 0, err
+    assert code == ExitCode.OK, err
     assert report["timeframe"] == "3d" and report["complete"]
     [_, second] = feed.runs()
     assert second["window_from"] in (D0, D0.isoformat())
@@ -290,7 +301,7 @@ def test_a_missed_night_is_covered_by_the_next_nights_larger_window(feed: Feed) 
 
 def test_the_dry_run_shows_the_window_the_pages_new_outputs_and_full_refresh_without_a_request(feed: Feed) -> None:
     feed.harvest(feed.tracked, NIGHT - timedelta(days=1))
-    assert feed.night(NIGHT)[0] == 0
+    assert feed.night(NIGHT)[0] == ExitCode.OK
     [first] = feed.runs()
     when = NIGHT + timedelta(days=1)
     new = [d for d in universe_dois(60) if d not in feed.tracked][:4]
@@ -298,7 +309,7 @@ def test_the_dry_run_shows_the_window_the_pages_new_outputs_and_full_refresh_wit
     config = feed.config(per_day=5_000)
     before = feed.server.stats.total
     code, out, err = feed.run(when, "nightly", "--dry-run", "--json", config=config, HARVESTER_TIER="free")
-    assert code == 0, err
+    assert code == ExitCode.OK, err
     assert feed.server.stats.total == before  # a plan, not a night
     plan = json.loads(out)
     # A day and a margin since the last listing: 2d, its pages scaled from last night's 1d listing.
@@ -308,18 +319,18 @@ def test_the_dry_run_shows_the_window_the_pages_new_outputs_and_full_refresh_wit
     assert plan["full_due"] == 0 and plan["planned"]["full"] == 0  # everything was asked within 30d
     assert plan["quota_left"] == plan["quota_per_day"] == 5_000  # a new UTC day, on the free tier
     code, text, err = feed.run(when, "nightly", "--dry-run", config=config, HARVESTER_TIER="free")
-    assert code == 0, err
+    assert code == ExitCode.OK, err
     assert 'mode = "changes"' in text and "timeframe 2d" in text and f"{len(new)} of {len(new)} never harvested" in text
     # The night it planned: the pages it expected are an upper bound of the pages it read.
     code, report, err = feed.night(when, config=config, HARVESTER_TIER="free")
-    assert code == 0, err
+    assert code == ExitCode.OK, err
     assert report["timeframe"] == "2d" and report["new_outputs"] == len(new)
     assert report["requests"] - len(new) <= plan["pages_expected"]
     # With everything due (full_refresh_after shorter than a day), the full refresh takes what the quota leaves.
     code, out, err = feed.run(
         when + timedelta(days=1), "nightly", "--dry-run", "--json", config=feed.config(full="1h", per_day=60), HARVESTER_TIER="free"
     )
-    assert code == 0, err
+    assert code == ExitCode.OK, err
     plan = json.loads(out)
     assert plan["full_due"] >= len(feed.tracked) + len(new)
     assert plan["quota_left"] == 60  # a new UTC day
@@ -330,7 +341,7 @@ def test_the_dry_run_shows_the_window_the_pages_new_outputs_and_full_refresh_wit
 @pytest.mark.parametrize("fault", ["failed_page", "total_changes", "quota"])
 def test_an_incomplete_listing_leaves_a_gap_never_a_wrong_value(feed: Feed, fault: str) -> None:
     feed.harvest(feed.tracked, NIGHT - timedelta(days=1))
-    assert feed.night(NIGHT)[0] == 0
+    assert feed.night(NIGHT)[0] == ExitCode.OK
     bad = NIGHT + timedelta(days=1)
     config = None
     if fault == "failed_page":
@@ -353,7 +364,7 @@ def test_an_incomplete_listing_leaves_a_gap_never_a_wrong_value(feed: Feed, faul
     check_truth(feed, bad.date(), gaps={doi: {bad.date()} for doi in unseen})
     # The next night reads from the last complete one: the gap is covered, with true values.
     code, report, err = feed.night(bad + timedelta(days=1))
-    assert code == 0, err
+    assert code == ExitCode.OK, err
     assert report["complete"] and report["timeframe"] == "3d"
     after = bad.date() + timedelta(days=1)
     gaps = listed_gaps(feed, after)
@@ -368,7 +379,7 @@ def test_readers_drift_and_are_caught_up_within_full_refresh_after(feed: Feed) -
     refreshed = 0
     for k in range(5):
         code, report, err = feed.night(NIGHT + timedelta(days=k), config=config)
-        assert code == 0, err
+        assert code == ExitCode.OK, err
         refreshed += report["full_refreshed"]
         assert report["requests"] == report["_fake_requests"]
     assert refreshed >= len(feed.tracked)  # every output asked again at least once
@@ -389,7 +400,7 @@ def test_readers_drift_and_are_caught_up_within_full_refresh_after(feed: Feed) -
 def test_a_key_without_citations_runs_the_night_in_refresh_mode(feed: Feed) -> None:
     feed.harvest(feed.tracked, NIGHT - timedelta(days=1))
     code, report, err = feed.night(NIGHT, ALTMETRIC_API_KEY=COUNTS_ONLY)
-    assert code == 0, err
+    assert code == ExitCode.OK, err
     lines = [line for line in err.splitlines() if "needs Citations" in line]
     assert len(lines) == 1, err
     assert report["mode"] == "refresh" and "403" in report["mode_note"]

@@ -29,6 +29,7 @@ import psycopg
 import pytest
 
 from harvester.fakeapi import FakeServer
+from harvester.vocabulary import ExitCode
 from tests.conftest import ROOT, dois
 from tests.pg import BIN, Cluster
 from tests.subproc import env_for
@@ -167,7 +168,7 @@ def test_postgresql_from_zero_as_documented(server: Cluster, fake: FakeServer, t
     refused = subprocess.run(
         [sys.executable, "-m", "harvester", "db", "current"], cwd=first.folder, env=first.env, capture_output=True, text=True
     )
-    assert refused.returncode == 1 and "password" in refused.stderr, refused.stderr
+    assert refused.returncode == ExitCode.ERROR and "password" in refused.stderr, refused.stderr
     del first.env["HARVESTER_DATABASE_URL"]
 
     # The client, on the same machine: .pgpass as written (readable by others until the docs' chmod), the URL, a harvest.
