@@ -163,8 +163,9 @@ def test_status_in_a_jobs_first_minute_measures_from_its_start(h: Harness) -> No
     _running(h, job, now - timedelta(seconds=20), {now - timedelta(seconds=5): 200})
     text, info = _status(h, job)
     # The window runs from the start to when `status` ran: 20 s, and the seconds the test took to get there.
+    # Both figures are rounded to 0.1 (9.9/s beside 20.1 s is 200 over 20.14 s), so they agree within that.
     window = info["rate_window_seconds"]
-    assert 19.5 < window < 30 and info["rate_per_second"] == round(200 / window, 1), info
+    assert 19.5 < window < 30 and abs(info["rate_per_second"] - 200 / window) <= 0.1, info
     assert abs(info["eta_seconds"] - 800 / (200 / window)) <= 1  # 800 pending
     shown = re.search(r"rate: ([\d.]+) ids/s over the (\d+)s since it \(re\)started · ETA", text)
     assert shown and 19 < int(shown[2]) < 31 and 200 / 31 <= float(shown[1]) <= 200 / 19, text
@@ -193,7 +194,7 @@ def test_status_of_a_resumed_job_measures_from_the_resume(h: Harness) -> None:
         )
     text, info = _status(h, job)
     window = info["rate_window_seconds"]
-    assert 19.5 < window < 30 and info["rate_per_second"] == round(200 / window, 1), info  # not 700 over 2 hours
+    assert 19.5 < window < 30 and abs(info["rate_per_second"] - 200 / window) <= 0.1, info  # not 700 over 2 hours
     assert abs(info["eta_seconds"] - 300 / (200 / window)) <= 1
     shown = re.search(r"over the (\d+)s since it \(re\)started", text)
     assert shown and 19 < int(shown[1]) < 31, text

@@ -21,7 +21,7 @@ from harvester.ratelimit import FIRST_GAP
 from harvester.vocabulary import ExitCode
 from tests.conftest import FAKE, Harness, dois
 
-pytestmark = pytest.mark.timing  # rates, leases and speedups: alone under -n 2 (tests/conftest.py)
+pytestmark = pytest.mark.timing  # rates, leases and speedups: alone under -n 4 (tests/conftest.py)
 
 RATE = 20.0
 SECONDS = 60 if os.environ.get("HARVESTER_LONG") else 20  # CI: 20 s; HARVESTER_LONG=1: the full minute

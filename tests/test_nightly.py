@@ -218,7 +218,7 @@ def test_a_nightly_killed_with_sigkill_is_completed_by_the_next_run(tmp_path: Pa
             assert query(db, sql) == query(clean, sql), sql
 
 
-@pytest.mark.timing  # exact quota arithmetic; failed once beside another test under -n 2, never alone
+@pytest.mark.timing  # exact quota arithmetic; failed once beside another test, never alone
 def test_a_spent_quota_pauses_and_the_next_night_finishes_it_before_new_work(tmp_path: Path) -> None:
     for world in make_world(tmp_path, per_day=150):
         # No discovery: the first request is the refresh's, so the first night plans against the

@@ -67,7 +67,7 @@ def _run(tmp: Path, server: FakeServer, clock: Clock, when: datetime, *args: str
     return proc.returncode, out, err
 
 
-@pytest.mark.timing  # 200 requests/s against an exact quota: alone under -n 2
+@pytest.mark.timing  # 200 requests/s against an exact quota: alone under -n 4
 def test_a_week_of_free_nightlies_refreshes_the_list_first_and_stays_within_the_quota(world: tuple[Path, FakeServer, Clock]) -> None:
     tmp, server, clock = world
     db = tmp / "harvest.db"

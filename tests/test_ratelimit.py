@@ -19,7 +19,7 @@ from harvester.errors import OWN_DAILY, ApiUnavailableError, QuotaExhausted
 from harvester.ratelimit import FIRST_GAP, CircuitBreaker, RateLimiter
 from tests.conftest import rows
 
-pytestmark = pytest.mark.timing  # rates, leases and speedups: alone under -n 2 (tests/conftest.py)
+pytestmark = pytest.mark.timing  # rates, leases and speedups: alone under -n 4 (tests/conftest.py)
 
 FREE = LimitsConfig(per_second=20.0, per_hour=3600, per_day=86400)
 KEY = "sk-test-budget"

@@ -25,7 +25,7 @@ from harvester.vocabulary import ExitCode
 from tests.conftest import KEY
 from tests.subproc import query, start
 
-pytestmark = pytest.mark.timing  # rates, leases and speedups: alone under -n 2 (tests/conftest.py)
+pytestmark = pytest.mark.timing  # rates, leases and speedups: alone under -n 4 (tests/conftest.py)
 
 FAKE = FakeConfig(keys=(KEY,), not_found_pct=10)
 
