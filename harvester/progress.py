@@ -41,6 +41,7 @@ class Reporter:
         self._task: TaskID | None = None
         self._first: tuple[float, int] | None = None
         self._last_line = 0.0
+        self._last_shown: tuple[dict[str, int], float | None] | None = None
         self.throttled: float | None = None  # requests/s the run is held to after 429s, if it is
 
     @classmethod
@@ -53,6 +54,8 @@ class Reporter:
         """`throttled`: the rate limiter's rate after 429s (RateLimiter.throttled), or None."""
         self.throttled = throttled
         total = sum(counts.values())
+        if not total:
+            return  # an empty job (a nightly step with nothing due) has no progress to show
         final = total - counts["pending"]
         if self.mode == "bar":
             self._update_bar(counts, total, final)
@@ -60,8 +63,10 @@ class Reporter:
             now = time.monotonic()
             if self._first is None:
                 self._first = (now, final)
-            if now - self._last_line >= self.interval or counts[ItemStatus.PENDING] == 0:
-                self._last_line = now
+            due = now - self._last_line >= self.interval or counts[ItemStatus.PENDING] == 0
+            shown = (dict(counts), throttled)
+            if due and shown != self._last_shown:  # the end is reported by every batch after it: once is enough
+                self._last_line, self._last_shown = now, shown
                 self.stream.write(self.line(counts) + "\n")
                 self.stream.flush()
 

@@ -26,6 +26,17 @@ def listing(server: FakeServer, timeframe: str, **filters: str) -> dict[str, Any
         return dict(json.load(r))
 
 
+def test_the_progress_line_counts_the_pages_the_listing_adds(h: Harness, fake: FakeServer) -> None:
+    # Page 1 is the job's only item at the start; the pages its total implies are added as it is written.
+    total = listing(fake, "1w", doi_prefix="10.1038")["query"]["total"]
+    pages = math.ceil(total / 7)
+    assert pages > 2
+    result = h.run("citations", "1w", "--doi-prefix", "10.1038", "--num-results", "7", "--all-pages")
+    assert result.exit_code == ExitCode.OK, result.output
+    last = [line for line in result.stderr.splitlines() if line.startswith("job 1: ")][-1]
+    assert last.startswith(f"job 1: {pages}/{pages} (100.0%) done {pages} ·"), last
+
+
 def test_all_pages_store_exactly_query_total_rows(h: Harness, fake: FakeServer) -> None:
     total = listing(fake, "1w", doi_prefix="10.1038")["query"]["total"]
     assert total % 7, "a partial last page is part of the test"

@@ -73,3 +73,16 @@ def test_the_progress_line_shows_the_throttled_rate() -> None:
     assert last.startswith("job 7: 10/10 (100.0%) done 10 · not found 0 · failed 0 · ")
     reporter(counts(10, 0), None)  # no longer throttled: the line says nothing of it
     assert "throttled" not in stream.getvalue().splitlines()[-1]
+
+
+def test_the_last_progress_line_is_written_once() -> None:
+    # Every batch collected after the end reports the same counts: not a line each.
+    stream = io.StringIO()
+    reporter = Reporter(7, "lines", stream)
+    reporter(counts(0, 10))
+    reporter(counts(10, 0))
+    reporter(counts(10, 0))
+    assert [line.split(" (")[0] for line in stream.getvalue().splitlines()] == ["job 7: 0/10", "job 7: 10/10"]
+    empty = Reporter(8, "lines", stream)  # a nightly step with nothing due: no "0/0" line
+    empty(counts(0, 0))
+    assert "job 8" not in stream.getvalue()
