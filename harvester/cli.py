@@ -28,7 +28,7 @@ from harvester import nightly as nightly_module
 from harvester.config import MAX_NUM_RESULTS, TIMEFRAMES, Config, citation_filters, filters_text, load_config
 from harvester.db import current_revision, head_revision, open_database, sqlite_path, unwritable
 from harvester.errors import DatabaseError, HarvesterError, db_message
-from harvester.ids import INPUT_ID_TYPES
+from harvester.ids import INPUT_ID_TYPES, describe_rejects
 from harvester.log import hide_password, redact, register_secret, setup_logging
 from harvester.params import CitationsParams, HarvestParams, NightlyParams
 from harvester.progress import Reporter, describe, format_eta
@@ -452,7 +452,8 @@ def harvest(
     job = jobs.create_job(engine, list(sources), id_type, endpoint, name, params=params, column=column)
     state.info(f"job {job.id}: {job.total_items:,} ids ({job.duplicate_lines:,} duplicates, {job.rejected_lines:,} rejected lines)")
     if job.rejected_lines:
-        state.info(f"  rejected lines are in job_rejects (job_id = {job.id})")
+        reasons = describe_rejects(jobs.reject_reasons(engine, job.id), job.rejected_lines)
+        state.info(f"  rejected lines are in job_rejects (job_id = {job.id}): {reasons}")
     if enqueue_only:
         if as_json:
             _echo_unrun(state, engine, job, resume=True)

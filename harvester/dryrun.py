@@ -13,6 +13,7 @@ A harvest asks the API for every distinct valid id of its list, stored or not
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 from dataclasses import asdict, dataclass, field, replace
@@ -24,7 +25,7 @@ from sqlalchemy import Connection, Engine, func, select, text
 from harvester import clock, db, endpoints, nightly, schema
 from harvester.budget import free_tier_rate, key_hash
 from harvester.config import Config, filters_text, parse_duration
-from harvester.ids import read_ids
+from harvester.ids import describe_rejects, read_ids
 from harvester.params import ApiUsed, for_endpoint
 from harvester.vocabulary import ItemStatus, JobKind, JobStatus
 
@@ -241,6 +242,7 @@ class HarvestPlan:
     tweets_known: int | None = None  # Fetch: tweets the stored outputs already have
     notes: list[str] = field(default_factory=list)
     by_type: dict[str, int] = field(default_factory=dict)  # distinct ids of each type (--id-type auto mixes them)
+    reject_reasons: list[tuple[str, int]] = field(default_factory=list)  # the commonest reasons, most lines first
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -254,7 +256,8 @@ class HarvestPlan:
         lines = [
             f"dry run: harvest {self.endpoint} by {self.id_type}: no job created, no request sent",
             f"  ids read:        {self.lines:>12,}",
-            f"  rejected:        {self.rejected:>12,}",
+            f"  rejected:        {self.rejected:>12,}"
+            + (f"  ({describe_rejects(self.reject_reasons, self.rejected)})" if self.rejected else ""),
             f"  duplicates:      {self.duplicates:>12,}",
             f"  distinct ids:    {self.distinct:>12,}"
             + (f"  ({', '.join(f'{t} {n:,}' for t, n in self.by_type.items())})" if self.id_type == "auto" and self.by_type else ""),
@@ -281,10 +284,12 @@ def plan_harvest(
     fresh_since = clock.utcnow() - parse_duration(refresh_after)
     with engine.connect() as conn, db.scratch_keys(conn, "dry_ids") as add:
         valid = rejected = 0
+        reasons: collections.Counter[str] = collections.Counter()
         chunk: list[tuple[str, str]] = []
         for line in read_ids(sources, id_type, stdin, column=column):
             if line.key is None or line.id_type is None:
                 rejected += 1
+                reasons[line.reason or "?"] += 1
                 continue
             valid += 1
             chunk.append((line.id_type, line.key))
@@ -347,6 +352,7 @@ def plan_harvest(
         tweets,
         notes,
         by_type,
+        sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])),  # as jobs.reject_reasons orders them
     )
 
 
@@ -512,7 +518,7 @@ class ChangesPlan:
     max_items: int | None
     quota_per_day: int | None
     quota_left: int | None
-    planned: dict[str, int]  # requests per step that fit (pages: the expected count)
+    planned: dict[str, int]  # requests per step that fit (pages: the expected count, or 1 when unknown)
     estimate: Estimate | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -547,7 +553,10 @@ class ChangesPlan:
         ]
         total = sum(p.values())
         share = f" ({total / self.quota_left:.1%} of the quota left)" if self.quota_left else ""
-        lines.append(f"  requests: about {total:,}{share}")
+        if self.pages_expected is None:
+            lines.append(f"  requests: at least {total:,}{share}, plus the listing's pages after the first")
+        else:
+            lines.append(f"  requests: about {total:,}{share}")
         if self.estimate is not None:
             lines.append(f"  {self.estimate.line()}")
         return lines + [f"  {n}" for n in self.notes]
@@ -567,6 +576,8 @@ def plan_changes(engine: Engine, config: Config) -> ChangesPlan:
         timeframe, days, last = changefeed.window(conn, now)
         expected, basis = changefeed.listed_before(conn, timeframe, days, p.filters)
         pages = None if expected is None else max(1, math.ceil(expected / p.num_results))
+        # Unknown pages still cost the first one, which tells the rest: never plan a listing as free.
+        pages_planned = 1 if pages is None else pages
         new = int(conn.execute(select(func.count()).select_from(changefeed.new_outputs_query(conn).subquery())).scalar_one())
         full = replace(p, refresh_after=p.full_refresh_after)
         full_due = sum(
@@ -574,9 +585,9 @@ def plan_changes(engine: Engine, config: Config) -> ChangesPlan:
         )
         room = nightly.room_for(p, quota)
         take_new = new if room is None else min(new, room)
-        left = None if quota is None else max(0, quota - take_new - (pages or 0))
+        left = None if quota is None else max(0, quota - take_new - pages_planned)
         room = nightly.room_for(p, left)
-        planned = {"new": take_new, "pages": pages or 0, "full": full_due if room is None else min(full_due, room)}
+        planned = {"new": take_new, "pages": pages_planned, "full": full_due if room is None else min(full_due, room)}
         est = estimate(conn, config, sum(planned.values()))
         fell_back = conn.execute(
             select(schema.nightly_runs.c.mode_note)

@@ -16,7 +16,7 @@ import os
 import re
 import sys
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from typing import BinaryIO
@@ -392,6 +392,18 @@ def read_ids(
             f"(line {first_reject.source_line} of {where}: {first_reject.reason})"
         )
 
+
+def describe_rejects(reasons: Sequence[tuple[str, int]], total: int) -> str:
+    """The commonest reasons of `total` rejected lines, for a one-line summary: 54 empty cells read
+    otherwise as 54 errors. `reasons`: (reason, lines), most lines first; "" when there are none."""
+    if not reasons:
+        return ""
+    shown = "; ".join(f"{n:,} × {reason}" for reason, n in reasons[:REJECT_REASONS_SHOWN])
+    rest = total - sum(n for _, n in reasons[:REJECT_REASONS_SHOWN])
+    return shown + (f"; {rest:,} more" if rest > 0 else "")
+
+
+REJECT_REASONS_SHOWN = 3
 
 # What a source yields instead of a line's text when the line cannot be one id.
 _TOO_LONG = "\x00too long"

@@ -273,6 +273,15 @@ def item_counts_in(conn: Connection, job_id: int) -> dict[str, int]:
     return counts
 
 
+def reject_reasons(engine: Engine, job_id: int) -> list[tuple[str, int]]:
+    """A job's rejected lines per reason, most lines first."""
+    r = schema.job_rejects.c
+    n = func.count().label("n")
+    with engine.connect() as conn:
+        rows = conn.execute(select(r.reason, n).where(r.job_id == job_id).group_by(r.reason).order_by(n.desc(), r.reason))
+        return [(str(reason), int(count)) for reason, count in rows]
+
+
 def retry_failed(engine: Engine, job_id: int) -> int:
     """Put a job's failed items back to pending; returns how many."""
     get_job(engine, job_id)

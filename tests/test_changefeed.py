@@ -411,3 +411,17 @@ def test_a_key_without_citations_runs_the_night_in_refresh_mode(feed: Feed) -> N
     series = feed.series()
     assert all(series[doi, D0]["observed"] for doi in feed.tracked)
     check_truth(feed, D0)
+
+
+def test_the_first_nights_dry_run_plans_at_least_the_listings_first_page(feed: Feed) -> None:
+    # No listing read yet: its pages are unknown, but page 1 is a request all the same.
+    feed.harvest(feed.tracked, NIGHT - timedelta(days=1))
+    config = feed.config(per_day=5_000)
+    code, out, err = feed.run(NIGHT, "nightly", "--dry-run", "--json", config=config, HARVESTER_TIER="free")
+    assert code == ExitCode.OK, err
+    plan = json.loads(out)
+    assert plan["pages_expected"] is None and plan["planned"]["pages"] == 1
+    code, text, err = feed.run(NIGHT, "nightly", "--dry-run", config=config, HARVESTER_TIER="free")
+    assert code == ExitCode.OK, err
+    assert "pages unknown until page 1 is read" in text and "requests: at least 1 " in text
+    assert "nothing to request" not in text

@@ -313,3 +313,19 @@ def test_wrong_id_type_reasons_name_the_type_it_looks_like(h: Harness) -> None:
         "looks like an ISBN, not a PMID: use --id-type isbn, or --id-type auto for a list of several types",
         "looks like an arXiv id, not a PMID: use --id-type arxiv, or --id-type auto for a list of several types",
     ]
+
+
+def test_the_summary_and_the_dry_run_group_the_rejects_by_reason(h: Harness) -> None:
+    # 3 empty cells and 1 PMID in a DOI column: "4 rejected" alone reads as 4 errors.
+    lines = ["Title,DOI", "a,", "b,10.5555/a.1", "c,PMID: 19057659", "d,", "e,10.5555/a.2", "f,"]
+    path = h.tmp / "export.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    expected = (
+        '3 × the "DOI" cell is empty; 1 × looks like a PMID, not a DOI: use --id-type pmid, or --id-type auto for a list of several types'
+    )
+    plan = h.run("harvest", "--column", "DOI", "--dry-run", str(path))
+    assert plan.exit_code == ExitCode.OK, plan.output
+    assert f"rejected:                   4  ({expected})" in plan.stdout
+    result = _harvest(h, "--column", "DOI", "--enqueue-only", str(path))
+    assert result.exit_code == ExitCode.OK, result.output
+    assert f"rejected lines are in job_rejects (job_id = 1): {expected}" in result.stderr
