@@ -253,7 +253,7 @@ def time_movers(engine: Engine, refresh: int, now: datetime) -> tuple[list[dict[
             conn.execute(snapshot, {"day": (now - timedelta(days=days)).date()})
     started = time.monotonic()
     with engine.connect() as conn:
-        movers = nightly.movers_of(conn, refresh)
+        movers = nightly.movers_of(conn, [refresh])
     return movers, time.monotonic() - started
 
 

@@ -332,7 +332,9 @@ def _finish(engine: Engine, job: jobs.Job, p: NightlyParams, c: dict[str, Any], 
             listed_tracked=tracked,
             carried=carried,
             full_refreshed=full[ItemStatus.DONE],
+            movers=nightly.movers_of(conn, [int(c["new_job"]), int(c["full_job"])], listing),
         )
+        nightly.store_movers(conn, job.id, report.movers)
         upsert(
             conn,
             schema.nightly_runs,

@@ -781,23 +781,24 @@ def _print_report(report: nightly_module.Report) -> None:
     click.echo(f"nightly {report.night} (job {report.job_id}): {report.status}")
     if report.status != JobStatus.FINISHED:
         return
-    click.echo(
-        f"  {report.discovered:,} discovered · {report.new_outputs:,} new · {report.refreshed:,} refreshed · "
-        f"{report.not_found:,} not found · {report.failed:,} failed"
-    )
+    failures = f"{report.not_found:,} not found · {report.failed:,} failed"
     if report.mode == "changes":
+        # Its own words: "discovered" and "refreshed" are the refresh mode's steps, not this night's.
         state = "complete" if report.complete else f"INCOMPLETE ({report.mode_note}): nothing carried"
         click.echo(
             f"  changes: {report.timeframe} listing {state} · {report.requests or 0:,} requests · {report.listed or 0:,} listed "
             f"({report.listed_tracked or 0:,} tracked) · {report.carried or 0:,} carried · {report.full_refreshed or 0:,} fully refreshed"
         )
-    elif report.mode_note:
-        click.echo(f"  mode: refresh ({report.mode_note})")
+        click.echo(f"  {report.new_outputs:,} new · {failures}")
+    else:
+        click.echo(f"  {report.discovered:,} discovered · {report.new_outputs:,} new · {report.refreshed:,} refreshed · {failures}")
+        if report.mode_note:
+            click.echo(f"  mode: refresh ({report.mode_note})")
     if report.movers:
         click.echo("  top score movers since their previous snapshot:")
     for m in report.movers:
         click.echo(
-            f"  {m['rank']:>3}. {m['change']:+10.2f}  {m['previous_score']:g} -> {m['score']:g}  "
+            f"  {m['rank']:>3}. {m['change']:+10.2f}  {m['previous_score']:,.2f} -> {m['score']:,.2f}  "
             f"({m['previous_on']} -> {m['harvested_on']})  {m['doi'] or m['altmetric_id']}  {(m['title'] or '')[:60]}"
         )
 

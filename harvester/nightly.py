@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import Any
@@ -32,6 +32,7 @@ from sqlalchemy import (
     Engine,
     Select,
     Text,
+    bindparam,
     case,
     cast,
     delete,
@@ -574,7 +575,7 @@ def _finish(engine: Engine, job: jobs.Job, night: date, runner: str, discovery: 
             select(func.count()).select_from(schema.outputs).where(o.first_harvested_at >= started, o.altmetric_id.in_(ours))
         ).scalar_one()
         refreshed = conn.execute(select(func.count()).select_from(harvested).where(harvested.c.first_harvested_at < started)).scalar_one()
-        movers = movers_of(conn, refresh)
+        movers = movers_of(conn, [refresh])
         report = Report(
             job.id,
             night,
@@ -611,9 +612,7 @@ def _finish(engine: Engine, job: jobs.Job, night: date, runner: str, discovery: 
                 }
             ],
         )
-        conn.execute(delete(schema.nightly_movers).where(schema.nightly_movers.c.job_id == job.id))
-        if movers:
-            conn.execute(insert(schema.nightly_movers), [{"job_id": job.id, **m} for m in movers])
+        store_movers(conn, job.id, movers)
         done = conn.execute(
             update(schema.jobs)
             .where(schema.jobs.c.id == job.id, schema.jobs.c.runner == runner)
@@ -624,11 +623,14 @@ def _finish(engine: Engine, job: jobs.Job, night: date, runner: str, discovery: 
     return report
 
 
-_MOVERS_SQL = text(
-    """
+_MOVERS_SQL = (
+    text(
+        """
 WITH refreshed AS (
-    SELECT DISTINCT altmetric_id FROM job_items
-    WHERE job_id = :job_id AND status = 'done' AND altmetric_id IS NOT NULL
+    SELECT altmetric_id FROM job_items
+    WHERE job_id IN :job_ids AND status = 'done' AND altmetric_id IS NOT NULL
+    UNION
+    SELECT altmetric_id FROM citation_activity WHERE job_id = :listing
 ), latest AS (
     SELECT s.altmetric_id, max(s.harvested_on) AS on_day
     FROM counts_snapshots s JOIN refreshed r ON r.altmetric_id = s.altmetric_id
@@ -649,10 +651,21 @@ WHERE cur.score <> old.score
 ORDER BY abs(cur.score - old.score) DESC, pr.altmetric_id
 LIMIT :limit
 """
-).columns(previous_on=Date, harvested_on=Date)
+    )
+    .columns(previous_on=Date, harvested_on=Date)
+    .bindparams(bindparam("job_ids", expanding=True))
+)
 
 
-def movers_of(conn: Any, job_id: int, limit: int = MOVERS) -> list[dict[str, Any]]:
-    """The outputs a job harvested whose score changed most since their previous snapshot, ranked."""
-    rows = conn.execute(_MOVERS_SQL, {"job_id": job_id, "limit": limit})
+def movers_of(conn: Any, job_ids: Sequence[int], listing: int | None = None, limit: int = MOVERS) -> list[dict[str, Any]]:
+    """The outputs the jobs harvested, and the tracked outputs a change-feed `listing` stored, whose score
+    changed most since their previous snapshot, ranked."""
+    rows = conn.execute(_MOVERS_SQL, {"job_ids": list(job_ids), "listing": -1 if listing is None else listing, "limit": limit})
     return [{"rank": n, **dict(r._mapping)} for n, r in enumerate(rows, start=1)]
+
+
+def store_movers(conn: Connection, job_id: int, movers: list[dict[str, Any]]) -> None:
+    """A nightly's movers in nightly_movers, in its report's transaction (a night run again replaces them)."""
+    conn.execute(delete(schema.nightly_movers).where(schema.nightly_movers.c.job_id == job_id))
+    if movers:
+        conn.execute(insert(schema.nightly_movers), [{"job_id": job_id, **m} for m in movers])

@@ -9,6 +9,7 @@ on observed days), and may only lack a row inside an incomplete night's gap.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 from collections.abc import Generator, Iterator
@@ -425,3 +426,31 @@ def test_the_first_nights_dry_run_plans_at_least_the_listings_first_page(feed: F
     assert code == ExitCode.OK, err
     assert "pages unknown until page 1 is read" in text and "requests: at least 1 " in text
     assert "nothing to request" not in text
+
+
+def test_the_nights_text_report_speaks_of_the_change_feed(feed: Feed) -> None:
+    feed.harvest(feed.tracked, NIGHT - timedelta(days=1))
+    assert feed.night(NIGHT)[0] == ExitCode.OK
+    code, out, err = feed.run(NIGHT + timedelta(days=1), "nightly", "--no-progress")
+    assert code == ExitCode.OK, err
+    lines = out.splitlines()
+    assert re.fullmatch(
+        r"  changes: \d+[dw] listing complete · \d+ requests · [\d,]+ listed \(\d+ tracked\) · \d+ carried · 0 fully refreshed", lines[1]
+    )
+    assert re.fullmatch(r"  0 new · 0 not found · 0 failed", lines[2])
+    assert "discovered" not in out  # the refresh mode's word
+    # Movers with two decimals on both sides (435.823 -> 12624.3 read as a typo).
+    movers = [line for line in lines if re.match(r"\s+\d+\. ", line)]
+    assert "top score movers" in out and movers
+    assert all(re.search(r"  [\d,]+\.\d\d -> [\d,]+\.\d\d  \(", line) for line in movers), movers
+    # They are stored too, and each is an output the listing observed that night.
+    [_, second] = feed.runs()
+    engine = create_engine(feed.url)
+    try:
+        stored = rows(engine, f"SELECT altmetric_id, score, previous_score FROM nightly_movers WHERE job_id = {second['job_id']}")
+        listed = {
+            r["altmetric_id"] for r in rows(engine, f"SELECT altmetric_id FROM citation_activity WHERE job_id = {second['listing_job_id']}")
+        }
+    finally:
+        engine.dispose()
+    assert len(stored) == len(movers) and all(m["score"] != m["previous_score"] and m["altmetric_id"] in listed for m in stored)
