@@ -14,7 +14,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
@@ -1089,6 +1089,21 @@ def export_command(
 @click.option("--slow-seconds", type=float, default=2.0, show_default=True, help="Delay of a slow response.")
 @click.option("--latency", type=float, default=0.0, show_default=True, help="Seconds added to every response.")
 @click.option("--evolve", is_flag=True, help="Attention grows day by day (UTC), as nightly harvests see it.")
+@click.option(
+    "--universe",
+    type=click.IntRange(1, 10_000_000),
+    help="N outputs with attention on some days (a change-feed nightly's world): each day's Citations listings hold exactly those with attention.",
+)
+@click.option(
+    "--attention-rate", type=click.FloatRange(0, 1, min_open=True), help="With --universe: the share with attention a day (default 0.01)."
+)
+@click.option(
+    "--write-dois",
+    nargs=2,
+    type=(click.IntRange(1, 10_000_000), click.Path(dir_okay=False, writable=True)),
+    metavar="COUNT FILE",
+    help="With --universe: write the first COUNT of its DOIs to FILE (a list to track), then serve.",
+)
 @click.option("--pause-after", type=click.IntRange(0, None), help="After this many requests, pause: 429 with Retry-After to everyone.")
 @click.option("--pause-seconds", type=float, default=5.0, show_default=True, help="How long the --pause-after pause lasts.")
 @handle_errors
@@ -1099,16 +1114,36 @@ def mock_api(host: str, port: int, keys: tuple[str, ...], counts_only_keys: tupl
     Example:
       harvester mock-api --port 8787 --per-second 20 --error-rate 0.05
       HARVESTER_API_URL=http://127.0.0.1:8787/v1 ALTMETRIC_API_KEY=demo-key harvester harvest dois.txt
+      harvester mock-api --universe 100000 --write-dois 2000 dois.txt   # to try mode = "changes"
     """
-    from harvester.fakeapi import FakeConfig, run
+    from harvester.fakeapi import FakeConfig, run, universe_dois, universe_of
 
+    write_dois = options.pop("write_dois")
     settings = {k: v for k, v in options.items() if v is not None}
+    if settings.get("universe") is None and ("attention_rate" in settings or write_dois):
+        raise click.UsageError("--attention-rate and --write-dois need --universe N")
     if keys:
         settings["keys"] = keys
     if counts_only_keys:
         settings["counts_only_keys"] = counts_only_keys
+    cfg = FakeConfig(**settings)
+    universe = universe_of(cfg)
+    if universe is not None:
+        # Its days are built in order from its epoch, once per process: here, rather than in the
+        # first listing request, which would wait for all of them (~15 s for a million outputs).
+        since = datetime.fromtimestamp(universe.epoch * 86400, UTC).date().isoformat()
+        click.echo(f"building the attention of {universe.size:,} outputs, day by day since {since} ...", err=True)
+        universe.attended_indices(int(cfg.clock() // 86400))
+    if write_dois:
+        count, path = write_dois
+        dois = universe_dois(min(count, settings["universe"]), not_found_pct=settings["not_found_pct"])
+        try:
+            Path(path).write_text("".join(d + "\n" for d in dois), encoding="utf-8")
+        except OSError as e:
+            raise HarvesterError(f"cannot write {path}: {e.strerror or e}") from None
+        click.echo(f"wrote {len(dois):,} DOIs of the universe to {path}", err=True)
     try:
-        run(FakeConfig(**settings), host, port, announce=lambda line: click.echo(line, err=True))
+        run(cfg, host, port, announce=lambda line: click.echo(line, err=True))
     except OSError as e:
         raise HarvesterError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 

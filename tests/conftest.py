@@ -47,6 +47,7 @@ SLOW_MODULES = {
     "test_redaction",
     "test_report",
     "test_changefeed",
+    "test_mock_api",
     # whole harvests in a fixture or per test (a few seconds each): the CLI end to end
     "test_docs",
     "test_citations",
