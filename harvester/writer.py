@@ -83,12 +83,23 @@ class WriterProcess:
             raise DatabaseError(f"the writer process died (exit code {self._process.exitcode})") from None
 
     def close(self) -> None:
-        if self._process.is_alive():
-            self._inbox.put(None)
-            self._process.join(timeout=30)
+        """Have the writer finish what it took and exit (blocking: call it from a thread)."""
+        while self._process.is_alive():
+            try:
+                self._inbox.put(None, timeout=1.0)
+                break
+            except queue.Full:
+                continue  # it is still committing the batch before: never block on a writer that died
+        self._process.join(timeout=30)
         if self._process.is_alive():
             self._process.kill()
             self._process.join()
+        # A batch that nobody will read may still sit in a queue's buffer: after a second Ctrl-C, a send
+        # cancelled mid-way can queue it behind the None. Its feeder thread then blocks on a full pipe,
+        # and the interpreter's exit joined that thread forever (a process that printed its resume line
+        # and never exited). The child is gone: let exit drop what it never read.
+        self._inbox.cancel_join_thread()
+        self._outbox.cancel_join_thread()
         self._inbox.close()
         self._outbox.close()
 
