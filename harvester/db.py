@@ -18,12 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
@@ -37,6 +33,7 @@ from sqlalchemy import (
     bindparam,
     create_engine,
     event,
+    inspect,
     text,
     type_coerce,
 )
@@ -47,6 +44,9 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlche
 from harvester import schema
 from harvester.errors import DatabaseError
 from harvester.ids import IdLine
+
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
 
 logger = logging.getLogger(__name__)
 
@@ -242,6 +242,8 @@ def migrations_dir() -> Path:
 
 
 def alembic_config(engine: Engine | None = None) -> AlembicConfig:
+    from alembic.config import Config as AlembicConfig
+
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(migrations_dir()))
     if engine is not None:
@@ -250,12 +252,22 @@ def alembic_config(engine: Engine | None = None) -> AlembicConfig:
 
 
 def head_revision() -> str | None:
+    """Alembic's head, read from the migrations (alembic loaded: for `db` commands and upgrades)."""
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
 def current_revision(engine: Engine) -> str | None:
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        return _revision_in(conn)
+
+
+def _revision_in(conn: Connection) -> str | None:
+    """The database's revision, as alembic records it (None: an empty database); without alembic."""
+    if not inspect(conn).has_table("alembic_version"):
+        return None
+    return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def upgrade(engine: Engine) -> None:
@@ -267,19 +279,21 @@ def upgrade(engine: Engine) -> None:
     whose database is at head anyway was another process's success.
     """
     try:
-        if current_revision(engine) == head_revision():
+        if current_revision(engine) == schema.HEAD_REVISION:
             return
+        from alembic import command
+
         logger.info("upgrading the database schema to %s", head_revision())
         with engine.begin() as conn:
             if conn.dialect.name == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
-                if MigrationContext.configure(conn).get_current_revision() == head_revision():
+                if _revision_in(conn) == schema.HEAD_REVISION:
                     return
             cfg = alembic_config(engine)
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
     except SQLAlchemyError as e:
-        if _revision_or_none(engine) == head_revision():
+        if _revision_or_none(engine) == schema.HEAD_REVISION:
             return
         if isinstance(e, OperationalError):
             raise DatabaseError(f"cannot open or migrate the database: {e.orig}") from None

@@ -19,6 +19,23 @@ def test_single_head() -> None:
     assert len(ScriptDirectory.from_config(alembic_config()).get_heads()) == 1
 
 
+def test_the_schemas_head_is_alembics() -> None:
+    # Every command compares the database with schema.HEAD_REVISION: a new migration changes both.
+    assert schema.HEAD_REVISION == head_revision()
+
+
+def test_a_command_on_a_database_at_head_loads_no_alembic(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    open_database(url).dispose()
+    code = (
+        "import sys; from harvester.cli import cli; from harvester.db import open_database; "
+        f"open_database({url!r}).dispose(); print(sorted(m for m in sys.modules if m.startswith('alembic')))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
+
+
 def test_upgrade_from_empty_creates_every_table(tmp_path: Path) -> None:
     engine = open_database(f"sqlite:///{tmp_path / 'new.db'}")
     assert current_revision(engine) == head_revision()
