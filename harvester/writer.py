@@ -90,10 +90,11 @@ class WriterProcess:
                 break
             except queue.Full:
                 continue  # it is still committing the batch before: never block on a writer that died
-        self._process.join(timeout=30)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join()
+        if self._process.pid is not None:  # a run with nothing to claim never started it
+            self._process.join(timeout=30)
+            if self._process.is_alive():
+                self._process.kill()
+                self._process.join()
         # A batch that nobody will read may still sit in a queue's buffer: after a second Ctrl-C, a send
         # cancelled mid-way can queue it behind the None. Its feeder thread then blocks on a full pipe,
         # and the interpreter's exit joined that thread forever (a process that printed its resume line

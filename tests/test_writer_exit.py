@@ -7,6 +7,9 @@ import sys
 import textwrap
 from pathlib import Path
 
+from harvester.endpoints import by_kind
+from harvester.writer import WriterProcess
+
 SCRIPT = textwrap.dedent(
     """
     import sys
@@ -33,3 +36,9 @@ SCRIPT = textwrap.dedent(
 def test_a_batch_left_unread_does_not_hold_up_the_exit(tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, "-c", SCRIPT, f"sqlite:///{tmp_path / 'h.db'}"], capture_output=True, text=True, timeout=30)
     assert run.returncode == 0 and run.stdout.strip() == "closed", run.stderr
+
+
+def test_a_writer_never_started_closes_quietly(tmp_path: Path) -> None:
+    # A run with nothing to claim (a nightly's empty step) never starts its writer, and closes it all the same.
+    writer = WriterProcess(f"sqlite:///{tmp_path / 'h.db'}", 1, by_kind("counts").for_params(None), "runner-1")
+    writer.close()
