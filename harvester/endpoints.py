@@ -125,13 +125,14 @@ class Batch:
     the output a result is of (a page is of none); `asked`: the identifier rows of the ids
     asked; `after`: what else the commit writes, given the identifiers of the results the
     database refused (and of those whose lease was lost), and the writer's way of storing records
-    (StoreRecords: a change-feed listing stores the outputs it finds tracked).
+    (StoreRecords: a change-feed listing stores the outputs it finds tracked); it returns how many
+    items it added to the batch's own job (a listing's next pages), which the run's counts include.
     """
 
     records: dict[int, list[Records]] = field(default_factory=dict)
     altmetric_ids: dict[int, int] = field(default_factory=dict)
     asked: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
-    after: Callable[[Connection, set[str], StoreRecords], None] | None = None
+    after: Callable[[Connection, set[str], StoreRecords], int] | None = None
 
 
 @dataclass(frozen=True)
@@ -486,17 +487,19 @@ class _Pages:
                 self.last_page = max(self.last_page, last)
         return records
 
-    def save(self, conn: Connection, refused: set[str], store: StoreRecords) -> None:
-        """Ranks and follow-up items of the pages stored; `refused`: pages the database refused."""
+    def save(self, conn: Connection, refused: set[str], store: StoreRecords) -> int:
+        """Ranks and follow-up items of the pages stored; `refused`: pages the database refused.
+        Returns how many pages it added to the job."""
         if self.tracked_only:
             self.save_tracked(conn, [p for p in self.listed if str(p[0]) not in refused], store)
         upsert(conn, schema.citation_activity, [row for page, row in self.activity if page not in refused])
         # Only pages the job lacks: every page of a 20,000-page listing reports the same total.
         known = conn.execute(select(func.max(schema.job_items.c.line_no)).where(schema.job_items.c.job_id == self.job_id)).scalar_one() or 0
         pages = range(known + 1, self.last_page + 1)
-        jobs.add_items(conn, self.job_id, [("page", str(p), p) for p in pages], self.now)
+        added = jobs.add_items(conn, self.job_id, [("page", str(p), p) for p in pages], self.now)
         if self.then_job is not None:
             jobs.add_items(conn, self.then_job, [item for page, item in self.follow if page not in refused], self.now)
+        return added
 
     def save_tracked(
         self, conn: Connection, pages: Sequence[tuple[int, int | None, list[tuple[int, Records]]]], store: StoreRecords

@@ -394,13 +394,11 @@ class Run:
                     self.fail(e)
                     return
                 lost = outcome.pop("lost", 0)
-                self.counts["pending"] -= sent - lost
+                self.counts["pending"] += outcome.pop("added", 0) - (sent - lost)  # added: a listing's next pages
                 for status, n in outcome.items():
                     self.counts[status] += n
                 self.processed += sent - lost
                 self.settle(lost + sent_taken - sent, sent_taken)
-                if self.endpoint.grows:  # the commit may have added items (a listing's next pages): count them
-                    self.counts = await asyncio.to_thread(jobs.item_counts, self.engine, self.job.id)
             if self.progress and (finished or time.monotonic() - last_progress > 0.2):
                 self.progress(dict(self.counts), self.limiter.throttled)
                 last_progress = time.monotonic()

@@ -280,8 +280,11 @@ def write_batch(
     # The batch's bodies share one fetched_at: stored in the archive's order among them, so that where
     # two name one identifier, the owner the harvest leaves is the one `reparse` rebuilds.
     units.sort(key=lambda u: archive.tie_break(u.item["b_id_type"], endpoint.archived_as(u.item["b_identifier"])))
-    written = _commit(engine, job_id, units, now, runner, endpoint.coverage, batch.after)
-    return dict(collections.Counter(u.item["status"] for u in written))
+    written, added = _commit(engine, job_id, units, now, runner, endpoint.coverage, batch.after)
+    outcome = dict(collections.Counter(u.item["status"] for u in written))
+    if added:
+        outcome["added"] = added  # items the commit added to the job: still pending, and counted as such
+    return outcome
 
 
 class _Refused(Exception):
@@ -295,14 +298,14 @@ def _commit(
     now: datetime,
     runner: str,
     cover: Coverage,
-    more: Callable[[Connection, set[str], StoreRecords], None] | None,
+    more: Callable[[Connection, set[str], StoreRecords], int] | None,
     failed: set[str] | None = None,
-) -> list[Unit]:
-    """Commit these units in one transaction; if the database refuses one, bisect. Returns the units as written."""
+) -> tuple[list[Unit], int]:
+    """Commit these units in one transaction; if the database refuses one, bisect. Returns the units as
+    written, and the items `more` added to the job."""
     failed = set() if failed is None else failed
     try:
-        _retrying(lambda conn: _write(conn, job_id, units, now, runner, cover, more, failed), engine)
-        return units
+        return units, _retrying(lambda conn: _write(conn, job_id, units, now, runner, cover, more, failed), engine)
     except _Refused as e:
         if len(units) == 1:
             [unit] = units
@@ -311,13 +314,14 @@ def _commit(
             item = unit.item | {"status": str(ItemStatus.FAILED), "last_error": f"the database refused the data: {e}", "altmetric_id": None}
             alone = [Unit(item, [], [])]
             # Without its data the item's status row is ordinary: a refusal now is not the item's.
-            _retrying(lambda conn: _write(conn, job_id, alone, now, runner, cover, more, failed), engine, refused_is_fatal=True)
-            return alone
+            added = _retrying(lambda conn: _write(conn, job_id, alone, now, runner, cover, more, failed), engine, refused_is_fatal=True)
+            return alone, added
     # Each half commits on its own; `more` (a Citations batch's further pages) goes with the last,
     # once every refused page is known.
     half = len(units) // 2
-    first = _commit(engine, job_id, units[:half], now, runner, cover, None, failed)
-    return first + _commit(engine, job_id, units[half:], now, runner, cover, more, failed)
+    first, _ = _commit(engine, job_id, units[:half], now, runner, cover, None, failed)
+    second, added = _commit(engine, job_id, units[half:], now, runner, cover, more, failed)
+    return first + second, added
 
 
 def _held(conn: Connection, job_id: int, runner: str, units: list[Unit]) -> list[Unit]:
@@ -343,9 +347,10 @@ def _write(
     now: datetime,
     runner: str,
     cover: Coverage = COMPLETE,
-    more: Callable[[Connection, set[str], StoreRecords], None] | None = None,
+    more: Callable[[Connection, set[str], StoreRecords], int] | None = None,
     refused: set[str] | None = None,
-) -> None:
+) -> int:
+    """Write the units in the caller's transaction; returns the items `more` added to the job."""
     claimed = units
     units = _held(conn, job_id, runner, units)
     # Before the identifiers are stored: what they named until now tells which outputs upstream replaced.
@@ -366,10 +371,11 @@ def _write(
     # In the transaction of the data parsed from them, and only for the units written: archive and tables never disagree.
     upsert(conn, schema.raw_bodies, archive.replace(conn, [u.raw for u in units if u.raw is not None]))
     aliases.follow(conn, moves, now)
+    added = 0
     if more is not None:
         # A page whose lease was lost adds no pages or follow-up items: its new holder will.
         lost = {u.item["b_identifier"] for u in claimed if u.item["status"] == "lost"}
-        more(conn, (refused or set()) | lost, lambda c, found: _store_found(c, found, now))
+        added = more(conn, (refused or set()) | lost, lambda c, found: _store_found(c, found, now))
     db.mark_items(conn, [u.item for u in units])
     # Every batch counts its items in its worker's row, so `status` follows the writes rather
     # than the heartbeat; before the job row, in the order leases.renew locks the two.
@@ -381,6 +387,7 @@ def _write(
     conn.execute(
         update(schema.jobs).where(schema.jobs.c.id == job_id, schema.jobs.c.runner == runner).values(heartbeat_at=clock.db_now(conn))
     )
+    return added
 
 
 def _store_found(conn: Connection, records: list[Records], now: datetime) -> None:
@@ -391,16 +398,16 @@ def _store_found(conn: Connection, records: list[Records], now: datetime) -> Non
     aliases.follow(conn, moves, now)
 
 
-def _retrying(work: Any, engine: Engine, refused_is_fatal: bool = False) -> None:
+def _retrying(work: Callable[[Connection], int], engine: Engine, refused_is_fatal: bool = False) -> int:
     """Run one transaction; wait while another holds the lock (db.patiently), raise _Refused for a value
     the database refuses, stop on anything else."""
 
-    def once() -> None:
+    def once() -> int:
         with engine.begin() as conn:
-            work(conn)
+            return work(conn)
 
     try:
-        patiently(once, "writing a batch")
+        return patiently(once, "writing a batch")
     except (DataError, IntegrityError, OverflowError, UnicodeEncodeError) as e:
         # OverflowError: an int past SQLite's 64 bits; UnicodeEncodeError: a lone surrogate (\ud800) in a text.
         if refused_is_fatal:
